@@ -1,0 +1,238 @@
+//! The containerizer seam: how an executor's process is started, watched and destroyed.
+//!
+//! The agent only talks to the [`Containerizer`] trait. [`PosixContainerizer`] is the first
+//! implementation: the executor runs as its own process group in its sandbox directory, with
+//! stdout and stderr in the sandbox. Later implementations (namespaces and cgroups, images)
+//! plug in behind the same trait.
+use agora_api::ContainerId;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// What to run in a new container.
+#[derive(Clone, Debug)]
+pub struct LaunchSpec {
+    pub container_id: ContainerId,
+    /// The program and its arguments (argv[0] first).
+    pub argv: Vec<String>,
+    /// Run through `/bin/sh -c argv[0]` instead.
+    pub shell: bool,
+    pub env: Vec<(String, String)>,
+    /// The sandbox: working directory, holds `stdout` and `stderr`.
+    pub directory: PathBuf,
+    /// Run as this user (when the agent is root).
+    pub user: Option<String>,
+}
+
+/// A container's end, as the containerizer observed it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ContainerExit {
+    pub container_id: ContainerId,
+    /// The wait status: exit code, or 128+signal when killed by a signal.
+    pub status: Option<i32>,
+    pub message: String,
+}
+
+#[derive(Debug, Error)]
+pub enum ContainerizerError {
+    #[error("container {id}: cannot prepare sandbox {path}: {source}")]
+    Sandbox { id: String, path: PathBuf, source: std::io::Error },
+    #[error("container {id}: cannot start '{program}': {source}")]
+    Spawn { id: String, program: String, source: std::io::Error },
+    #[error("container {id}: user '{user}' does not exist")]
+    NoSuchUser { id: String, user: String },
+    #[error("container {id}: empty command")]
+    EmptyCommand { id: String },
+}
+
+/// One plugin point: start, destroy, and report the end of containers.
+pub trait Containerizer: Send + Sync {
+    /// Starts the container; its end is reported once on `exits`.
+    fn launch(&self, spec: LaunchSpec, exits: mpsc::UnboundedSender<ContainerExit>) -> Result<u32, ContainerizerError>;
+    /// Kills every process of the container (idempotent).
+    fn destroy(&self, id: &ContainerId);
+    /// Containers currently running.
+    fn containers(&self) -> Vec<ContainerId>;
+}
+
+/// Processes in their own process group; no isolation.
+#[derive(Default, Clone)]
+pub struct PosixContainerizer {
+    pids: Arc<Mutex<HashMap<ContainerId, i32>>>,
+}
+
+impl PosixContainerizer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+fn lookup_user(name: &str) -> Option<nix::unistd::User> {
+    nix::unistd::User::from_name(name).ok().flatten()
+}
+
+impl Containerizer for PosixContainerizer {
+    fn launch(&self, spec: LaunchSpec, exits: mpsc::UnboundedSender<ContainerExit>) -> Result<u32, ContainerizerError> {
+        use std::os::unix::process::CommandExt as _;
+        let id = spec.container_id.to_string();
+        std::fs::create_dir_all(&spec.directory).map_err(|source| ContainerizerError::Sandbox {
+            id: id.clone(),
+            path: spec.directory.clone(),
+            source,
+        })?;
+        let open = |name: &str| {
+            std::fs::OpenOptions::new().create(true).append(true).open(spec.directory.join(name)).map_err(|source| {
+                ContainerizerError::Sandbox { id: id.clone(), path: spec.directory.join(name), source }
+            })
+        };
+        let stdout = open("stdout")?;
+        let stderr = open("stderr")?;
+        let Some(first) = spec.argv.first() else {
+            return Err(ContainerizerError::EmptyCommand { id });
+        };
+        let mut cmd = if spec.shell {
+            let mut c = std::process::Command::new("/bin/sh");
+            c.arg("-c").arg(first);
+            c
+        } else {
+            let mut c = std::process::Command::new(first);
+            c.args(&spec.argv[1..]);
+            c
+        };
+        cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .current_dir(&spec.directory)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .process_group(0);
+        if let Some(u) = &spec.user {
+            let me = nix::unistd::Uid::effective();
+            let user =
+                lookup_user(u).ok_or_else(|| ContainerizerError::NoSuchUser { id: id.clone(), user: u.clone() })?;
+            if me.is_root() && user.uid != me {
+                // The sandbox belongs to the task's user.
+                let _ = nix::unistd::chown(&spec.directory, Some(user.uid), Some(user.gid));
+                for f in ["stdout", "stderr"] {
+                    let _ = nix::unistd::chown(&spec.directory.join(f), Some(user.uid), Some(user.gid));
+                }
+            }
+        }
+        let mut child = tokio::process::Command::from(cmd)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| ContainerizerError::Spawn { id: id.clone(), program: first.clone(), source })?;
+        let pid = child.id().unwrap_or(0);
+        if let Ok(mut m) = self.pids.lock() {
+            m.insert(spec.container_id.clone(), pid as i32);
+        }
+        let pids = self.pids.clone();
+        let cid = spec.container_id.clone();
+        tokio::spawn(async move {
+            let res = child.wait().await;
+            let (status, message) = match res {
+                Ok(s) => {
+                    use std::os::unix::process::ExitStatusExt as _;
+                    match (s.code(), s.signal()) {
+                        (Some(c), _) => (Some(c), format!("exited with status {c}")),
+                        (None, Some(sig)) => (Some(128 + sig), format!("terminated by signal {sig}")),
+                        _ => (None, "ended".to_string()),
+                    }
+                }
+                Err(e) => (None, format!("wait failed: {e}")),
+            };
+            // Whatever the executor left behind in its group goes with it.
+            if pid > 0 {
+                let _ =
+                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+            if let Ok(mut m) = pids.lock() {
+                m.remove(&cid);
+            }
+            let _ = exits.send(ContainerExit { container_id: cid, status, message });
+        });
+        Ok(pid)
+    }
+
+    fn destroy(&self, id: &ContainerId) {
+        let pid = self.pids.lock().ok().and_then(|m| m.get(id).copied());
+        if let Some(pid) = pid {
+            if pid > 0 {
+                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn containers(&self) -> Vec<ContainerId> {
+        self.pids.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn launch_and_exit_code() {
+        let dir = std::env::temp_dir().join(format!("agora-ctest-{}", uuid::Uuid::new_v4()));
+        let c = PosixContainerizer::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spec = LaunchSpec {
+            container_id: ContainerId::new("c1"),
+            argv: vec!["echo out; echo err >&2; exit 4".into()],
+            shell: true,
+            env: vec![],
+            directory: dir.clone(),
+            user: None,
+        };
+        c.launch(spec, tx).unwrap();
+        let exit = rx.recv().await.unwrap();
+        assert_eq!(exit.status, Some(4));
+        assert_eq!(std::fs::read_to_string(dir.join("stdout")).unwrap(), "out\n");
+        assert_eq!(std::fs::read_to_string(dir.join("stderr")).unwrap(), "err\n");
+        assert!(c.containers().is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn destroy_kills_the_group() {
+        let dir = std::env::temp_dir().join(format!("agora-ctest-{}", uuid::Uuid::new_v4()));
+        let c = PosixContainerizer::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spec = LaunchSpec {
+            container_id: ContainerId::new("c2"),
+            argv: vec!["sleep 100 & sleep 100".into()],
+            shell: true,
+            env: vec![],
+            directory: dir.clone(),
+            user: None,
+        };
+        c.launch(spec, tx).unwrap();
+        c.destroy(&ContainerId::new("c2"));
+        let exit = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
+        assert_eq!(exit.status, Some(128 + 9));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn unknown_user_is_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let dir = std::env::temp_dir().join(format!("agora-ctest-{}", uuid::Uuid::new_v4()));
+            let c = PosixContainerizer::new();
+            let (tx, _rx) = mpsc::unbounded_channel();
+            let spec = LaunchSpec {
+                container_id: ContainerId::new("c3"),
+                argv: vec!["true".into()],
+                shell: true,
+                env: vec![],
+                directory: dir.clone(),
+                user: Some("no-such-user-agora".into()),
+            };
+            let e = c.launch(spec, tx).unwrap_err();
+            assert!(e.to_string().contains("does not exist"), "{e}");
+            let _ = std::fs::remove_dir_all(dir);
+        });
+    }
+}

@@ -1,0 +1,354 @@
+//! The agent's HTTP front end: the v1 executor API, the legacy read endpoints and the
+//! sandbox files API (`/files/browse`, `/files/read`, `/files/download`).
+use crate::state::{ApiError, Handle, Msg, Query};
+use crate::AgentConfig;
+use agora_api::executor as exec;
+use agora_http::http::{Method, Request, Response, StatusCode};
+use agora_http::{Body, IncomingBody};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+const ROUTES: &[&str] = &[
+    "/api/v1/executor",
+    "/api/v1",
+    "/state",
+    "/health",
+    "/version",
+    "/flags",
+    "/metrics/snapshot",
+    "/monitor/statistics",
+    "/containers",
+    "/files/browse",
+    "/files/read",
+    "/files/download",
+];
+
+/// Longest-prefix routing; `/slave(1)` is the agent's libprocess id and optional.
+pub fn route(path: &str) -> Option<&'static str> {
+    let mut p = path.trim_end_matches('/');
+    if let Some(rest) = p.strip_prefix("/slave(1)") {
+        p = rest;
+    }
+    let p = p.strip_suffix(".json").unwrap_or(p);
+    ROUTES
+        .iter()
+        .filter(|r| p == **r || (p.starts_with(**r) && p.as_bytes().get(r.len()) == Some(&b'/')))
+        .max_by_key(|r| r.len())
+        .copied()
+}
+
+pub fn handler(h: Handle, config: AgentConfig) -> agora_http::Handler {
+    let shared = Arc::new((h, config));
+    Arc::new(move |req, _peer| {
+        let s = shared.clone();
+        Box::pin(async move { dispatch(&s.0, &s.1, req).await })
+    })
+}
+
+fn err(e: ApiError) -> Response<Body> {
+    agora_http::text(e.status, e.message)
+}
+
+fn unavailable() -> Response<Body> {
+    agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "Agent is shutting down")
+}
+
+fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        m.insert(decode(k), decode(v));
+    }
+    m
+}
+
+fn decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+async fn dispatch(h: &Handle, config: &AgentConfig, req: Request<IncomingBody>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let q = parse_query(req.uri().query());
+    let Some(r) = route(&path) else {
+        return agora_http::text(StatusCode::NOT_FOUND, format!("No route for '{path}'"));
+    };
+    match r {
+        "/api/v1/executor" => executor_api(h, req).await,
+        "/api/v1" => operator_api(h, req).await,
+        "/health" => agora_http::empty(StatusCode::OK),
+        "/version" => agora_http::json(
+            StatusCode::OK,
+            &serde_json::json!({"version": agora_api::MESOS_VERSION, "agora_version": agora_api::AGORA_VERSION, "build_user": "agora"}),
+        ),
+        "/flags" => {
+            let flags: serde_json::Map<String, serde_json::Value> =
+                config.flags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+            agora_http::json(StatusCode::OK, &serde_json::json!({ "flags": flags }))
+        }
+        "/state" => match h.ask(|reply| Msg::Query { query: Query::State, reply }).await {
+            Some(v) => agora_http::json(StatusCode::OK, &v),
+            None => unavailable(),
+        },
+        "/metrics/snapshot" => match h.ask(|reply| Msg::Query { query: Query::Metrics, reply }).await {
+            Some(v) => agora_http::json(StatusCode::OK, &v),
+            None => unavailable(),
+        },
+        // Resource statistics come with the cgroups isolators.
+        "/monitor/statistics" | "/containers" => agora_http::json(StatusCode::OK, &serde_json::json!([])),
+        "/files/browse" | "/files/read" | "/files/download" => files(h, r, &q).await,
+        _ => agora_http::text(StatusCode::NOT_FOUND, format!("No route for '{path}'")),
+    }
+}
+
+async fn read_call(req: Request<IncomingBody>) -> Result<bytes::Bytes, Response<Body>> {
+    if req.method() != Method::POST {
+        return Err(agora_http::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("Expecting a 'POST' request, received '{}'", req.method()),
+        ));
+    }
+    agora_http::require_json(req.headers())?;
+    agora_http::require_json_accept(req.headers())?;
+    agora_http::read_body(req.into_body(), 16 * 1024 * 1024)
+        .await
+        .map_err(|e| agora_http::text(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn executor_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
+    let body = match read_call(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let call: exec::Call = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return agora_http::text(StatusCode::BAD_REQUEST, format!("Failed to parse body into Call: {e}")),
+    };
+    if call.kind == exec::CallType::Subscribe {
+        let (tx, resp) = agora_http::stream(StatusCode::OK, agora_http::JSON);
+        match h.ask(|reply| Msg::ExecutorSubscribe { call, tx, reply }).await {
+            Some(Ok(())) => resp,
+            Some(Err(e)) => err(e),
+            None => unavailable(),
+        }
+    } else {
+        match h.ask(|reply| Msg::ExecutorCall { call, reply }).await {
+            Some(Ok(())) => agora_http::empty(StatusCode::ACCEPTED),
+            Some(Err(e)) => err(e),
+            None => unavailable(),
+        }
+    }
+}
+
+async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
+    let body = match read_call(req).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let v: serde_json::Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return agora_http::text(StatusCode::BAD_REQUEST, format!("Failed to parse body into Call: {e}")),
+    };
+    match v.get("type").and_then(|t| t.as_str()) {
+        Some("GET_HEALTH") => agora_http::json(
+            StatusCode::OK,
+            &serde_json::json!({"type": "GET_HEALTH", "get_health": {"healthy": true}}),
+        ),
+        Some("GET_VERSION") => agora_http::json(
+            StatusCode::OK,
+            &serde_json::json!({"type": "GET_VERSION", "get_version": {"version_info": {"version": agora_api::MESOS_VERSION}}}),
+        ),
+        Some("GET_METRICS") => match h.ask(|reply| Msg::Query { query: Query::Metrics, reply }).await {
+            Some(m) => {
+                let list: Vec<serde_json::Value> = m
+                    .as_object()
+                    .map(|o| o.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect())
+                    .unwrap_or_default();
+                agora_http::json(
+                    StatusCode::OK,
+                    &serde_json::json!({"type": "GET_METRICS", "get_metrics": {"metrics": list}}),
+                )
+            }
+            None => unavailable(),
+        },
+        Some(t) => {
+            agora_http::text(StatusCode::BAD_REQUEST, format!("Operator call '{t}' is not supported by this agent yet"))
+        }
+        None => agora_http::text(StatusCode::BAD_REQUEST, "Expecting 'type' to be present"),
+    }
+}
+
+/// Maps a files-API path to a host path inside the work dir, or refuses it.
+fn resolve(work_dir: &Path, agent_id: Option<&str>, path: &str) -> Result<PathBuf, (StatusCode, String)> {
+    if path.is_empty() {
+        return Err((StatusCode::BAD_REQUEST, "Expecting 'path' to be present".into()));
+    }
+    let candidate = if path.starts_with("/frameworks/") {
+        let Some(aid) = agent_id else {
+            return Err((StatusCode::NOT_FOUND, format!("No file or directory found at path '{path}'")));
+        };
+        work_dir.join("slaves").join(aid).join(path.trim_start_matches('/'))
+    } else {
+        PathBuf::from(path)
+    };
+    let root = std::fs::canonicalize(work_dir).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let real = std::fs::canonicalize(&candidate)
+        .map_err(|_| (StatusCode::NOT_FOUND, format!("No file or directory found at path '{path}'")))?;
+    if !real.starts_with(&root) {
+        return Err((StatusCode::NOT_FOUND, format!("No file or directory found at path '{path}'")));
+    }
+    Ok(real)
+}
+
+fn mode_string(mode: u32, is_dir: bool) -> String {
+    let mut s = String::with_capacity(10);
+    s.push(if is_dir { 'd' } else { '-' });
+    for shift in [6u32, 3, 0] {
+        let bits = (mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+async fn files(h: &Handle, route: &str, q: &HashMap<String, String>) -> Response<Body> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(info) = h.ask(|reply| Msg::Query { query: Query::SandboxRoot, reply }).await else {
+        return unavailable();
+    };
+    let work_dir = PathBuf::from(info["work_dir"].as_str().unwrap_or("/nonexistent"));
+    let agent_id = info["agent_id"].as_str();
+    let path = q.get("path").cloned().unwrap_or_default();
+    let real = match resolve(&work_dir, agent_id, &path) {
+        Ok(p) => p,
+        Err((s, m)) => return agora_http::text(s, m),
+    };
+    match route {
+        "/files/browse" => {
+            let Ok(rd) = std::fs::read_dir(&real) else {
+                return agora_http::text(StatusCode::NOT_FOUND, format!("'{path}' is not a directory"));
+            };
+            let mut out = Vec::new();
+            for entry in rd.flatten() {
+                let Ok(md) = entry.metadata() else { continue };
+                out.push(serde_json::json!({
+                    "path": format!("{}/{}", path.trim_end_matches('/'), entry.file_name().to_string_lossy()),
+                    "nlink": md.nlink(),
+                    "size": md.size(),
+                    "mtime": md.mtime(),
+                    "mode": mode_string(md.mode(), md.is_dir()),
+                    "uid": md.uid().to_string(),
+                    "gid": md.gid().to_string(),
+                }));
+            }
+            agora_http::json(StatusCode::OK, &out)
+        }
+        "/files/read" => {
+            let parse = |k: &str| -> Result<Option<i64>, Response<Body>> {
+                match q.get(k) {
+                    None => Ok(None),
+                    Some(v) => match v.parse::<i64>() {
+                        Ok(n) if n >= 0 => Ok(Some(n)),
+                        Ok(-1) if k == "length" => Ok(None),
+                        _ => Err(agora_http::text(
+                            StatusCode::BAD_REQUEST,
+                            format!("Failed to parse '{k}': '{v}' is not a non-negative integer"),
+                        )),
+                    },
+                }
+            };
+            let offset = match parse("offset") {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            let length = match parse("length") {
+                Ok(v) => v,
+                Err(r) => return r,
+            };
+            let Ok(md) = std::fs::metadata(&real) else {
+                return agora_http::text(StatusCode::NOT_FOUND, format!("No file found at path '{path}'"));
+            };
+            if md.is_dir() {
+                return agora_http::text(StatusCode::BAD_REQUEST, format!("Cannot read a directory: '{path}'"));
+            }
+            let size = md.len();
+            let Some(offset) = offset else {
+                return agora_http::json(StatusCode::OK, &serde_json::json!({"offset": size, "data": ""}));
+            };
+            let offset = (offset as u64).min(size);
+            let max = 16 * 1024 * 1024u64;
+            let len = length.map(|l| l as u64).unwrap_or(max).min(max).min(size - offset);
+            let data = match read_range(&real, offset, len) {
+                Ok(d) => d,
+                Err(e) => return agora_http::text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+            };
+            agora_http::json(
+                StatusCode::OK,
+                &serde_json::json!({"offset": offset, "data": String::from_utf8_lossy(&data)}),
+            )
+        }
+        _ => match std::fs::read(&real) {
+            Ok(d) => agora_http::bytes(StatusCode::OK, "application/octet-stream", d),
+            Err(e) => agora_http::text(StatusCode::NOT_FOUND, e.to_string()),
+        },
+    }
+}
+
+fn read_range(path: &Path, offset: u64, len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path)?;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut buf = Vec::with_capacity(len as usize);
+    f.take(len).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_routes() {
+        assert_eq!(route("/slave(1)/state"), Some("/state"));
+        assert_eq!(route("/api/v1/executor"), Some("/api/v1/executor"));
+        assert_eq!(route("/files/read.json"), Some("/files/read"));
+        assert_eq!(route("/nope"), None);
+    }
+
+    #[test]
+    fn files_never_escape_the_work_dir() {
+        let dir = std::env::temp_dir().join(format!("agora-files-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(dir.join("slaves/A/frameworks/f")).unwrap();
+        std::fs::write(dir.join("slaves/A/frameworks/f/stdout"), "x").unwrap();
+        assert!(resolve(&dir, Some("A"), "/frameworks/f/stdout").is_ok());
+        assert_eq!(
+            resolve(&dir, Some("A"), "/frameworks/../../../../etc/passwd").unwrap_err().0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(resolve(&dir, Some("A"), "/etc/passwd").unwrap_err().0, StatusCode::NOT_FOUND);
+        std::os::unix::fs::symlink("/etc", dir.join("slaves/A/frameworks/f/esc")).unwrap();
+        assert_eq!(resolve(&dir, Some("A"), "/frameworks/f/esc/passwd").unwrap_err().0, StatusCode::NOT_FOUND);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(mode_string(0o755, true), "drwxr-xr-x");
+        assert_eq!(mode_string(0o644, false), "-rw-r--r--");
+    }
+}

@@ -1,0 +1,1288 @@
+//! The agent's state and the one task that owns it: frameworks, executors, tasks, and the
+//! status update manager that delivers every update to the master at least once, in order
+//! per task, until the framework acknowledges it.
+use crate::containerizer::{ContainerExit, Containerizer, LaunchSpec};
+use crate::AgentConfig;
+use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
+use agora_api::executor as exec;
+use agora_api::json::{to_ascii_json, Bytes as B64};
+use agora_api::*;
+use agora_http::http::StatusCode;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, m: impl Into<String>) -> Self {
+        ApiError { status, message: m.into() }
+    }
+}
+
+/// Read-only views for the HTTP layer.
+#[derive(Debug, Clone)]
+pub enum Query {
+    State,
+    Metrics,
+    /// Resolves a `/files` path (virtual or real) to a host path inside the work dir.
+    SandboxRoot,
+}
+
+pub enum Msg {
+    /// The master link got REGISTERED / REREGISTERED.
+    Connected {
+        agent_id: AgentId,
+        session_id: String,
+    },
+    Disconnected,
+    FromMaster(MasterToAgent),
+    /// The master link asks what to register with.
+    RegistrationCall {
+        reply: oneshot::Sender<AgentToMaster>,
+    },
+    ExecutorSubscribe {
+        call: exec::Call,
+        tx: mpsc::UnboundedSender<Bytes>,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    ExecutorCall {
+        call: exec::Call,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    ContainerExited(ContainerExit),
+    RegistrationTimeout {
+        framework_id: FrameworkId,
+        executor_id: ExecutorId,
+        container_id: ContainerId,
+    },
+    ShutdownTimeout {
+        framework_id: FrameworkId,
+        executor_id: ExecutorId,
+        container_id: ContainerId,
+    },
+    Query {
+        query: Query,
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    ExecutorStreamClosed {
+        framework_id: FrameworkId,
+        executor_id: ExecutorId,
+        container_id: ContainerId,
+    },
+}
+
+#[derive(Clone)]
+pub struct Handle {
+    pub tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl Handle {
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ExecState {
+    Registering,
+    Running,
+    Terminating,
+    Terminated,
+}
+
+struct AgentTask {
+    info: TaskInfo,
+    state: TaskState,
+    statuses: Vec<TaskStatus>,
+}
+
+struct Executor {
+    info: ExecutorInfo,
+    container_id: ContainerId,
+    directory: PathBuf,
+    is_command: bool,
+    state: ExecState,
+    stream: Option<ExecStream>,
+    queued: Vec<TaskInfo>,
+    tasks: BTreeMap<TaskId, AgentTask>,
+    completed: Vec<AgentTask>,
+    pid: u32,
+}
+
+impl Executor {
+    fn send(&mut self, e: &exec::Event) {
+        if let Some(s) = &self.stream {
+            if s.tx.send(Bytes::from(recordio::encode(&to_ascii_json(e)))).is_err() {
+                self.stream = None;
+            }
+        }
+    }
+}
+
+struct Framework {
+    info: FrameworkInfo,
+    executors: BTreeMap<ExecutorId, Executor>,
+    completed_executors: VecDeque<Executor>,
+    shutting_down: bool,
+}
+
+/// Updates of one task not yet acknowledged; only the head is in flight.
+struct UpdateStream {
+    pending: VecDeque<TaskStatus>,
+    next_retry: Option<Instant>,
+    backoff: Duration,
+}
+
+pub(crate) struct State {
+    config: AgentConfig,
+    self_tx: mpsc::UnboundedSender<Msg>,
+    out: mpsc::UnboundedSender<AgentToMaster>,
+    containerizer: Arc<dyn Containerizer>,
+    exits_tx: mpsc::UnboundedSender<ContainerExit>,
+    agent_info: AgentInfo,
+    agent_id: Option<AgentId>,
+    session_id: Option<String>,
+    frameworks: BTreeMap<FrameworkId, Framework>,
+    completed_frameworks: VecDeque<Framework>,
+    streams: BTreeMap<(FrameworkId, TaskId), UpdateStream>,
+    containers: HashMap<ContainerId, (FrameworkId, ExecutorId)>,
+    start_time: f64,
+    started: Instant,
+    counters: Counters,
+}
+
+#[derive(Default)]
+struct Counters {
+    tasks_finished: u64,
+    tasks_failed: u64,
+    tasks_killed: u64,
+    tasks_lost: u64,
+    executors_terminated: u64,
+    status_updates_sent: u64,
+    status_update_retries: u64,
+    invalid_status_updates: u64,
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn new_uuid() -> B64 {
+    B64(uuid::Uuid::new_v4().as_bytes().to_vec())
+}
+
+pub(crate) fn spawn(
+    config: AgentConfig,
+    agent_info: AgentInfo,
+    containerizer: Arc<dyn Containerizer>,
+    out: mpsc::UnboundedSender<AgentToMaster>,
+) -> (Handle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+    let st = State {
+        config,
+        self_tx: tx.clone(),
+        out,
+        containerizer,
+        exits_tx,
+        agent_info,
+        agent_id: None,
+        session_id: None,
+        frameworks: BTreeMap::new(),
+        completed_frameworks: VecDeque::new(),
+        streams: BTreeMap::new(),
+        containers: HashMap::new(),
+        start_time: now_secs(),
+        started: Instant::now(),
+        counters: Counters::default(),
+    };
+    let task = tokio::spawn(run(st, rx, exits_rx));
+    (Handle { tx }, task)
+}
+
+async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>, mut exits: mpsc::UnboundedReceiver<ContainerExit>) {
+    let mut retry = tokio::time::interval(Duration::from_millis(250));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            m = rx.recv() => match m {
+                Some(m) => st.handle(m),
+                None => break,
+            },
+            Some(e) = exits.recv() => st.container_exited(e),
+            _ = retry.tick() => st.retry_updates(),
+        }
+    }
+    // The agent is going away: its containers go too unless a later issue keeps them.
+    for c in st.containerizer.containers() {
+        st.containerizer.destroy(&c);
+    }
+}
+
+/// A subscription stream to an executor; dropping it ends the HTTP response.
+struct ExecStream {
+    tx: mpsc::UnboundedSender<Bytes>,
+    _cancel_watch: oneshot::Sender<()>,
+}
+
+fn watch_stream(tx: mpsc::UnboundedSender<Bytes>, on_close: Msg, self_tx: mpsc::UnboundedSender<Msg>) -> ExecStream {
+    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+    let watched = tx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = watched.closed() => { let _ = self_tx.send(on_close); }
+            _ = cancel_rx => {}
+        }
+    });
+    ExecStream { tx, _cancel_watch: cancel_tx }
+}
+
+impl State {
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Connected { agent_id, session_id } => {
+                let first = self.agent_id.is_none();
+                tracing::info!(%agent_id, reregistered = !first, "connected to master");
+                self.agent_info.id = Some(agent_id.clone());
+                self.agent_id = Some(agent_id);
+                self.session_id = Some(session_id);
+                // Everything not yet acknowledged goes out again now.
+                for s in self.streams.values_mut() {
+                    s.next_retry = Some(Instant::now());
+                    s.backoff = self.config.status_update_retry_interval;
+                }
+                self.retry_updates();
+            }
+            Msg::Disconnected => {
+                if self.session_id.take().is_some() {
+                    tracing::warn!("disconnected from master");
+                }
+            }
+            Msg::RegistrationCall { reply } => {
+                let _ = reply.send(self.registration_call());
+            }
+            Msg::FromMaster(m) => self.from_master(m),
+            Msg::ExecutorSubscribe { call, tx, reply } => {
+                let _ = reply.send(self.executor_subscribe(call, tx));
+            }
+            Msg::ExecutorCall { call, reply } => {
+                let _ = reply.send(self.executor_call(call));
+            }
+            Msg::ContainerExited(e) => self.container_exited(e),
+            Msg::RegistrationTimeout { framework_id, executor_id, container_id } => {
+                let registering = self
+                    .executor(&framework_id, &executor_id)
+                    .map(|e| e.container_id == container_id && e.state == ExecState::Registering)
+                    .unwrap_or(false);
+                if registering {
+                    tracing::warn!(%framework_id, %executor_id, "executor did not subscribe in time; destroying it");
+                    self.fail_executor_tasks(
+                        &framework_id,
+                        &executor_id,
+                        Reason::ReasonExecutorRegistrationTimeout,
+                        "Executor did not register in time",
+                    );
+                    self.containerizer.destroy(&container_id);
+                }
+            }
+            Msg::ShutdownTimeout { framework_id, executor_id, container_id } => {
+                let alive = self
+                    .executor(&framework_id, &executor_id)
+                    .map(|e| e.container_id == container_id && e.state != ExecState::Terminated)
+                    .unwrap_or(false);
+                if alive {
+                    self.containerizer.destroy(&container_id);
+                }
+            }
+            Msg::ExecutorStreamClosed { framework_id, executor_id, container_id } => {
+                if let Some(e) = self.executor_mut(&framework_id, &executor_id) {
+                    if e.container_id == container_id {
+                        e.stream = None;
+                    }
+                }
+            }
+            Msg::Query { query, reply } => {
+                let _ = reply.send(self.query(&query));
+            }
+        }
+    }
+
+    fn executor(&self, f: &FrameworkId, e: &ExecutorId) -> Option<&Executor> {
+        self.frameworks.get(f).and_then(|fw| fw.executors.get(e))
+    }
+
+    fn executor_mut(&mut self, f: &FrameworkId, e: &ExecutorId) -> Option<&mut Executor> {
+        self.frameworks.get_mut(f).and_then(|fw| fw.executors.get_mut(e))
+    }
+
+    fn send_master(&self, call: AgentToMaster) {
+        let _ = self.out.send(call);
+    }
+
+    fn registration_call(&self) -> AgentToMaster {
+        let version = MESOS_VERSION.to_string();
+        if self.agent_id.is_none() {
+            let mut info = self.agent_info.clone();
+            info.id = None;
+            return AgentToMaster::Register { agent_info: info, version };
+        }
+        let mut frameworks = Vec::new();
+        let mut executors = Vec::new();
+        let mut tasks = Vec::new();
+        for (fid, fw) in &self.frameworks {
+            if fw.shutting_down {
+                continue;
+            }
+            frameworks.push(fw.info.clone());
+            for e in fw.executors.values() {
+                if e.state == ExecState::Terminated {
+                    continue;
+                }
+                if !e.is_command {
+                    executors.push(ExecutorReport { framework_id: fid.clone(), executor_info: e.info.clone() });
+                }
+                for t in e.queued.iter() {
+                    tasks.push(self.task_record(fid, e, t, TaskState::Staging, &[]));
+                }
+                for t in e.tasks.values() {
+                    tasks.push(self.task_record(fid, e, &t.info, t.state, &t.statuses));
+                }
+            }
+        }
+        AgentToMaster::Reregister { agent_info: self.agent_info.clone(), version, frameworks, executors, tasks }
+    }
+
+    fn task_record(
+        &self,
+        fid: &FrameworkId,
+        e: &Executor,
+        t: &TaskInfo,
+        state: TaskState,
+        statuses: &[TaskStatus],
+    ) -> Task {
+        let head = self.streams.get(&(fid.clone(), t.task_id.clone())).and_then(|s| s.pending.front());
+        Task {
+            name: t.name.clone(),
+            task_id: t.task_id.clone(),
+            framework_id: fid.clone(),
+            executor_id: if e.is_command { None } else { Some(e.info.executor_id.clone()) },
+            agent_id: self.agent_id.clone().unwrap_or_default(),
+            state,
+            resources: t.resources.clone(),
+            statuses: statuses.to_vec(),
+            status_update_state: head.map(|s| s.state),
+            status_update_uuid: head.and_then(|s| s.uuid.clone()),
+            labels: t.labels.clone(),
+            discovery: t.discovery.clone(),
+            container: t.container.clone(),
+            health_check: t.health_check.clone(),
+            kill_policy: t.kill_policy.clone(),
+            user: t.command.as_ref().and_then(|c| c.user.clone()),
+            limits: t.limits.clone(),
+        }
+    }
+
+    // ------------------------------------------------------------ master messages
+
+    fn from_master(&mut self, m: MasterToAgent) {
+        match m {
+            MasterToAgent::Registered { .. } | MasterToAgent::Reregistered { .. } => {}
+            MasterToAgent::Ping => {
+                if let (Some(agent_id), Some(session_id)) = (self.agent_id.clone(), self.session_id.clone()) {
+                    self.send_master(AgentToMaster::Pong { agent_id, session_id });
+                }
+            }
+            MasterToAgent::RunTask { framework_info, task, resources } => {
+                self.run_task(framework_info, task, resources)
+            }
+            MasterToAgent::KillTask { framework_id, task_id, kill_policy } => {
+                self.kill_task(&framework_id, &task_id, kill_policy)
+            }
+            MasterToAgent::ShutdownExecutor { framework_id, executor_id } => {
+                self.shutdown_executor(&framework_id, &executor_id)
+            }
+            MasterToAgent::ShutdownFramework { framework_id } => self.shutdown_framework(&framework_id),
+            MasterToAgent::UpdateFramework { framework_info } => {
+                if let Some(fid) = &framework_info.id {
+                    if let Some(fw) = self.frameworks.get_mut(fid) {
+                        fw.info = framework_info;
+                    }
+                }
+            }
+            MasterToAgent::Acknowledge { framework_id, task_id, uuid } => {
+                self.acknowledged(&framework_id, &task_id, &uuid)
+            }
+            MasterToAgent::FrameworkMessage { framework_id, executor_id, data } => {
+                if let Some(e) = self.executor_mut(&framework_id, &executor_id) {
+                    let mut ev = exec::Event::of(exec::EventType::Message);
+                    ev.message = Some(exec::MessageEvent { data });
+                    e.send(&ev);
+                }
+            }
+            MasterToAgent::Shutdown { message } => {
+                tracing::error!(%message, "the master asked this agent to shut down");
+                let fids: Vec<FrameworkId> = self.frameworks.keys().cloned().collect();
+                for f in fids {
+                    self.shutdown_framework(&f);
+                }
+            }
+        }
+    }
+
+    fn sandbox_dir(&self, fid: &FrameworkId, eid: &ExecutorId, cid: &ContainerId) -> PathBuf {
+        self.config
+            .work_dir
+            .join("slaves")
+            .join(self.agent_id.as_ref().map(|a| a.value.as_str()).unwrap_or("unregistered"))
+            .join("frameworks")
+            .join(&fid.value)
+            .join("executors")
+            .join(&eid.value)
+            .join("runs")
+            .join(&cid.value)
+    }
+
+    fn run_task(&mut self, framework_info: FrameworkInfo, mut task: TaskInfo, resources: Vec<Resource>) {
+        let Some(fid) = framework_info.id.clone() else {
+            tracing::warn!(task_id = %task.task_id, "RUN_TASK without a framework id; dropped");
+            return;
+        };
+        if !resources.is_empty() {
+            task.resources = resources;
+        }
+        let span = tracing::info_span!("run_task", framework_id = %fid, task_id = %task.task_id);
+        let _e = span.enter();
+        let (executor_info, is_command) = match &task.executor {
+            Some(e) => {
+                let mut e = e.clone();
+                e.framework_id = Some(fid.clone());
+                (e, false)
+            }
+            None => (self.command_executor_info(&fid, &task), true),
+        };
+        let fw = self.frameworks.entry(fid.clone()).or_insert_with(|| Framework {
+            info: framework_info.clone(),
+            executors: BTreeMap::new(),
+            completed_executors: VecDeque::new(),
+            shutting_down: false,
+        });
+        fw.info = framework_info.clone();
+        fw.shutting_down = false;
+        let eid = executor_info.executor_id.clone();
+        let existing = fw.executors.get(&eid).map(|e| e.state);
+        match existing {
+            Some(ExecState::Registering) => {
+                if let Some(e) = fw.executors.get_mut(&eid) {
+                    e.queued.push(task);
+                }
+                return;
+            }
+            Some(ExecState::Running) => {
+                if let Some(e) = fw.executors.get_mut(&eid) {
+                    let mut ev = exec::Event::of(exec::EventType::Launch);
+                    ev.launch = Some(exec::LaunchEvent { task: task.clone() });
+                    e.tasks.insert(
+                        task.task_id.clone(),
+                        AgentTask { info: task, state: TaskState::Staging, statuses: vec![] },
+                    );
+                    e.send(&ev);
+                }
+                return;
+            }
+            Some(ExecState::Terminating) | Some(ExecState::Terminated) => {
+                let s = self.agent_status(
+                    &task.task_id,
+                    Some(&eid),
+                    TaskState::Lost,
+                    Some(Reason::ReasonExecutorTerminated),
+                    "Executor is terminating",
+                );
+                let pa = framework_info.partition_aware();
+                let mut s = s;
+                if pa {
+                    s.state = TaskState::Dropped;
+                }
+                self.enqueue_update(&fid, s);
+                return;
+            }
+            None => {}
+        }
+        let cid = ContainerId::new(uuid::Uuid::new_v4().to_string());
+        let directory = self.sandbox_dir(&fid, &eid, &cid);
+        let mut env = self.executor_env(&fid, &eid, &directory, framework_info.checkpoint);
+        let (argv, shell) = if is_command {
+            (vec![self.config.executor_path.to_string_lossy().into_owned(), "executor".into()], false)
+        } else {
+            let c = executor_info.command.clone().unwrap_or_else(|| CommandInfo::shell(""));
+            for v in c.environment.iter().flat_map(|e| e.variables.iter()) {
+                env.push((v.name.clone(), v.value.clone().unwrap_or_default()));
+            }
+            if c.shell {
+                (vec![c.value.unwrap_or_default()], true)
+            } else {
+                let mut argv = c.arguments.clone();
+                if argv.is_empty() {
+                    argv.push(c.value.clone().unwrap_or_default());
+                } else {
+                    argv[0] = c.value.clone().unwrap_or_else(|| argv[0].clone());
+                }
+                (argv, false)
+            }
+        };
+        let user = task
+            .command
+            .as_ref()
+            .and_then(|c| c.user.clone())
+            .or_else(|| executor_info.command.as_ref().and_then(|c| c.user.clone()))
+            .or_else(|| Some(framework_info.user.clone()).filter(|u| !u.is_empty()));
+        let spec = LaunchSpec { container_id: cid.clone(), argv, shell, env, directory: directory.clone(), user };
+        let mut executor = Executor {
+            info: executor_info,
+            container_id: cid.clone(),
+            directory: directory.clone(),
+            is_command,
+            state: ExecState::Registering,
+            stream: None,
+            queued: vec![task.clone()],
+            tasks: BTreeMap::new(),
+            completed: vec![],
+            pid: 0,
+        };
+        match self.containerizer.launch(spec, self.exits_tx.clone()) {
+            Ok(pid) => {
+                executor.pid = pid;
+                let _ = latest_symlink(&directory);
+                tracing::info!(executor_id = %eid, container_id = %cid, pid, "executor launched");
+                self.containers.insert(cid.clone(), (fid.clone(), eid.clone()));
+                if let Some(fw) = self.frameworks.get_mut(&fid) {
+                    fw.executors.insert(eid.clone(), executor);
+                }
+                let tx = self.self_tx.clone();
+                let timeout = self.config.executor_registration_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(timeout).await;
+                    let _ =
+                        tx.send(Msg::RegistrationTimeout { framework_id: fid, executor_id: eid, container_id: cid });
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "container launch failed");
+                let s = self.agent_status(
+                    &task.task_id,
+                    Some(&eid),
+                    TaskState::Failed,
+                    Some(Reason::ReasonContainerLaunchFailed),
+                    e.to_string(),
+                );
+                self.enqueue_update(&fid, s);
+            }
+        }
+    }
+
+    fn command_executor_info(&self, fid: &FrameworkId, task: &TaskInfo) -> ExecutorInfo {
+        let cmd = task.command.clone().unwrap_or_else(|| CommandInfo::shell(""));
+        let text = if cmd.shell { cmd.value.clone().unwrap_or_default() } else { cmd.arguments.join(" ") };
+        // The command executor's own overhead, as Mesos adds it (not charged to the offer).
+        let mut res = Resources::from_vec(task.resources.clone());
+        let role = task.resources.iter().find_map(|r| r.allocation_role().map(str::to_string));
+        res.add(&Resource::scalar("cpus", 0.1).with_allocation(role.as_deref()));
+        res.add(&Resource::scalar("mem", 32.0).with_allocation(role.as_deref()));
+        ExecutorInfo {
+            kind: None,
+            executor_id: ExecutorId::new(task.task_id.value.clone()),
+            framework_id: Some(fid.clone()),
+            command: Some(CommandInfo {
+                shell: false,
+                value: Some(self.config.executor_path.to_string_lossy().into_owned()),
+                arguments: vec!["agora".into(), "executor".into()],
+                environment: None,
+                user: None,
+                uris: vec![],
+            }),
+            container: None,
+            resources: res.into_vec(),
+            name: Some(format!("Command Executor (Task: {}) (Command: sh -c '{}')", task.task_id, text)),
+            source: Some(task.task_id.value.clone()),
+            data: None,
+            discovery: None,
+            shutdown_grace_period: None,
+            labels: None,
+        }
+    }
+
+    fn executor_env(
+        &self,
+        fid: &FrameworkId,
+        eid: &ExecutorId,
+        dir: &std::path::Path,
+        checkpoint: bool,
+    ) -> Vec<(String, String)> {
+        let endpoint = format!("{}:{}", self.config.ip, self.config.port);
+        let grace = self.config.executor_shutdown_grace_period;
+        vec![
+            ("MESOS_FRAMEWORK_ID".into(), fid.value.clone()),
+            ("MESOS_EXECUTOR_ID".into(), eid.value.clone()),
+            ("MESOS_DIRECTORY".into(), dir.to_string_lossy().into_owned()),
+            ("MESOS_SANDBOX".into(), dir.to_string_lossy().into_owned()),
+            ("MESOS_AGENT_ENDPOINT".into(), endpoint.clone()),
+            ("MESOS_SLAVE_ID".into(), self.agent_id.as_ref().map(|a| a.value.clone()).unwrap_or_default()),
+            ("MESOS_SLAVE_PID".into(), format!("slave(1)@{endpoint}")),
+            ("MESOS_CHECKPOINT".into(), if checkpoint { "1" } else { "0" }.into()),
+            ("MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD".into(), format!("{}ms", grace.as_millis())),
+            ("MESOS_HTTP_COMMAND_EXECUTOR".into(), "1".into()),
+            ("MESOS_RECOVERY_TIMEOUT".into(), "15mins".into()),
+            ("MESOS_SUBSCRIPTION_BACKOFF_MAX".into(), "2secs".into()),
+            ("LIBPROCESS_PORT".into(), "0".into()),
+            ("LIBPROCESS_IP".into(), self.config.ip.clone()),
+        ]
+    }
+
+    /// An update the agent itself generates (the executor could not).
+    fn agent_status(
+        &self,
+        task_id: &TaskId,
+        eid: Option<&ExecutorId>,
+        state: TaskState,
+        reason: Option<Reason>,
+        message: impl Into<String>,
+    ) -> TaskStatus {
+        let mut s = TaskStatus::new(task_id.clone(), state);
+        s.source = Some(Source::Agent);
+        s.reason = reason;
+        s.message = Some(message.into());
+        s.timestamp = Some(now_secs());
+        s.uuid = Some(new_uuid());
+        s.agent_id = self.agent_id.clone();
+        s.executor_id = eid.cloned();
+        s
+    }
+
+    fn kill_task(&mut self, fid: &FrameworkId, tid: &TaskId, kill_policy: Option<KillPolicy>) {
+        let Some(fw) = self.frameworks.get_mut(fid) else {
+            tracing::info!(framework_id = %fid, task_id = %tid, "kill for an unknown framework; ignored");
+            return;
+        };
+        let mut found: Option<ExecutorId> = None;
+        let mut was_queued = false;
+        for (eid, e) in fw.executors.iter_mut() {
+            if let Some(i) = e.queued.iter().position(|t| &t.task_id == tid) {
+                e.queued.remove(i);
+                found = Some(eid.clone());
+                was_queued = true;
+                break;
+            }
+            if e.tasks.contains_key(tid) {
+                found = Some(eid.clone());
+                break;
+            }
+        }
+        let Some(eid) = found else {
+            let known = fw.executors.values().any(|e| e.completed.iter().any(|t| &t.info.task_id == tid))
+                || fw.completed_executors.iter().any(|e| e.completed.iter().any(|t| &t.info.task_id == tid));
+            if !known {
+                let pa = fw.info.partition_aware();
+                let s = self.agent_status(
+                    tid,
+                    None,
+                    if pa { TaskState::Dropped } else { TaskState::Lost },
+                    None,
+                    "Cannot find task to kill",
+                );
+                self.enqueue_update(fid, s);
+            }
+            return;
+        };
+        if was_queued {
+            let s = self.agent_status(
+                tid,
+                Some(&eid),
+                TaskState::Killed,
+                Some(Reason::ReasonTaskKilledDuringLaunch),
+                "Task killed before it was launched",
+            );
+            self.enqueue_update(fid, s);
+            let empty = self.executor(fid, &eid).map(|e| e.queued.is_empty() && e.tasks.is_empty()).unwrap_or(false);
+            if empty {
+                self.shutdown_executor(fid, &eid);
+            }
+            return;
+        }
+        if let Some(e) = self.executor_mut(fid, &eid) {
+            let mut ev = exec::Event::of(exec::EventType::Kill);
+            ev.kill = Some(exec::KillEvent { task_id: tid.clone(), kill_policy });
+            e.send(&ev);
+        }
+    }
+
+    fn shutdown_executor(&mut self, fid: &FrameworkId, eid: &ExecutorId) {
+        let grace = self.config.executor_shutdown_grace_period;
+        let Some(e) = self.executor_mut(fid, eid) else { return };
+        if e.state == ExecState::Terminated {
+            return;
+        }
+        let cid = e.container_id.clone();
+        if e.stream.is_some() {
+            e.state = ExecState::Terminating;
+            e.send(&exec::Event::of(exec::EventType::Shutdown));
+            let tx = self.self_tx.clone();
+            let (fid, eid) = (fid.clone(), eid.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let _ = tx.send(Msg::ShutdownTimeout { framework_id: fid, executor_id: eid, container_id: cid });
+            });
+        } else {
+            e.state = ExecState::Terminating;
+            self.containerizer.destroy(&cid);
+        }
+    }
+
+    fn shutdown_framework(&mut self, fid: &FrameworkId) {
+        let Some(fw) = self.frameworks.get_mut(fid) else { return };
+        tracing::info!(framework_id = %fid, "shutting down framework");
+        fw.shutting_down = true;
+        let eids: Vec<ExecutorId> = fw.executors.keys().cloned().collect();
+        for e in &eids {
+            self.shutdown_executor(fid, e);
+        }
+        // The master has forgotten the framework: nothing of it is delivered any more.
+        self.streams.retain(|(f, _), _| f != fid);
+        self.maybe_remove_framework(fid);
+    }
+
+    fn maybe_remove_framework(&mut self, fid: &FrameworkId) {
+        let done = self
+            .frameworks
+            .get(fid)
+            .map(|fw| {
+                fw.executors.values().all(|e| e.state == ExecState::Terminated)
+                    && !self.streams.keys().any(|(f, _)| f == fid)
+            })
+            .unwrap_or(false);
+        if done {
+            if let Some(mut fw) = self.frameworks.remove(fid) {
+                let execs: Vec<Executor> = std::mem::take(&mut fw.executors).into_values().collect();
+                fw.completed_executors.extend(execs);
+                while fw.completed_executors.len() > 150 {
+                    fw.completed_executors.pop_front();
+                }
+                self.completed_frameworks.push_back(fw);
+                while self.completed_frameworks.len() > 50 {
+                    self.completed_frameworks.pop_front();
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ executors
+
+    fn executor_subscribe(&mut self, call: exec::Call, tx: mpsc::UnboundedSender<Bytes>) -> Result<(), ApiError> {
+        let fid = call.framework_id.clone();
+        let eid = call.executor_id.clone();
+        let agent_info = self.agent_info.clone();
+        let Some(fw) = self.frameworks.get_mut(&fid) else {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Framework {fid} cannot be found")));
+        };
+        let framework_info = fw.info.clone();
+        let Some(e) = fw.executors.get_mut(&eid) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Executor {eid} of framework {fid} cannot be found"),
+            ));
+        };
+        if e.state == ExecState::Terminated || e.state == ExecState::Terminating {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Executor {eid} is terminating")));
+        }
+        tracing::info!(framework_id = %fid, executor_id = %eid, "executor subscribed");
+        e.stream = Some(watch_stream(
+            tx,
+            Msg::ExecutorStreamClosed {
+                framework_id: fid.clone(),
+                executor_id: eid.clone(),
+                container_id: e.container_id.clone(),
+            },
+            self.self_tx.clone(),
+        ));
+        e.state = ExecState::Running;
+        let mut ev = exec::Event::of(exec::EventType::Subscribed);
+        ev.subscribed = Some(exec::Subscribed {
+            executor_info: e.info.clone(),
+            framework_info,
+            agent_info,
+            container_id: Some(e.container_id.clone()),
+        });
+        e.send(&ev);
+        let queued = std::mem::take(&mut e.queued);
+        for t in queued {
+            let mut ev = exec::Event::of(exec::EventType::Launch);
+            ev.launch = Some(exec::LaunchEvent { task: t.clone() });
+            e.tasks.insert(t.task_id.clone(), AgentTask { info: t, state: TaskState::Staging, statuses: vec![] });
+            e.send(&ev);
+        }
+        // Updates the executor still holds (it re-subscribed): take what we do not have.
+        if let Some(sub) = call.subscribe {
+            for u in sub.unacknowledged_updates {
+                let _ = self.executor_update(&fid, &eid, u.status);
+            }
+        }
+        Ok(())
+    }
+
+    fn executor_call(&mut self, call: exec::Call) -> Result<(), ApiError> {
+        let fid = call.framework_id.clone();
+        let eid = call.executor_id.clone();
+        let Some(e) = self.executor(&fid, &eid) else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("Executor {eid} of framework {fid} cannot be found"),
+            ));
+        };
+        if e.stream.is_none() {
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "Executor is not subscribed"));
+        }
+        match call.kind {
+            exec::CallType::Update => {
+                let u = call
+                    .update
+                    .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Expecting 'update' to be present"))?;
+                self.executor_update(&fid, &eid, u.status)
+            }
+            exec::CallType::Message => {
+                let m = call
+                    .message
+                    .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "Expecting 'message' to be present"))?;
+                if let (Some(agent_id), Some(session_id)) = (self.agent_id.clone(), self.session_id.clone()) {
+                    self.send_master(AgentToMaster::ExecutorMessage {
+                        agent_id,
+                        session_id,
+                        framework_id: fid,
+                        executor_id: eid,
+                        data: m.data,
+                    });
+                }
+                Ok(())
+            }
+            exec::CallType::Heartbeat => Ok(()),
+            exec::CallType::Subscribe => Err(ApiError::new(StatusCode::BAD_REQUEST, "SUBSCRIBE opens a stream")),
+            exec::CallType::Unknown => Err(ApiError::new(StatusCode::BAD_REQUEST, "Unknown call type")),
+        }
+    }
+
+    fn executor_update(&mut self, fid: &FrameworkId, eid: &ExecutorId, mut status: TaskStatus) -> Result<(), ApiError> {
+        let Some(uuid) = status.uuid.clone() else {
+            self.counters.invalid_status_updates += 1;
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "Status update must carry a 'uuid'"));
+        };
+        if uuid.0.len() != 16 {
+            self.counters.invalid_status_updates += 1;
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "Status update 'uuid' must be 16 bytes"));
+        }
+        if status.state == TaskState::Staging {
+            self.counters.invalid_status_updates += 1;
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "Executors must not send TASK_STAGING"));
+        }
+        let killing_capable =
+            self.frameworks.get(fid).map(|f| f.info.has_capability("TASK_KILLING_STATE")).unwrap_or(false);
+        let agent_id = self.agent_id.clone();
+        let Some(e) = self.executor_mut(fid, eid) else {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "Executor cannot be found"));
+        };
+        status.source = Some(Source::Executor);
+        status.agent_id = agent_id;
+        status.executor_id = Some(eid.clone());
+        if status.timestamp.is_none() {
+            status.timestamp = Some(now_secs());
+        }
+        let tid = status.task_id.clone();
+        let Some(task) = e.tasks.get_mut(&tid) else {
+            // Already terminal and acknowledged (a re-sent update) or never ours.
+            let done = e.completed.iter().any(|t| t.info.task_id == tid);
+            let mut ack = exec::Event::of(exec::EventType::Acknowledged);
+            ack.acknowledged = Some(exec::AcknowledgedEvent { task_id: tid.clone(), uuid });
+            if done {
+                e.send(&ack);
+                return Ok(());
+            }
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Task {tid} is unknown to this executor")));
+        };
+        if task.statuses.iter().any(|s| s.uuid.as_ref() == Some(&uuid)) {
+            // A duplicate: acknowledge again, record nothing.
+            let mut ack = exec::Event::of(exec::EventType::Acknowledged);
+            ack.acknowledged = Some(exec::AcknowledgedEvent { task_id: tid, uuid });
+            e.send(&ack);
+            return Ok(());
+        }
+        if task.state.is_terminal() {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Task {tid} is already terminal")));
+        }
+        task.state = status.state;
+        let mut rec = status.clone();
+        rec.data = None;
+        task.statuses.push(rec);
+        let mut ack = exec::Event::of(exec::EventType::Acknowledged);
+        ack.acknowledged = Some(exec::AcknowledgedEvent { task_id: tid.clone(), uuid });
+        e.send(&ack);
+        match status.state {
+            TaskState::Finished => self.counters.tasks_finished += 1,
+            TaskState::Failed => self.counters.tasks_failed += 1,
+            TaskState::Killed => self.counters.tasks_killed += 1,
+            TaskState::Lost => self.counters.tasks_lost += 1,
+            _ => {}
+        }
+        if status.state == TaskState::Killing && !killing_capable {
+            // Frameworks without TASK_KILLING_STATE never see it, so never acknowledge it.
+            return Ok(());
+        }
+        self.enqueue_update(fid, status);
+        Ok(())
+    }
+
+    fn container_exited(&mut self, exit: ContainerExit) {
+        let Some((fid, eid)) = self.containers.remove(&exit.container_id) else { return };
+        let span = tracing::info_span!("executor_exited", framework_id = %fid, executor_id = %eid);
+        let _e = span.enter();
+        tracing::info!(status = ?exit.status, message = %exit.message, "executor exited");
+        self.counters.executors_terminated += 1;
+        let shutting_down = self.frameworks.get(&fid).map(|f| f.shutting_down).unwrap_or(true);
+        if !shutting_down {
+            self.fail_executor_tasks(&fid, &eid, Reason::ReasonExecutorTerminated, "Executor terminated");
+        }
+        if let Some(e) = self.executor_mut(&fid, &eid) {
+            e.state = ExecState::Terminated;
+            e.stream = None;
+        }
+        if let (Some(agent_id), Some(session_id)) = (self.agent_id.clone(), self.session_id.clone()) {
+            if !shutting_down {
+                self.send_master(AgentToMaster::ExecutorExited {
+                    agent_id,
+                    session_id,
+                    framework_id: fid.clone(),
+                    executor_id: eid.clone(),
+                    status: exit.status,
+                });
+            }
+        }
+        self.maybe_complete_executor(&fid, &eid);
+        self.maybe_remove_framework(&fid);
+    }
+
+    /// Every task of the executor that is not terminal yet ends FAILED.
+    fn fail_executor_tasks(&mut self, fid: &FrameworkId, eid: &ExecutorId, reason: Reason, message: &str) {
+        let Some(e) = self.executor(fid, eid) else { return };
+        let mut ids: Vec<TaskId> = e.queued.iter().map(|t| t.task_id.clone()).collect();
+        ids.extend(e.tasks.values().filter(|t| !t.state.is_terminal()).map(|t| t.info.task_id.clone()));
+        let mut updates = Vec::new();
+        for tid in ids {
+            updates.push(self.agent_status(&tid, Some(eid), TaskState::Failed, Some(reason), message));
+        }
+        if let Some(e) = self.executor_mut(fid, eid) {
+            let queued = std::mem::take(&mut e.queued);
+            for t in queued {
+                e.tasks.insert(t.task_id.clone(), AgentTask { info: t, state: TaskState::Staging, statuses: vec![] });
+            }
+            for s in &updates {
+                if let Some(t) = e.tasks.get_mut(&s.task_id) {
+                    t.state = s.state;
+                    t.statuses.push(s.clone());
+                }
+            }
+        }
+        for s in updates {
+            self.counters.tasks_failed += 1;
+            self.enqueue_update(fid, s);
+        }
+    }
+
+    /// An executor is done when it exited and all its tasks' updates were acknowledged.
+    fn maybe_complete_executor(&mut self, fid: &FrameworkId, eid: &ExecutorId) {
+        let pending = self
+            .streams
+            .keys()
+            .any(|(f, t)| f == fid && self.executor(fid, eid).map(|e| e.tasks.contains_key(t)).unwrap_or(false));
+        let Some(fw) = self.frameworks.get_mut(fid) else { return };
+        let done = fw.executors.get(eid).map(|e| e.state == ExecState::Terminated).unwrap_or(false);
+        if done && !pending {
+            if let Some(mut e) = fw.executors.remove(eid) {
+                let tasks: Vec<AgentTask> = std::mem::take(&mut e.tasks).into_values().collect();
+                e.completed.extend(tasks);
+                fw.completed_executors.push_back(e);
+                while fw.completed_executors.len() > 150 {
+                    fw.completed_executors.pop_front();
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ status update manager
+
+    fn enqueue_update(&mut self, fid: &FrameworkId, status: TaskStatus) {
+        let key = (fid.clone(), status.task_id.clone());
+        let base = self.config.status_update_retry_interval;
+        let s = self.streams.entry(key.clone()).or_insert_with(|| UpdateStream {
+            pending: VecDeque::new(),
+            next_retry: None,
+            backoff: base,
+        });
+        s.pending.push_back(status);
+        if s.pending.len() == 1 {
+            self.forward_head(&key);
+        }
+    }
+
+    fn latest_state(&self, fid: &FrameworkId, tid: &TaskId) -> Option<TaskState> {
+        let fw = self.frameworks.get(fid)?;
+        fw.executors.values().find_map(|e| e.tasks.get(tid).map(|t| t.state))
+    }
+
+    fn forward_head(&mut self, key: &(FrameworkId, TaskId)) {
+        let latest = self.latest_state(&key.0, &key.1);
+        let (Some(agent_id), Some(session_id)) = (self.agent_id.clone(), self.session_id.clone()) else {
+            if let Some(s) = self.streams.get_mut(key) {
+                s.next_retry = Some(Instant::now() + s.backoff);
+            }
+            return;
+        };
+        let Some(s) = self.streams.get_mut(key) else { return };
+        let Some(head) = s.pending.front().cloned() else { return };
+        s.next_retry = Some(Instant::now() + s.backoff);
+        let latest = s.pending.back().map(|b| b.state).or(latest);
+        self.counters.status_updates_sent += 1;
+        self.send_master(AgentToMaster::StatusUpdate {
+            agent_id,
+            session_id,
+            update: StatusUpdate { framework_id: key.0.clone(), status: head, latest_state: latest },
+        });
+    }
+
+    fn retry_updates(&mut self) {
+        if self.session_id.is_none() {
+            return;
+        }
+        let now = Instant::now();
+        let due: Vec<(FrameworkId, TaskId)> = self
+            .streams
+            .iter()
+            .filter(|(_, s)| s.next_retry.map(|t| t <= now).unwrap_or(false))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let max = Duration::from_secs(600);
+        for key in due {
+            if let Some(s) = self.streams.get_mut(&key) {
+                self.counters.status_update_retries += 1;
+                s.backoff = (s.backoff * 2).min(max);
+            }
+            self.forward_head(&key);
+        }
+    }
+
+    fn acknowledged(&mut self, fid: &FrameworkId, tid: &TaskId, uuid: &B64) {
+        let key = (fid.clone(), tid.clone());
+        let base = self.config.status_update_retry_interval;
+        let Some(s) = self.streams.get_mut(&key) else {
+            tracing::debug!(framework_id = %fid, task_id = %tid, "acknowledgement for no pending update");
+            return;
+        };
+        if s.pending.front().and_then(|h| h.uuid.as_ref()) != Some(uuid) {
+            tracing::debug!(framework_id = %fid, task_id = %tid, "acknowledgement does not match the update in flight; ignored");
+            return;
+        }
+        let acked = s.pending.pop_front();
+        s.backoff = base;
+        if s.pending.is_empty() {
+            self.streams.remove(&key);
+            if acked.map(|a| a.state.is_terminal()).unwrap_or(false) {
+                self.task_completed(fid, tid);
+            }
+        } else {
+            self.forward_head(&key);
+        }
+    }
+
+    /// A task whose terminal update was acknowledged leaves the live set.
+    fn task_completed(&mut self, fid: &FrameworkId, tid: &TaskId) {
+        let mut owner = None;
+        if let Some(fw) = self.frameworks.get_mut(fid) {
+            for (eid, e) in fw.executors.iter_mut() {
+                if let Some(t) = e.tasks.remove(tid) {
+                    e.completed.push(t);
+                    if e.completed.len() > 200 {
+                        e.completed.remove(0);
+                    }
+                    owner = Some(eid.clone());
+                    break;
+                }
+            }
+        }
+        if let Some(eid) = owner {
+            // A command executor whose only task is done is shut down if it lingers.
+            let lingering = self
+                .executor(fid, &eid)
+                .map(|e| e.is_command && e.tasks.is_empty() && e.queued.is_empty() && e.state == ExecState::Running)
+                .unwrap_or(false);
+            if lingering {
+                let grace = self.config.executor_shutdown_grace_period;
+                let cid = self.executor(fid, &eid).map(|e| e.container_id.clone());
+                if let Some(cid) = cid {
+                    let tx = self.self_tx.clone();
+                    let (f, e) = (fid.clone(), eid.clone());
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace + Duration::from_secs(5)).await;
+                        let _ = tx.send(Msg::ShutdownTimeout { framework_id: f, executor_id: e, container_id: cid });
+                    });
+                }
+            }
+            self.maybe_complete_executor(fid, &eid);
+        }
+        self.maybe_remove_framework(fid);
+    }
+
+    // ------------------------------------------------------------ views
+
+    fn query(&self, q: &Query) -> serde_json::Value {
+        match q {
+            Query::State => self.state_json(),
+            Query::Metrics => self.metrics(),
+            Query::SandboxRoot => serde_json::json!({
+                "work_dir": self.config.work_dir,
+                "agent_id": self.agent_id.as_ref().map(|a| a.value.clone()),
+            }),
+        }
+    }
+
+    fn task_json(
+        &self,
+        fid: &FrameworkId,
+        e: &Executor,
+        t: &TaskInfo,
+        state: TaskState,
+        statuses: &[TaskStatus],
+    ) -> serde_json::Value {
+        serde_json::json!({
+            "id": t.task_id.value,
+            "name": t.name,
+            "framework_id": fid.value,
+            "executor_id": if e.is_command { String::new() } else { e.info.executor_id.value.clone() },
+            "slave_id": self.agent_id.as_ref().map(|a| a.value.clone()).unwrap_or_default(),
+            "state": state,
+            "resources": Resources::from_vec(t.resources.clone()).to_legacy_map(),
+            "statuses": statuses.iter().map(|s| serde_json::json!({"state": s.state, "timestamp": s.timestamp.unwrap_or(0.0)})).collect::<Vec<_>>(),
+        })
+    }
+
+    fn executor_json(&self, fid: &FrameworkId, e: &Executor) -> serde_json::Value {
+        serde_json::json!({
+            "id": e.info.executor_id.value,
+            "name": e.info.name.clone().unwrap_or_default(),
+            "source": e.info.source.clone().unwrap_or_default(),
+            "container": e.container_id.value,
+            "directory": e.directory,
+            "resources": Resources::from_vec(e.info.resources.clone()).to_legacy_map(),
+            "type": if e.is_command { "COMMAND" } else { "CUSTOM" },
+            "tasks": e.tasks.values().map(|t| self.task_json(fid, e, &t.info, t.state, &t.statuses)).collect::<Vec<_>>(),
+            "queued_tasks": e.queued.iter().map(|t| self.task_json(fid, e, t, TaskState::Staging, &[])).collect::<Vec<_>>(),
+            "completed_tasks": e.completed.iter().map(|t| self.task_json(fid, e, &t.info, t.state, &t.statuses)).collect::<Vec<_>>(),
+        })
+    }
+
+    fn framework_json(&self, fid: &FrameworkId, fw: &Framework) -> serde_json::Value {
+        serde_json::json!({
+            "id": fid.value,
+            "name": fw.info.name,
+            "user": fw.info.user,
+            "failover_timeout": fw.info.failover_timeout,
+            "checkpoint": fw.info.checkpoint,
+            "role": fw.info.effective_roles().first().cloned().unwrap_or_default(),
+            "hostname": fw.info.hostname.clone().unwrap_or_default(),
+            "executors": fw.executors.values().filter(|e| e.state != ExecState::Terminated).map(|e| self.executor_json(fid, e)).collect::<Vec<_>>(),
+            "completed_executors": fw.executors.values().filter(|e| e.state == ExecState::Terminated).chain(fw.completed_executors.iter()).map(|e| self.executor_json(fid, e)).collect::<Vec<_>>(),
+        })
+    }
+
+    fn state_json(&self) -> serde_json::Value {
+        let flags: serde_json::Map<String, serde_json::Value> =
+            self.config.flags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        let mut attrs = serde_json::Map::new();
+        for a in &self.agent_info.attributes {
+            attrs.insert(a.name.clone(), a.legacy_value());
+        }
+        let total = Resources::from_vec(self.agent_info.resources.clone());
+        serde_json::json!({
+            "version": MESOS_VERSION,
+            "agora_version": AGORA_VERSION,
+            "build_date": format!("agora {AGORA_VERSION}"),
+            "build_time": 0.0,
+            "build_user": "agora",
+            "start_time": self.start_time,
+            "id": self.agent_id.as_ref().map(|a| a.value.clone()).unwrap_or_default(),
+            "pid": format!("slave(1)@{}:{}", self.config.ip, self.config.port),
+            "hostname": self.agent_info.hostname,
+            "resources": total.to_legacy_map(),
+            "attributes": attrs,
+            "master_hostname": self.config.master,
+            "flags": flags,
+            "frameworks": self.frameworks.iter().map(|(id, f)| self.framework_json(id, f)).collect::<Vec<_>>(),
+            "completed_frameworks": self.completed_frameworks.iter().filter_map(|f| f.info.id.as_ref().map(|id| self.framework_json(id, f))).collect::<Vec<_>>(),
+        })
+    }
+
+    fn metrics(&self) -> serde_json::Value {
+        let live = |s: TaskState| {
+            self.frameworks
+                .values()
+                .flat_map(|f| f.executors.values())
+                .flat_map(|e| e.tasks.values())
+                .filter(|t| t.state == s)
+                .count()
+        };
+        let executors_running = self
+            .frameworks
+            .values()
+            .flat_map(|f| f.executors.values())
+            .filter(|e| e.state == ExecState::Running)
+            .count();
+        let total = Resources::from_vec(self.agent_info.resources.clone());
+        let c = &self.counters;
+        serde_json::json!({
+            "slave/registered": if self.session_id.is_some() { 1 } else { 0 },
+            "slave/uptime_secs": self.started.elapsed().as_secs_f64(),
+            "slave/frameworks_active": self.frameworks.len(),
+            "slave/executors_running": executors_running,
+            "slave/executors_registering": self.frameworks.values().flat_map(|f| f.executors.values()).filter(|e| e.state == ExecState::Registering).count(),
+            "slave/executors_terminating": self.frameworks.values().flat_map(|f| f.executors.values()).filter(|e| e.state == ExecState::Terminating).count(),
+            "slave/executors_terminated": c.executors_terminated,
+            "slave/tasks_staging": live(TaskState::Staging),
+            "slave/tasks_starting": live(TaskState::Starting),
+            "slave/tasks_running": live(TaskState::Running),
+            "slave/tasks_killing": live(TaskState::Killing),
+            "slave/tasks_finished": c.tasks_finished,
+            "slave/tasks_failed": c.tasks_failed,
+            "slave/tasks_killed": c.tasks_killed,
+            "slave/tasks_lost": c.tasks_lost,
+            "slave/valid_status_updates": c.status_updates_sent,
+            "slave/invalid_status_updates": c.invalid_status_updates,
+            "slave/status_update_retries": c.status_update_retries,
+            "slave/pending_status_updates": self.streams.values().map(|s| s.pending.len()).sum::<usize>(),
+            "slave/cpus_total": total.scalar("cpus"),
+            "slave/mem_total": total.scalar("mem"),
+            "slave/disk_total": total.scalar("disk"),
+        })
+    }
+}
+
+/// Points `runs/latest` at the newest run, as Mesos does.
+fn latest_symlink(dir: &std::path::Path) -> std::io::Result<()> {
+    let Some(runs) = dir.parent() else { return Ok(()) };
+    let link = runs.join("latest");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(dir, link)
+}

@@ -1,0 +1,378 @@
+//! `agora`: one binary that is the master, the agent, a whole dev cluster, the simplest
+//! framework (`run`) and the operator CLI. Argument parsing and wiring only.
+#![forbid(unsafe_code)]
+
+use agora_agent::{Agent, AgentConfig};
+use agora_client::views::View;
+use agora_master::{Master, MasterConfig};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "agora", version, about = "Agora: a Mesos-compatible cluster manager and container orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a master.
+    Master(MasterArgs),
+    /// Run an agent (or `agora agent list`).
+    #[command(args_conflicts_with_subcommands = true)]
+    Agent {
+        #[command(subcommand)]
+        list: Option<ListCommand>,
+        #[command(flatten)]
+        args: AgentArgs,
+    },
+    /// Run a master and an agent in one process on 127.0.0.1:5050/5051.
+    Dev(DevArgs),
+    /// Run one command as a task and stream its output (like mesos-execute).
+    Run(RunArgs),
+    /// Frameworks known to the master.
+    Framework {
+        #[command(subcommand)]
+        list: ListCommand,
+    },
+    /// Tasks known to the master.
+    Task {
+        #[command(subcommand)]
+        list: ListCommand,
+    },
+    /// The built-in command executor (started by the agent).
+    #[command(hide = true)]
+    Executor,
+}
+
+#[derive(Subcommand, Clone)]
+enum ListCommand {
+    /// List them as a table (or JSON).
+    List(ListArgs),
+}
+
+#[derive(Args, Clone)]
+struct ListArgs {
+    /// The master, host:port.
+    #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
+    master: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if let Ok(secs) = s.trim().parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+    }
+    agora_executor::parse_mesos_duration(s).map_err(|e| e.to_string())
+}
+
+#[derive(Args, Clone)]
+struct MasterArgs {
+    /// Address to listen on.
+    #[arg(long, env = "AGORA_IP", default_value = "127.0.0.1")]
+    ip: String,
+    #[arg(long, env = "AGORA_PORT", default_value_t = 5050)]
+    port: u16,
+    /// Hostname advertised to frameworks and agents.
+    #[arg(long, env = "AGORA_HOSTNAME")]
+    hostname: Option<String>,
+    /// Where the master keeps its state.
+    #[arg(long, env = "AGORA_WORK_DIR", default_value = "/var/lib/agora/master")]
+    work_dir: PathBuf,
+    /// Interval between allocation cycles (Mesos duration, e.g. 1secs, 500ms).
+    #[arg(long, env = "AGORA_ALLOCATION_INTERVAL", default_value = "1secs", value_parser = parse_duration)]
+    allocation_interval: Duration,
+    /// Interval between pings to each agent.
+    #[arg(long, env = "AGORA_AGENT_PING_TIMEOUT", default_value = "15secs", value_parser = parse_duration)]
+    agent_ping_timeout: Duration,
+    /// Missed pings before an agent is marked unreachable.
+    #[arg(long, env = "AGORA_MAX_AGENT_PING_TIMEOUTS", default_value_t = 5)]
+    max_agent_ping_timeouts: u32,
+    /// Interval of HEARTBEAT events on framework subscriptions.
+    #[arg(long, env = "AGORA_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15secs", value_parser = parse_duration)]
+    framework_heartbeat_interval: Duration,
+}
+
+impl MasterArgs {
+    fn config(&self) -> MasterConfig {
+        let flags = vec![
+            ("ip".into(), self.ip.clone()),
+            ("port".into(), self.port.to_string()),
+            ("hostname".into(), self.hostname.clone().unwrap_or_default()),
+            ("work_dir".into(), self.work_dir.display().to_string()),
+            ("allocation_interval".into(), format!("{:?}", self.allocation_interval)),
+            ("agent_ping_timeout".into(), format!("{:?}", self.agent_ping_timeout)),
+            ("max_agent_ping_timeouts".into(), self.max_agent_ping_timeouts.to_string()),
+        ];
+        MasterConfig {
+            ip: self.ip.clone(),
+            port: self.port,
+            hostname: self.hostname.clone(),
+            work_dir: self.work_dir.clone(),
+            allocation_interval: self.allocation_interval,
+            agent_ping_timeout: self.agent_ping_timeout,
+            max_agent_ping_timeouts: self.max_agent_ping_timeouts,
+            heartbeat_interval: self.framework_heartbeat_interval,
+            flags,
+            ..MasterConfig::default()
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct AgentArgs {
+    /// The master, host:port.
+    #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
+    master: String,
+    #[arg(long, env = "AGORA_IP", default_value = "127.0.0.1")]
+    ip: String,
+    #[arg(long, env = "AGORA_PORT", default_value_t = 5051)]
+    port: u16,
+    #[arg(long, env = "AGORA_HOSTNAME")]
+    hostname: Option<String>,
+    #[arg(long, env = "AGORA_WORK_DIR", default_value = "/var/lib/agora/agent")]
+    work_dir: PathBuf,
+    /// Resources to offer, e.g. 'cpus:4;mem:2048;disk:10000;ports:[31000-32000]'; detected when absent.
+    #[arg(long, env = "AGORA_RESOURCES")]
+    resources: Option<String>,
+    /// Attributes, e.g. 'rack:r1;zone:a'.
+    #[arg(long, env = "AGORA_ATTRIBUTES")]
+    attributes: Option<String>,
+    #[arg(long, env = "AGORA_EXECUTOR_REGISTRATION_TIMEOUT", default_value = "1mins", value_parser = parse_duration)]
+    executor_registration_timeout: Duration,
+    #[arg(long, env = "AGORA_EXECUTOR_SHUTDOWN_GRACE_PERIOD", default_value = "5secs", value_parser = parse_duration)]
+    executor_shutdown_grace_period: Duration,
+    /// First retry interval of unacknowledged status updates (doubles up to 10 minutes).
+    #[arg(long, env = "AGORA_STATUS_UPDATE_RETRY_INTERVAL", default_value = "10secs", value_parser = parse_duration)]
+    status_update_retry_interval: Duration,
+    #[arg(long, env = "AGORA_REGISTRATION_BACKOFF_FACTOR", default_value = "1secs", value_parser = parse_duration)]
+    registration_backoff_factor: Duration,
+}
+
+impl AgentArgs {
+    fn config(&self) -> anyhow::Result<AgentConfig> {
+        let flags = vec![
+            ("master".into(), self.master.clone()),
+            ("ip".into(), self.ip.clone()),
+            ("port".into(), self.port.to_string()),
+            ("work_dir".into(), self.work_dir.display().to_string()),
+            ("resources".into(), self.resources.clone().unwrap_or_default()),
+            ("attributes".into(), self.attributes.clone().unwrap_or_default()),
+        ];
+        Ok(AgentConfig {
+            master: self.master.clone(),
+            ip: self.ip.clone(),
+            port: self.port,
+            hostname: self.hostname.clone(),
+            work_dir: self.work_dir.clone(),
+            resources: self.resources.clone(),
+            attributes: self.attributes.clone(),
+            executor_registration_timeout: self.executor_registration_timeout,
+            executor_shutdown_grace_period: self.executor_shutdown_grace_period,
+            status_update_retry_interval: self.status_update_retry_interval,
+            registration_backoff_factor: self.registration_backoff_factor,
+            executor_path: std::env::current_exe().context("cannot find the agora binary for the command executor")?,
+            flags,
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+struct DevArgs {
+    /// Where the dev cluster keeps its state.
+    #[arg(long, env = "AGORA_WORK_DIR", default_value = "/var/tmp/agora-dev")]
+    work_dir: PathBuf,
+    #[arg(long, env = "AGORA_IP", default_value = "127.0.0.1")]
+    ip: String,
+    /// Master port; the agent listens on the next one.
+    #[arg(long, env = "AGORA_PORT", default_value_t = 5050)]
+    port: u16,
+    /// Resources of the dev agent; detected when absent.
+    #[arg(long, env = "AGORA_RESOURCES")]
+    resources: Option<String>,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// The master, host:port.
+    #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
+    master: String,
+    #[arg(long, default_value_t = 0.5)]
+    cpus: f64,
+    /// Memory in MB.
+    #[arg(long, default_value_t = 64.0)]
+    mem: f64,
+    #[arg(long, default_value = "agora-run")]
+    name: String,
+    #[arg(long, default_value = "*")]
+    role: String,
+    /// Do not print state changes.
+    #[arg(long, short)]
+    quiet: bool,
+    /// The command: one argument runs through `sh -c`, several are exec'd directly.
+    #[arg(last = true, required = true)]
+    command: Vec<String>,
+}
+
+/// Accepts the Mesos spelling of flags (`--work_dir`) as an alias of `--work-dir`.
+fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut passthrough = false;
+    for a in args {
+        if passthrough || a == "--" {
+            passthrough = true;
+            out.push(a);
+            continue;
+        }
+        if let Some(flag) = a.strip_prefix("--") {
+            let (name, value) = match flag.split_once('=') {
+                Some((n, v)) => (n.replace('_', "-"), Some(v)),
+                None => (flag.replace('_', "-"), None),
+            };
+            out.push(match value {
+                Some(v) => format!("--{name}={v}"),
+                None => format!("--{name}"),
+            });
+        } else {
+            out.push(a);
+        }
+    }
+    out
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AGORA_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+}
+
+async fn wait_for_shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse_from(normalize_args(std::env::args()));
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("agora: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match rt.block_on(real_main(cli)) {
+        Ok(code) => std::process::ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("agora: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn real_main(cli: Cli) -> anyhow::Result<i32> {
+    match cli.command {
+        Command::Master(args) => {
+            init_tracing("info");
+            let m = Master::start(args.config()).await?;
+            println!("agora master {} listening on {}", m.id, m.addr);
+            wait_for_shutdown().await;
+            Ok(0)
+        }
+        Command::Agent { list: Some(ListCommand::List(l)), .. } => list(View::Agents, l).await,
+        Command::Agent { list: None, args } => {
+            init_tracing("info");
+            let a = Agent::start(args.config()?).await?;
+            println!("agora agent listening on {}", a.addr);
+            wait_for_shutdown().await;
+            Ok(0)
+        }
+        Command::Dev(args) => {
+            init_tracing("info");
+            let master = Master::start(MasterConfig {
+                ip: args.ip.clone(),
+                port: args.port,
+                work_dir: args.work_dir.join("master"),
+                flags: vec![("dev".into(), "true".into())],
+                ..MasterConfig::default()
+            })
+            .await?;
+            let agent_cfg = AgentConfig {
+                master: master.addr.to_string(),
+                ip: args.ip.clone(),
+                port: args.port.saturating_add(1),
+                work_dir: args.work_dir.join("agent"),
+                resources: args.resources.clone(),
+                executor_path: std::env::current_exe().context("cannot find the agora binary")?,
+                flags: vec![("dev".into(), "true".into())],
+                ..AgentConfig::default()
+            };
+            let agent = Agent::start(agent_cfg).await?;
+            println!("agora dev cluster: master http://{} agent http://{}", master.addr, agent.addr);
+            println!("try: agora run --master {} -- echo hello", master.addr);
+            wait_for_shutdown().await;
+            Ok(0)
+        }
+        Command::Run(args) => {
+            init_tracing("warn");
+            let opts = agora_client::run::RunOptions {
+                master: args.master,
+                name: args.name,
+                cpus: args.cpus,
+                mem: args.mem,
+                role: args.role,
+                command: args.command,
+                verbose: !args.quiet,
+            };
+            Ok(agora_client::run::run(opts).await?)
+        }
+        Command::Framework { list: ListCommand::List(l) } => list(View::Frameworks, l).await,
+        Command::Task { list: ListCommand::List(l) } => list(View::Tasks, l).await,
+        Command::Executor => {
+            // The executor's log lands in the task's sandbox stderr: keep it quiet.
+            init_tracing("warn");
+            let config = agora_executor::Config::from_env()?;
+            agora_executor::run(config).await?;
+            Ok(0)
+        }
+    }
+}
+
+async fn list(view: View, l: ListArgs) -> anyhow::Result<i32> {
+    let out = agora_client::views::show(&l.master, view, l.json).await?;
+    println!("{out}");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn underscore_flags_are_aliases() {
+        let v = normalize_args(
+            ["agora", "agent", "--work_dir=/x", "--max_agent_ping_timeouts", "3", "--", "--keep_me"]
+                .iter()
+                .map(|s| s.to_string()),
+        );
+        assert_eq!(v, vec!["agora", "agent", "--work-dir=/x", "--max-agent-ping-timeouts", "3", "--", "--keep_me"]);
+    }
+
+    #[test]
+    fn cli_parses() {
+        Cli::try_parse_from(["agora", "agent", "list", "--json"]).unwrap();
+        Cli::try_parse_from(["agora", "agent", "--master", "h:1", "--resources", "cpus:1"]).unwrap();
+        Cli::try_parse_from(["agora", "run", "--", "sh", "-c", "echo hi"]).unwrap();
+        assert!(Cli::try_parse_from(["agora", "master", "--allocation-interval", "nope"]).is_err());
+    }
+}

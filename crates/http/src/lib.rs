@@ -1,0 +1,408 @@
+//! HTTP/1.1 plumbing shared by Agora's daemons and CLI: a connection loop for servers,
+//! response builders, streamed (chunked RecordIO) bodies, and a small client for JSON calls
+//! and RecordIO subscriptions. Knows nothing of masters or agents.
+#![forbid(unsafe_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, Incoming};
+use hyper_util::rt::TokioIo;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+pub use http;
+pub use hyper::body::Incoming as IncomingBody;
+
+pub const JSON: &str = "application/json";
+
+/// A response body: either a whole buffer or a stream of chunks fed through a channel.
+pub enum Body {
+    Full(Option<Bytes>),
+    Stream(mpsc::UnboundedReceiver<Bytes>),
+}
+
+impl HttpBody for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            Body::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            Body::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, Body::Full(None))
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            Body::Full(Some(b)) => hyper::body::SizeHint::with_exact(b.len() as u64),
+            Body::Full(None) => hyper::body::SizeHint::with_exact(0),
+            Body::Stream(_) => hyper::body::SizeHint::default(),
+        }
+    }
+}
+
+fn build(status: StatusCode, content_type: Option<&str>, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    if let Some(ct) = content_type {
+        if let Ok(v) = HeaderValue::from_str(ct) {
+            r.headers_mut().insert(http::header::CONTENT_TYPE, v);
+        }
+    }
+    r
+}
+
+/// An empty response with a status (202 Accepted, 200 for /health, ...).
+pub fn empty(status: StatusCode) -> Response<Body> {
+    build(status, None, Body::Full(None))
+}
+
+/// A plain-text response: the error body format of Mesos.
+pub fn text(status: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let mut m: String = msg.into();
+    if !m.ends_with('\n') {
+        m.push('\n');
+    }
+    build(status, Some("text/plain; charset=utf-8"), Body::Full(Some(Bytes::from(m))))
+}
+
+/// A JSON response (`Content-Type: application/json`, no charset: mesos-go compares it exactly).
+pub fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Body> {
+    match serde_json::to_vec(v) {
+        Ok(b) => build(status, Some(JSON), Body::Full(Some(Bytes::from(b)))),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("failed to encode response: {e}")),
+    }
+}
+
+/// Raw bytes with a content type.
+pub fn bytes(status: StatusCode, content_type: &str, b: Vec<u8>) -> Response<Body> {
+    build(status, Some(content_type), Body::Full(Some(Bytes::from(b))))
+}
+
+/// A streamed (chunked) response; each item sent on the returned channel becomes one chunk.
+pub fn stream(status: StatusCode, content_type: &str) -> (mpsc::UnboundedSender<Bytes>, Response<Body>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (tx, build(status, Some(content_type), Body::Stream(rx)))
+}
+
+#[derive(Debug, Error)]
+pub enum BodyError {
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("reading request body: {0}")]
+    Read(String),
+}
+
+/// Reads a whole request body, up to `limit` bytes.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, BodyError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                Err(BodyError::TooLarge(limit))
+            } else {
+                Err(BodyError::Read(e.to_string()))
+            }
+        }
+    }
+}
+
+/// Whether the request's Content-Type is JSON. `Err` carries the response to send:
+/// 400 when missing, 415 when it is something else (protobuf is not spoken yet).
+#[allow(clippy::result_large_err)]
+pub fn require_json(headers: &HeaderMap) -> Result<(), Response<Body>> {
+    let Some(ct) = headers.get(http::header::CONTENT_TYPE) else {
+        return Err(text(StatusCode::BAD_REQUEST, "Expecting 'Content-Type' to be present"));
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let base = ct.split(';').next().unwrap_or("").trim().to_string();
+    if base == JSON {
+        Ok(())
+    } else if base == "application/x-protobuf" {
+        Err(text(StatusCode::UNSUPPORTED_MEDIA_TYPE, "Agora speaks JSON only: use 'Content-Type: application/json'"))
+    } else {
+        Err(text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Expecting 'Content-Type' of application/json or application/x-protobuf, got '{base}'"),
+        ))
+    }
+}
+
+/// Whether the request's Accept allows JSON; `Err` is the 406 to send.
+#[allow(clippy::result_large_err)]
+pub fn require_json_accept(headers: &HeaderMap) -> Result<(), Response<Body>> {
+    let Some(acc) = headers.get(http::header::ACCEPT) else {
+        return Ok(());
+    };
+    let acc = acc.to_str().unwrap_or("").to_ascii_lowercase();
+    let ok = acc.split(',').any(|p| {
+        let t = p.split(';').next().unwrap_or("").trim();
+        t == JSON || t == "*/*" || t == "application/*" || t == "application/recordio" || t.is_empty()
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(text(StatusCode::NOT_ACCEPTABLE, format!("Expecting 'Accept' to allow application/json, got '{acc}'")))
+    }
+}
+
+pub type Handler =
+    Arc<dyn Fn(Request<Incoming>, SocketAddr) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
+
+/// Serves HTTP/1.1 on `listener` until the task is dropped, one task per connection.
+pub async fn serve(listener: TcpListener, handler: Handler) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let h = handler.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let h = h.clone();
+                async move { Ok::<_, Infallible>(h(req, peer).await) }
+            });
+            let conn =
+                hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, %peer, "connection ended with an error");
+            }
+        });
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("invalid url '{0}'")]
+    Url(String),
+    #[error("request to {url} failed: {why}")]
+    Request { url: String, why: String },
+    #[error("request to {url} timed out")]
+    Timeout { url: String },
+    #[error("{url} answered {status}: {body}")]
+    Status { url: String, status: StatusCode, body: String },
+    #[error("bad stream from {url}: {why}")]
+    Stream { url: String, why: String },
+}
+
+type HyperClient = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// A small HTTP client for JSON calls and RecordIO subscriptions.
+#[derive(Clone)]
+pub struct Client {
+    inner: HyperClient,
+}
+
+impl Default for Client {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A reply whose body has been read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// An open RecordIO stream.
+pub struct RecordStream {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    url: String,
+    body: Incoming,
+    decoder: agora_api::recordio::Decoder,
+}
+
+impl RecordStream {
+    /// The next record, `None` when the server closed the stream.
+    pub async fn next(&mut self) -> Option<Result<Vec<u8>, ClientError>> {
+        loop {
+            match self.decoder.next_record() {
+                Ok(Some(r)) => return Some(Ok(r)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(ClientError::Stream { url: self.url.clone(), why: e.to_string() })),
+            }
+            match self.body.frame().await {
+                None => return None,
+                Some(Err(e)) => return Some(Err(ClientError::Stream { url: self.url.clone(), why: e.to_string() })),
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        self.decoder.feed(&d);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Client {
+    pub fn new() -> Self {
+        let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
+        conn.set_nodelay(true);
+        conn.set_connect_timeout(Some(Duration::from_secs(5)));
+        let inner = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(conn);
+        Client { inner }
+    }
+
+    fn request(
+        url: &str,
+        method: http::Method,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> Result<Request<Full<Bytes>>, ClientError> {
+        let uri: http::Uri = url.parse().map_err(|_| ClientError::Url(url.to_string()))?;
+        let mut b = Request::builder().method(method).uri(uri);
+        if !body.is_empty() {
+            b = b.header(http::header::CONTENT_TYPE, JSON);
+        }
+        b = b.header(http::header::ACCEPT, JSON);
+        for (k, v) in headers {
+            b = b.header(*k, v.as_str());
+        }
+        b.body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Request { url: url.to_string(), why: e.to_string() })
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Response<Incoming>, ClientError> {
+        match tokio::time::timeout(timeout, self.inner.request(req)).await {
+            Err(_) => Err(ClientError::Timeout { url: url.to_string() }),
+            Ok(Err(e)) => Err(ClientError::Request { url: url.to_string(), why: error_chain(&e) }),
+            Ok(Ok(r)) => Ok(r),
+        }
+    }
+
+    /// POSTs a JSON body and reads the whole reply, whatever its status.
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        let req = Self::request(url, http::Method::POST, headers, body)?;
+        self.finish(url, req, timeout).await
+    }
+
+    /// GETs a URL and reads the whole reply.
+    pub async fn get(&self, url: &str, timeout: Duration) -> Result<Reply, ClientError> {
+        let req = Self::request(url, http::Method::GET, &[], Vec::new())?;
+        self.finish(url, req, timeout).await
+    }
+
+    async fn finish(&self, url: &str, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply, ClientError> {
+        let fut = async {
+            let resp = self.send(url, req, timeout).await?;
+            let (parts, body) = resp.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map_err(|e| ClientError::Request { url: url.to_string(), why: e.to_string() })?
+                .to_bytes();
+            Ok(Reply { status: parts.status, headers: parts.headers, body })
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Err(_) => Err(ClientError::Timeout { url: url.to_string() }),
+            Ok(r) => r,
+        }
+    }
+
+    /// POSTs a serialisable call and expects a 2xx status; returns the reply.
+    pub async fn call<T: serde::Serialize>(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        v: &T,
+        timeout: Duration,
+    ) -> Result<Reply, ClientError> {
+        let body =
+            serde_json::to_vec(v).map_err(|e| ClientError::Request { url: url.to_string(), why: e.to_string() })?;
+        let r = self.post(url, headers, body, timeout).await?;
+        if !r.status.is_success() {
+            return Err(ClientError::Status {
+                url: url.to_string(),
+                status: r.status,
+                body: String::from_utf8_lossy(&r.body).trim().to_string(),
+            });
+        }
+        Ok(r)
+    }
+
+    /// POSTs a subscription call; on 200 returns the open RecordIO stream.
+    pub async fn subscribe<T: serde::Serialize>(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        v: &T,
+        connect_timeout: Duration,
+    ) -> Result<RecordStream, ClientError> {
+        let body =
+            serde_json::to_vec(v).map_err(|e| ClientError::Request { url: url.to_string(), why: e.to_string() })?;
+        let req = Self::request(url, http::Method::POST, headers, body)?;
+        let resp = self.send(url, req, connect_timeout).await?;
+        let (parts, body) = resp.into_parts();
+        if parts.status != StatusCode::OK {
+            let text = match tokio::time::timeout(connect_timeout, body.collect()).await {
+                Ok(Ok(c)) => String::from_utf8_lossy(&c.to_bytes()).trim().to_string(),
+                _ => String::new(),
+            };
+            return Err(ClientError::Status { url: url.to_string(), status: parts.status, body: text });
+        }
+        Ok(RecordStream {
+            status: parts.status,
+            headers: parts.headers,
+            url: url.to_string(),
+            body,
+            decoder: agora_api::recordio::Decoder::default(),
+        })
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Normalises a `host:port` or URL into a base URL without a trailing slash.
+pub fn base_url(addr: &str) -> String {
+    let a = addr.trim().trim_end_matches('/');
+    if a.starts_with("http://") || a.starts_with("https://") {
+        a.to_string()
+    } else {
+        format!("http://{a}")
+    }
+}

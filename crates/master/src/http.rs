@@ -1,0 +1,343 @@
+//! The master's HTTP front end: routing (longest prefix, `/master` process prefix, `.json`
+//! aliases), request validation, and translation into actor messages.
+use crate::state::{ApiError, CallReply, Handle, Msg, Query};
+use agora_api::agent_proto::AgentToMaster;
+use agora_api::{operator, scheduler};
+use agora_http::http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use agora_http::{Body, IncomingBody};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+const MAX_BODY: usize = 64 * 1024 * 1024;
+
+/// The routes, matched by longest prefix on whole path segments.
+const ROUTES: &[&str] = &[
+    "/api/v1/scheduler",
+    "/api/v1",
+    "/agora/v1/agent",
+    "/state",
+    "/state-summary",
+    "/slaves",
+    "/frameworks",
+    "/tasks",
+    "/version",
+    "/health",
+    "/redirect",
+    "/metrics/snapshot",
+    "/flags",
+    "/roles",
+    "/teardown",
+];
+
+/// Maps a request path to its route, as libprocess does: trailing slashes stripped, the
+/// `/master` process prefix optional, `.json` suffixes of old tools accepted.
+pub fn route(path: &str) -> Option<&'static str> {
+    let mut p = path.trim_end_matches('/');
+    if let Some(rest) = p.strip_prefix("/master") {
+        if rest.is_empty() || rest.starts_with('/') {
+            p = rest;
+        }
+    }
+    let p = p.strip_suffix(".json").unwrap_or(p);
+    if p.is_empty() {
+        return None;
+    }
+    ROUTES
+        .iter()
+        .filter(|r| p == **r || (p.starts_with(**r) && p.as_bytes().get(r.len()) == Some(&b'/')))
+        .max_by_key(|r| r.len())
+        .copied()
+}
+
+pub fn handler(h: Handle) -> agora_http::Handler {
+    let h = Arc::new(h);
+    Arc::new(move |req, _peer| {
+        let h = h.clone();
+        Box::pin(async move { dispatch(&h, req).await })
+    })
+}
+
+fn err(e: ApiError) -> Response<Body> {
+    agora_http::text(e.status, e.message)
+}
+
+fn unavailable() -> Response<Body> {
+    agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down")
+}
+
+pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
+    let mut m = HashMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        m.insert(percent_decode(k), percent_decode(v));
+    }
+    m
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
+                match hex {
+                    Some(v) => {
+                        out.push(v);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A JSON reply for the GET endpoints, wrapped for `?jsonp=cb`.
+fn json_or_jsonp(v: &serde_json::Value, q: &HashMap<String, String>) -> Response<Body> {
+    match q.get("jsonp") {
+        Some(cb)
+            if !cb.is_empty() && cb.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$') =>
+        {
+            let body = format!("{cb}({v});");
+            agora_http::bytes(StatusCode::OK, "text/javascript", body.into_bytes())
+        }
+        _ => agora_http::json(StatusCode::OK, v),
+    }
+}
+
+async fn query(h: &Handle, query: Query, q: &HashMap<String, String>) -> Response<Body> {
+    match h.ask(|reply| Msg::Query { query, reply }).await {
+        Some(v) => json_or_jsonp(&v, q),
+        None => unavailable(),
+    }
+}
+
+async fn dispatch(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let q = parse_query(req.uri().query());
+    let Some(r) = route(&path) else {
+        return agora_http::text(StatusCode::NOT_FOUND, format!("No route for '{path}'"));
+    };
+    match r {
+        "/api/v1/scheduler" => scheduler_api(h, req).await,
+        "/api/v1" => operator_api(h, req).await,
+        "/agora/v1/agent" => agent_api(h, req).await,
+        "/health" => agora_http::empty(StatusCode::OK),
+        "/version" => json_or_jsonp(&crate::legacy::version_json(), &q),
+        "/redirect" => {
+            let mut resp = agora_http::empty(StatusCode::TEMPORARY_REDIRECT);
+            let addr = h.master_info.address.as_ref();
+            let loc = format!("//{}:{}", addr.and_then(|a| a.hostname.clone()).unwrap_or_default(), h.master_info.port);
+            if let Ok(v) = HeaderValue::from_str(&loc) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp
+        }
+        "/flags" => {
+            let flags: serde_json::Map<String, serde_json::Value> =
+                h.flags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+            json_or_jsonp(&serde_json::json!({ "flags": flags }), &q)
+        }
+        "/state" => query(h, Query::State, &q).await,
+        "/state-summary" => query(h, Query::StateSummary, &q).await,
+        "/slaves" => query(h, Query::Slaves, &q).await,
+        "/roles" => query(h, Query::Roles, &q).await,
+        "/metrics/snapshot" => query(h, Query::Metrics, &q).await,
+        "/frameworks" => query(h, Query::Frameworks { framework_id: q.get("framework_id").cloned() }, &q).await,
+        "/tasks" => {
+            let limit = match q.get("limit").map(|s| s.parse::<i64>()) {
+                None => 100,
+                Some(Ok(-1)) => usize::MAX,
+                Some(Ok(n)) if n >= 0 => n as usize,
+                _ => return agora_http::text(StatusCode::BAD_REQUEST, "'limit' must be a non-negative integer or -1"),
+            };
+            let offset = match q.get("offset").map(|s| s.parse::<usize>()) {
+                None => 0,
+                Some(Ok(n)) => n,
+                Some(Err(_)) => {
+                    return agora_http::text(StatusCode::BAD_REQUEST, "'offset' must be a non-negative integer")
+                }
+            };
+            let ascending = match q.get("order").map(String::as_str) {
+                None | Some("des") => false,
+                Some("asc") => true,
+                Some(o) => {
+                    return agora_http::text(
+                        StatusCode::BAD_REQUEST,
+                        format!("'order' must be 'asc' or 'des', not '{o}'"),
+                    )
+                }
+            };
+            let query_v = Query::Tasks {
+                limit,
+                offset,
+                ascending,
+                framework_id: q.get("framework_id").cloned(),
+                task_id: q.get("task_id").cloned(),
+            };
+            query(h, query_v, &q).await
+        }
+        "/teardown" => {
+            if req.method() != Method::POST {
+                return agora_http::text(StatusCode::METHOD_NOT_ALLOWED, "Expecting a POST request");
+            }
+            let body = match agora_http::read_body(req.into_body(), MAX_BODY).await {
+                Ok(b) => b,
+                Err(e) => return agora_http::text(StatusCode::BAD_REQUEST, e.to_string()),
+            };
+            let form = parse_query(Some(&String::from_utf8_lossy(&body)));
+            let Some(fid) = form.get("frameworkId").or_else(|| form.get("framework_id")) else {
+                return agora_http::text(StatusCode::BAD_REQUEST, "Missing 'frameworkId' query parameter");
+            };
+            let call = operator::Call {
+                kind: operator::CallType::Teardown,
+                teardown: Some(operator::TeardownCall { framework_id: fid.as_str().into() }),
+            };
+            match h.ask(|reply| Msg::Operator { call, reply }).await {
+                Some(Ok(_)) => agora_http::empty(StatusCode::OK),
+                Some(Err(e)) => err(e),
+                None => unavailable(),
+            }
+        }
+        _ => agora_http::text(StatusCode::NOT_FOUND, format!("No route for '{path}'")),
+    }
+}
+
+/// Checks method, content type and accept header; reads the body.
+async fn read_call(req: Request<IncomingBody>) -> Result<(agora_http::http::HeaderMap, bytes::Bytes), Response<Body>> {
+    if req.method() != Method::POST {
+        return Err(agora_http::text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("Expecting a 'POST' request, received '{}'", req.method()),
+        ));
+    }
+    agora_http::require_json(req.headers())?;
+    agora_http::require_json_accept(req.headers())?;
+    let headers = req.headers().clone();
+    let body = agora_http::read_body(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| agora_http::text(StatusCode::BAD_REQUEST, e.to_string()))?;
+    Ok((headers, body))
+}
+
+async fn scheduler_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
+    let (headers, body) = match read_call(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let call: scheduler::Call = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return agora_http::text(StatusCode::BAD_REQUEST, format!("Failed to parse body into Call: {e}")),
+    };
+    let stream_id = headers.get("Mesos-Stream-Id").and_then(|v| v.to_str().ok()).map(str::to_string);
+    if call.kind == scheduler::CallType::Subscribe {
+        if stream_id.is_some() {
+            return agora_http::text(
+                StatusCode::BAD_REQUEST,
+                "Subscribe calls should not include the 'Mesos-Stream-Id' header",
+            );
+        }
+        let (tx, mut resp) = agora_http::stream(StatusCode::OK, agora_http::JSON);
+        match h.ask(|reply| Msg::Subscribe { call, tx, reply }).await {
+            Some(Ok(id)) => {
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    resp.headers_mut().insert("Mesos-Stream-Id", v);
+                }
+                resp
+            }
+            Some(Err(e)) => err(e),
+            None => unavailable(),
+        }
+    } else {
+        match h.ask(|reply| Msg::Scheduler { call, stream_id, reply }).await {
+            Some(Ok(CallReply::Accepted)) => agora_http::empty(StatusCode::ACCEPTED),
+            Some(Ok(CallReply::Ok)) => agora_http::empty(StatusCode::OK),
+            Some(Err(e)) => err(e),
+            None => unavailable(),
+        }
+    }
+}
+
+async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
+    let (_, body) = match read_call(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let call: operator::Call = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return agora_http::text(StatusCode::BAD_REQUEST, format!("Failed to parse body into Call: {e}")),
+    };
+    if call.kind == operator::CallType::Unknown {
+        return agora_http::text(StatusCode::BAD_REQUEST, "Unknown or unsupported operator call type");
+    }
+    match h.ask(|reply| Msg::Operator { call, reply }).await {
+        Some(Ok(r)) => {
+            if r.kind == operator::CallType::Teardown {
+                agora_http::empty(StatusCode::OK)
+            } else {
+                agora_http::json(StatusCode::OK, &r)
+            }
+        }
+        Some(Err(e)) => err(e),
+        None => unavailable(),
+    }
+}
+
+async fn agent_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
+    let (_, body) = match read_call(req).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let call: AgentToMaster = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return agora_http::text(StatusCode::BAD_REQUEST, format!("Failed to parse agent call: {e}")),
+    };
+    match call {
+        AgentToMaster::Register { .. } | AgentToMaster::Reregister { .. } => {
+            let (tx, resp) = agora_http::stream(StatusCode::OK, agora_http::JSON);
+            match h.ask(|reply| Msg::AgentSubscribe { call, tx, reply }).await {
+                Some(Ok(())) => resp,
+                Some(Err(e)) => err(e),
+                None => unavailable(),
+            }
+        }
+        call => match h.ask(|reply| Msg::AgentCall { call, reply }).await {
+            Some(Ok(())) => agora_http::empty(StatusCode::ACCEPTED),
+            Some(Err(e)) => err(e),
+            None => unavailable(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn longest_prefix_routing() {
+        assert_eq!(route("/api/v1/scheduler"), Some("/api/v1/scheduler"));
+        assert_eq!(route("/master/api/v1/scheduler"), Some("/api/v1/scheduler"));
+        assert_eq!(route("/api/v1/operator"), Some("/api/v1"));
+        assert_eq!(route("/master/frameworks/"), Some("/frameworks"));
+        assert_eq!(route("/state.json"), Some("/state"));
+        assert_eq!(route("/master/state"), Some("/state"));
+        assert_eq!(route("/statex"), None);
+        assert_eq!(route("/"), None);
+        assert_eq!(route("/master"), None);
+        assert_eq!(route("/state-summary"), Some("/state-summary"));
+    }
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query(Some("a=1&jsonp=cb&x=hello%20world&y=%zz"));
+        assert_eq!(q["x"], "hello world");
+        assert_eq!(q["y"], "%zz");
+        assert_eq!(q["jsonp"], "cb");
+    }
+}

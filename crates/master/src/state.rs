@@ -1,0 +1,1896 @@
+//! The master's state and the one task that owns it.
+//!
+//! Every HTTP request becomes a [`Msg`]; the actor applies it to [`State`] and replies on a
+//! oneshot channel. Timers (allocation, agent pings, heartbeats, failover timeouts) are
+//! messages too, so nothing else ever touches the state.
+use crate::MasterConfig;
+use agora_allocator::{Allocation, Allocator};
+use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
+use agora_api::json::to_ascii_json;
+use agora_api::scheduler::{self as sched, Call, CallType, Event};
+use agora_api::*;
+use agora_http::http::StatusCode;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// An error answered to an API caller: Mesos's status code and a readable message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn bad_request(m: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::BAD_REQUEST, message: m.into() }
+    }
+    pub fn forbidden(m: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::FORBIDDEN, message: m.into() }
+    }
+}
+
+/// What a successful scheduler call answers.
+#[derive(Debug, PartialEq)]
+pub enum CallReply {
+    Accepted,
+    Ok,
+}
+
+/// Read-only views the HTTP layer asks for.
+#[derive(Debug, Clone)]
+pub enum Query {
+    State,
+    StateSummary,
+    Slaves,
+    Frameworks { framework_id: Option<String> },
+    Tasks { limit: usize, offset: usize, ascending: bool, framework_id: Option<String>, task_id: Option<String> },
+    Metrics,
+    Roles,
+}
+
+pub enum Msg {
+    Subscribe {
+        call: Call,
+        tx: mpsc::UnboundedSender<Bytes>,
+        reply: oneshot::Sender<Result<String, ApiError>>,
+    },
+    Scheduler {
+        call: Call,
+        stream_id: Option<String>,
+        reply: oneshot::Sender<Result<CallReply, ApiError>>,
+    },
+    AgentSubscribe {
+        call: AgentToMaster,
+        tx: mpsc::UnboundedSender<Bytes>,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    AgentCall {
+        call: AgentToMaster,
+        reply: oneshot::Sender<Result<(), ApiError>>,
+    },
+    Operator {
+        call: operator::Call,
+        reply: oneshot::Sender<Result<operator::Response, ApiError>>,
+    },
+    Query {
+        query: Query,
+        reply: oneshot::Sender<serde_json::Value>,
+    },
+    FrameworkStreamClosed {
+        framework_id: FrameworkId,
+        stream_id: String,
+    },
+    AgentStreamClosed {
+        agent_id: AgentId,
+        session_id: String,
+    },
+    FailoverTimeout {
+        framework_id: FrameworkId,
+        generation: u64,
+    },
+}
+
+/// The HTTP layer's handle on the actor.
+#[derive(Clone)]
+pub struct Handle {
+    pub tx: mpsc::UnboundedSender<Msg>,
+    pub master_id: String,
+    pub master_info: MasterInfo,
+    pub flags: std::sync::Arc<Vec<(String, String)>>,
+    pub start_time: f64,
+}
+
+impl Handle {
+    /// Sends a message built around a reply channel and waits for the answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Msg) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).ok()?;
+        rx.await.ok()
+    }
+}
+
+/// A subscription stream. Dropping it ends the HTTP response.
+struct Stream {
+    id: String,
+    tx: mpsc::UnboundedSender<Bytes>,
+    _cancel_watch: oneshot::Sender<()>,
+}
+
+impl Stream {
+    fn send(&self, payload: &[u8]) -> bool {
+        self.tx.send(Bytes::from(recordio::encode(payload))).is_ok()
+    }
+}
+
+pub(crate) struct TaskEntry {
+    pub task: Task,
+    pub role: String,
+    /// The task's resources as the allocator charged them.
+    pub resources: Resources,
+    /// Whether the resources went back to the allocator already (terminal or agent gone).
+    pub released: bool,
+}
+
+pub(crate) struct Framework {
+    pub info: FrameworkInfo,
+    stream: Option<Stream>,
+    pub active: bool,
+    pub registered_time: f64,
+    pub reregistered_time: Option<f64>,
+    pub unregistered_time: Option<f64>,
+    failover_generation: u64,
+    pub offers: HashSet<OfferId>,
+    pub tasks: HashMap<TaskId, TaskEntry>,
+    pub unreachable_tasks: HashMap<TaskId, TaskEntry>,
+    pub completed_tasks: VecDeque<Task>,
+    pub executors: HashMap<AgentId, HashMap<ExecutorId, ExecutorInfo>>,
+    pub suppressed_roles: Vec<String>,
+}
+
+impl Framework {
+    pub fn id(&self) -> FrameworkId {
+        self.info.id.clone().unwrap_or_default()
+    }
+    pub fn connected(&self) -> bool {
+        self.stream.is_some()
+    }
+    fn send(&mut self, e: &Event) {
+        if let Some(s) = &self.stream {
+            if !s.send(&to_ascii_json(e)) {
+                self.stream = None;
+            }
+        }
+    }
+}
+
+pub(crate) struct Agent {
+    pub info: AgentInfo,
+    pub pid: String,
+    pub version: String,
+    session_id: String,
+    stream: Option<Stream>,
+    pub active: bool,
+    pub registered_time: f64,
+    pub reregistered_time: Option<f64>,
+    pub total: Resources,
+    missed_pings: u32,
+    awaiting_pong: bool,
+    pub tasks: HashSet<(FrameworkId, TaskId)>,
+    pub offers: HashSet<OfferId>,
+}
+
+impl Agent {
+    pub fn id(&self) -> AgentId {
+        self.info.id.clone().unwrap_or_default()
+    }
+    pub fn connected(&self) -> bool {
+        self.stream.is_some()
+    }
+    fn send(&mut self, m: &MasterToAgent) {
+        if let Some(s) = &self.stream {
+            let payload = serde_json::to_vec(m).unwrap_or_default();
+            if !s.send(&payload) {
+                self.stream = None;
+            }
+        }
+    }
+}
+
+pub(crate) struct OfferEntry {
+    pub offer: Offer,
+    pub resources: Resources,
+    pub framework_id: FrameworkId,
+    pub agent_id: AgentId,
+}
+
+pub(crate) struct UnreachableAgent {
+    pub time: f64,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub tasks_finished: u64,
+    pub tasks_failed: u64,
+    pub tasks_killed: u64,
+    pub tasks_lost: u64,
+    pub tasks_error: u64,
+    pub tasks_dropped: u64,
+    pub tasks_gone: u64,
+    pub tasks_unreachable: u64,
+    pub offers_sent: u64,
+    pub offers_declined: u64,
+    pub offers_rescinded: u64,
+    pub agents_registered: u64,
+    pub agents_reregistered: u64,
+    pub agents_unreachable: u64,
+    pub frameworks_removed: u64,
+    pub invalid_calls: u64,
+}
+
+pub(crate) struct State {
+    pub config: MasterConfig,
+    pub master_info: MasterInfo,
+    pub start_time: f64,
+    started: Instant,
+    self_tx: mpsc::UnboundedSender<Msg>,
+    allocator: Allocator,
+    pub frameworks: BTreeMap<FrameworkId, Framework>,
+    pub completed_frameworks: VecDeque<Framework>,
+    pub agents: BTreeMap<AgentId, Agent>,
+    pub unreachable_agents: BTreeMap<AgentId, UnreachableAgent>,
+    pub offers: HashMap<OfferId, OfferEntry>,
+    next_framework: u64,
+    next_agent: u64,
+    next_offer: u64,
+    /// Agents whose free resources changed since the last allocation.
+    dirty_agents: HashSet<AgentId>,
+    /// Whether a full allocation is wanted soon (a framework arrived or revived).
+    full_allocation: bool,
+    pub counters: Counters,
+}
+
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn ip_to_u32_nbo(ip: &str) -> u32 {
+    match ip.parse::<std::net::Ipv4Addr>() {
+        // Mesos stores the address in network byte order in a uint32 field.
+        Ok(a) => u32::from_le_bytes(a.octets()),
+        Err(_) => 0,
+    }
+}
+
+/// Starts the actor; returns the handle for the HTTP layer and the task.
+pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::JoinHandle<()>) {
+    let master_id = uuid::Uuid::new_v4().to_string();
+    let hostname = config.hostname.clone().unwrap_or_else(|| config.ip.clone());
+    let ip = addr.ip().to_string();
+    let master_info = MasterInfo {
+        id: master_id.clone(),
+        ip: ip_to_u32_nbo(&ip),
+        port: u32::from(addr.port()),
+        pid: Some(format!("master@{}:{}", ip, addr.port())),
+        hostname: Some(hostname.clone()),
+        version: Some(MESOS_VERSION.to_string()),
+        address: Some(Address { hostname: Some(hostname), ip: Some(ip), port: u32::from(addr.port()) }),
+        capabilities: vec![FrameworkCapability { kind: "AGENT_UPDATE".into() }],
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let start_time = now_secs();
+    let handle = Handle {
+        tx: tx.clone(),
+        master_id,
+        master_info: master_info.clone(),
+        flags: std::sync::Arc::new(config.flags.clone()),
+        start_time,
+    };
+    let state = State {
+        config,
+        master_info,
+        start_time,
+        started: Instant::now(),
+        self_tx: tx,
+        allocator: Allocator::new(agora_allocator::Config::default()),
+        frameworks: BTreeMap::new(),
+        completed_frameworks: VecDeque::new(),
+        agents: BTreeMap::new(),
+        unreachable_agents: BTreeMap::new(),
+        offers: HashMap::new(),
+        next_framework: 0,
+        next_agent: 0,
+        next_offer: 0,
+        dirty_agents: HashSet::new(),
+        full_allocation: false,
+        counters: Counters::default(),
+    };
+    let task = tokio::spawn(run(state, rx));
+    (handle, task)
+}
+
+async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut alloc_tick = tokio::time::interval(st.config.allocation_interval);
+    alloc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ping_tick = tokio::time::interval(st.config.agent_ping_timeout);
+    ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat_tick = tokio::time::interval(st.config.heartbeat_interval);
+    heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Event-driven allocation is batched: at most one pass per this delay.
+    let batch = Duration::from_millis(20);
+    let mut soon: Option<Instant> = None;
+    loop {
+        let wake = soon;
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                st.handle(msg);
+                if soon.is_none() && (st.full_allocation || !st.dirty_agents.is_empty()) {
+                    soon = Some(Instant::now() + batch);
+                }
+            }
+            _ = alloc_tick.tick() => {
+                st.full_allocation = true;
+                st.allocate();
+                soon = None;
+            }
+            _ = async { if let Some(w) = wake { tokio::time::sleep_until(w).await } else { std::future::pending::<()>().await } } => {
+                st.allocate();
+                soon = None;
+            }
+            _ = ping_tick.tick() => st.ping_agents(),
+            _ = heartbeat_tick.tick() => st.heartbeat(),
+        }
+    }
+}
+
+fn watch_stream(
+    tx: &mpsc::UnboundedSender<Bytes>,
+    on_close: Msg,
+    self_tx: mpsc::UnboundedSender<Msg>,
+) -> oneshot::Sender<()> {
+    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
+    let watched = tx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = watched.closed() => { let _ = self_tx.send(on_close); }
+            _ = cancel_rx => {}
+        }
+    });
+    cancel_tx
+}
+
+fn validate_role(role: &str) -> Result<(), String> {
+    if role.is_empty() {
+        return Err("role must not be empty".into());
+    }
+    if role == "." || role == ".." {
+        return Err(format!("role '{role}' cannot be '.' or '..'"));
+    }
+    if role.starts_with('-') || role.starts_with('/') || role.ends_with('/') || role.contains("//") {
+        return Err(format!("role '{role}' is not a valid role name"));
+    }
+    if role.chars().any(|c| c.is_whitespace() || c.is_control() || c == '\\') {
+        return Err(format!("role '{role}' contains invalid characters"));
+    }
+    Ok(())
+}
+
+fn validate_task_id(id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err("task id must not be empty".into());
+    }
+    if id.len() > 255 {
+        return Err("task id is longer than 255 characters".into());
+    }
+    if id == "." || id == ".." || id.contains('/') || id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("task id '{id}' contains invalid characters"));
+    }
+    Ok(())
+}
+
+fn status_for(task_id: &TaskId, state: TaskState, reason: Option<Reason>, message: impl Into<String>) -> TaskStatus {
+    let mut s = TaskStatus::new(task_id.clone(), state);
+    s.source = Some(Source::Master);
+    s.reason = reason;
+    s.message = Some(message.into());
+    s.timestamp = Some(now_secs());
+    s
+}
+
+impl State {
+    fn now(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Subscribe { call, tx, reply } => {
+                let r = self.subscribe(call, tx);
+                let _ = reply.send(r);
+            }
+            Msg::Scheduler { call, stream_id, reply } => {
+                let r = self.scheduler_call(call, stream_id);
+                if r.is_err() {
+                    self.counters.invalid_calls += 1;
+                }
+                let _ = reply.send(r);
+            }
+            Msg::AgentSubscribe { call, tx, reply } => {
+                let r = self.agent_subscribe(call, tx);
+                let _ = reply.send(r);
+            }
+            Msg::AgentCall { call, reply } => {
+                let r = self.agent_call(call);
+                let _ = reply.send(r);
+            }
+            Msg::Operator { call, reply } => {
+                let r = self.operator_call(call);
+                let _ = reply.send(r);
+            }
+            Msg::Query { query, reply } => {
+                let v = crate::legacy::render(self, &query);
+                let _ = reply.send(v);
+            }
+            Msg::FrameworkStreamClosed { framework_id, stream_id } => {
+                let current = self.frameworks.get(&framework_id).and_then(|f| f.stream.as_ref()).map(|s| s.id.clone());
+                if current.as_deref() == Some(stream_id.as_str()) {
+                    self.framework_disconnected(&framework_id);
+                }
+            }
+            Msg::AgentStreamClosed { agent_id, session_id } => {
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    if a.session_id == session_id && a.stream.is_some() {
+                        tracing::info!(%agent_id, "agent disconnected");
+                        a.stream = None;
+                        self.deactivate_agent(&agent_id);
+                    }
+                }
+            }
+            Msg::FailoverTimeout { framework_id, generation } => {
+                let expired = self
+                    .frameworks
+                    .get(&framework_id)
+                    .map(|f| !f.connected() && f.failover_generation == generation)
+                    .unwrap_or(false);
+                if expired {
+                    tracing::info!(%framework_id, "framework failover timeout expired; removing it");
+                    self.remove_framework(&framework_id);
+                }
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- frameworks
+
+    fn subscribe(&mut self, call: Call, tx: mpsc::UnboundedSender<Bytes>) -> Result<String, ApiError> {
+        let sub = call.subscribe.ok_or_else(|| ApiError::bad_request("Expecting 'subscribe' to be present"))?;
+        let mut info = sub.framework_info;
+        if info.name.is_empty() {
+            return Err(ApiError::bad_request("'FrameworkInfo.name' must not be empty"));
+        }
+        let multi_role = info.has_capability("MULTI_ROLE");
+        if multi_role && info.role != "*" {
+            return Err(ApiError::bad_request("'FrameworkInfo.role' must not be set when MULTI_ROLE is used"));
+        }
+        if !multi_role && !info.roles.is_empty() {
+            return Err(ApiError::bad_request("'FrameworkInfo.roles' needs the MULTI_ROLE capability"));
+        }
+        for r in info.effective_roles() {
+            validate_role(&r).map_err(ApiError::bad_request)?;
+        }
+        if !info.failover_timeout.is_finite() || info.failover_timeout < 0.0 {
+            return Err(ApiError::bad_request("'FrameworkInfo.failover_timeout' must be a non-negative number"));
+        }
+        match (&call.framework_id, &info.id) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(ApiError::bad_request("'framework_id' differs from 'subscribe.framework_info.id'"));
+            }
+            (Some(_), None) => {
+                return Err(ApiError::bad_request("'subscribe.framework_info.id' must be set when 'framework_id' is"));
+            }
+            _ => {}
+        }
+        let stream_id = uuid::Uuid::new_v4().to_string();
+        let now = now_secs();
+        let id = match info.id.clone() {
+            Some(id) => {
+                if self.completed_frameworks.iter().any(|f| f.info.id.as_ref() == Some(&id)) {
+                    // Mesos answers with an ERROR event on the stream and closes it.
+                    let payload = to_ascii_json(&Event::error("Framework has been removed"));
+                    let _ = tx.send(Bytes::from(recordio::encode(&payload)));
+                    return Ok(stream_id);
+                }
+                id
+            }
+            None => {
+                let id = FrameworkId::new(format!("{}-{:04}", self.master_info.id, self.next_framework));
+                self.next_framework += 1;
+                info.id = Some(id.clone());
+                id
+            }
+        };
+        let span = tracing::info_span!("subscribe", framework_id = %id);
+        let _e = span.enter();
+        let watch = watch_stream(
+            &tx,
+            Msg::FrameworkStreamClosed { framework_id: id.clone(), stream_id: stream_id.clone() },
+            self.self_tx.clone(),
+        );
+        let stream = Stream { id: stream_id.clone(), tx, _cancel_watch: watch };
+        let subscribed = Event::subscribed(sched::Subscribed {
+            framework_id: id.clone(),
+            heartbeat_interval_seconds: self.config.heartbeat_interval.as_secs_f64(),
+            master_info: Some(self.master_info.clone()),
+        });
+        let roles = info.effective_roles();
+        if let Some(fw) = self.frameworks.get_mut(&id) {
+            // Failover / re-subscription: the old stream is closed, offers are re-made.
+            if let Some(old) = fw.stream.take() {
+                old.send(&to_ascii_json(&Event::error("Framework failed over")));
+            }
+            // `user` and `checkpoint` changes are silently ignored, as in Mesos.
+            info.user = fw.info.user.clone();
+            info.checkpoint = fw.info.checkpoint;
+            info.id = Some(id.clone());
+            fw.info = info.clone();
+            fw.stream = Some(stream);
+            fw.active = true;
+            fw.failover_generation += 1;
+            fw.reregistered_time = Some(now);
+            fw.unregistered_time = None;
+            fw.suppressed_roles = sub.suppressed_roles.clone();
+            fw.send(&subscribed);
+            tracing::info!("framework re-subscribed");
+            self.rescind_framework_offers(&id, false);
+            self.allocator.update_framework(&id, &roles, &sub.suppressed_roles);
+            self.allocator.activate_framework(&id);
+            let update = MasterToAgent::UpdateFramework { framework_info: info };
+            let agents: Vec<AgentId> = self.framework_agents(&id);
+            for a in agents {
+                if let Some(agent) = self.agents.get_mut(&a) {
+                    agent.send(&update);
+                }
+            }
+        } else {
+            let mut fw = Framework {
+                info: info.clone(),
+                stream: Some(stream),
+                active: true,
+                registered_time: now,
+                reregistered_time: None,
+                unregistered_time: None,
+                failover_generation: 0,
+                offers: HashSet::new(),
+                tasks: HashMap::new(),
+                unreachable_tasks: HashMap::new(),
+                completed_tasks: VecDeque::new(),
+                executors: HashMap::new(),
+                suppressed_roles: sub.suppressed_roles.clone(),
+            };
+            fw.send(&subscribed);
+            tracing::info!(name = %info.name, roles = ?roles, "framework subscribed");
+            self.frameworks.insert(id.clone(), fw);
+            self.allocator.add_framework(&id, &roles, &sub.suppressed_roles, true);
+        }
+        self.full_allocation = true;
+        Ok(stream_id)
+    }
+
+    /// Agents on which the framework has tasks.
+    fn framework_agents(&self, id: &FrameworkId) -> Vec<AgentId> {
+        let Some(fw) = self.frameworks.get(id) else { return vec![] };
+        let mut v: Vec<AgentId> = fw.tasks.values().map(|t| t.task.agent_id.clone()).collect();
+        v.extend(fw.executors.keys().cloned());
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn framework_disconnected(&mut self, id: &FrameworkId) {
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        fw.stream = None;
+        fw.active = false;
+        fw.unregistered_time = Some(now_secs());
+        fw.failover_generation += 1;
+        let generation = fw.failover_generation;
+        let timeout = fw.info.failover_timeout;
+        tracing::info!(framework_id = %id, failover_timeout = timeout, "framework disconnected");
+        self.allocator.deactivate_framework(id);
+        self.rescind_framework_offers(id, false);
+        let self_tx = self.self_tx.clone();
+        let framework_id = id.clone();
+        let delay = Duration::from_secs_f64(timeout.clamp(0.0, 365.0 * 86400.0));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = self_tx.send(Msg::FailoverTimeout { framework_id, generation });
+        });
+    }
+
+    fn remove_framework(&mut self, id: &FrameworkId) {
+        let Some(mut fw) = self.frameworks.remove(id) else { return };
+        self.counters.frameworks_removed += 1;
+        // Offers go back first, then the allocator forgets the framework entirely.
+        let offer_ids: Vec<OfferId> = fw.offers.drain().collect();
+        for oid in offer_ids {
+            if let Some(o) = self.offers.remove(&oid) {
+                if let Some(a) = self.agents.get_mut(&o.agent_id) {
+                    a.offers.remove(&oid);
+                }
+            }
+        }
+        let mut agents: HashSet<AgentId> = fw.executors.keys().cloned().collect();
+        let now = now_secs();
+        for (_, mut t) in fw.tasks.drain().chain(fw.unreachable_tasks.drain()) {
+            agents.insert(t.task.agent_id.clone());
+            if let Some(a) = self.agents.get_mut(&t.task.agent_id) {
+                a.tasks.remove(&(id.clone(), t.task.task_id.clone()));
+            }
+            if !t.task.state.is_terminal() {
+                let mut s = status_for(
+                    &t.task.task_id,
+                    TaskState::Killed,
+                    Some(Reason::ReasonFrameworkRemoved),
+                    "Framework removed",
+                );
+                s.timestamp = Some(now);
+                t.task.state = TaskState::Killed;
+                t.task.statuses.push(s);
+            }
+            fw.completed_tasks.push_back(t.task);
+        }
+        while fw.completed_tasks.len() > self.config.max_completed_tasks_per_framework {
+            fw.completed_tasks.pop_front();
+        }
+        for a in agents {
+            if let Some(agent) = self.agents.get_mut(&a) {
+                agent.send(&MasterToAgent::ShutdownFramework { framework_id: id.clone() });
+                self.dirty_agents.insert(a);
+            }
+        }
+        self.allocator.remove_framework(id);
+        fw.stream = None;
+        fw.active = false;
+        fw.unregistered_time = Some(now);
+        fw.executors.clear();
+        tracing::info!(framework_id = %id, "framework removed");
+        self.completed_frameworks.push_back(fw);
+        while self.completed_frameworks.len() > self.config.max_completed_frameworks {
+            self.completed_frameworks.pop_front();
+        }
+    }
+
+    /// Takes back every outstanding offer of a framework. With `notify`, RESCIND events
+    /// are sent (the stream is still up).
+    fn rescind_framework_offers(&mut self, id: &FrameworkId, notify: bool) {
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        let offers: Vec<OfferId> = fw.offers.iter().cloned().collect();
+        for oid in offers {
+            self.rescind_offer(&oid, notify);
+        }
+    }
+
+    fn rescind_offer(&mut self, oid: &OfferId, notify: bool) {
+        let Some(o) = self.offers.remove(oid) else { return };
+        self.counters.offers_rescinded += 1;
+        if let Some(a) = self.agents.get_mut(&o.agent_id) {
+            a.offers.remove(oid);
+        }
+        if let Some(fw) = self.frameworks.get_mut(&o.framework_id) {
+            fw.offers.remove(oid);
+            if notify {
+                fw.send(&Event::rescind(oid.clone()));
+            }
+        }
+        self.allocator.recover(&o.framework_id, &o.agent_id, &o.resources, None, self.now());
+        self.dirty_agents.insert(o.agent_id);
+    }
+
+    fn scheduler_call(&mut self, call: Call, stream_id: Option<String>) -> Result<CallReply, ApiError> {
+        let fid =
+            call.framework_id.clone().ok_or_else(|| ApiError::bad_request("Expecting 'framework_id' to be present"))?;
+        let Some(fw) = self.frameworks.get(&fid) else {
+            if self.completed_frameworks.iter().any(|f| f.info.id.as_ref() == Some(&fid)) {
+                return Err(ApiError::forbidden("Framework has been removed"));
+            }
+            return Err(ApiError::bad_request("Framework cannot be found"));
+        };
+        let Some(stream) = &fw.stream else {
+            return Err(ApiError::forbidden("Framework is not subscribed"));
+        };
+        match stream_id {
+            None => return Err(ApiError::bad_request("All non-subscribe calls should include the 'Mesos-Stream-Id' header")),
+            Some(s) if s != stream.id => {
+                return Err(ApiError::bad_request(format!(
+                    "The stream ID '{s}' included in this request didn't match the stream ID currently associated with framework ID {fid}"
+                )))
+            }
+            _ => {}
+        }
+        let span = tracing::debug_span!("call", framework_id = %fid, kind = ?call.kind);
+        let _e = span.enter();
+        match call.kind {
+            CallType::Subscribe => Err(ApiError::bad_request("SUBSCRIBE must not carry a 'Mesos-Stream-Id' header")),
+            CallType::Teardown => {
+                self.remove_framework(&fid);
+                Ok(CallReply::Accepted)
+            }
+            CallType::Accept => {
+                let accept = call.accept.ok_or_else(|| ApiError::bad_request("Expecting 'accept' to be present"))?;
+                self.accept(&fid, accept);
+                Ok(CallReply::Accepted)
+            }
+            CallType::Decline => {
+                let d = call.decline.ok_or_else(|| ApiError::bad_request("Expecting 'decline' to be present"))?;
+                self.decline(&fid, &d.offer_ids, d.filters.unwrap_or_default().refuse_seconds);
+                Ok(CallReply::Accepted)
+            }
+            CallType::Revive => {
+                let roles = call.revive.unwrap_or_default().all();
+                self.allocator.revive(&fid, &roles);
+                if let Some(fw) = self.frameworks.get_mut(&fid) {
+                    if roles.is_empty() {
+                        fw.suppressed_roles.clear();
+                    } else {
+                        fw.suppressed_roles.retain(|r| !roles.contains(r));
+                    }
+                }
+                self.full_allocation = true;
+                Ok(CallReply::Accepted)
+            }
+            CallType::Suppress => {
+                let roles = call.suppress.unwrap_or_default().all();
+                self.allocator.suppress(&fid, &roles);
+                if let Some(fw) = self.frameworks.get_mut(&fid) {
+                    let all = if roles.is_empty() { fw.info.effective_roles() } else { roles };
+                    for r in all {
+                        if !fw.suppressed_roles.contains(&r) {
+                            fw.suppressed_roles.push(r);
+                        }
+                    }
+                }
+                Ok(CallReply::Accepted)
+            }
+            CallType::Kill => {
+                let k = call.kill.ok_or_else(|| ApiError::bad_request("Expecting 'kill' to be present"))?;
+                self.kill(&fid, k);
+                Ok(CallReply::Accepted)
+            }
+            CallType::Shutdown => {
+                let s = call.shutdown.ok_or_else(|| ApiError::bad_request("Expecting 'shutdown' to be present"))?;
+                if let Some(a) = self.agents.get_mut(&s.agent_id) {
+                    a.send(&MasterToAgent::ShutdownExecutor { framework_id: fid, executor_id: s.executor_id });
+                }
+                Ok(CallReply::Accepted)
+            }
+            CallType::Acknowledge => {
+                let a =
+                    call.acknowledge.ok_or_else(|| ApiError::bad_request("Expecting 'acknowledge' to be present"))?;
+                self.acknowledge(&fid, a)?;
+                Ok(CallReply::Accepted)
+            }
+            CallType::Reconcile => {
+                self.reconcile(&fid, call.reconcile.unwrap_or_default());
+                Ok(CallReply::Accepted)
+            }
+            CallType::Message => {
+                let m = call.message.ok_or_else(|| ApiError::bad_request("Expecting 'message' to be present"))?;
+                match self.agents.get_mut(&m.agent_id) {
+                    Some(a) => a.send(&MasterToAgent::FrameworkMessage {
+                        framework_id: fid,
+                        executor_id: m.executor_id,
+                        data: m.data,
+                    }),
+                    None => tracing::warn!(agent_id = %m.agent_id, "dropping framework message for an unknown agent"),
+                }
+                Ok(CallReply::Accepted)
+            }
+            CallType::UpdateFramework => {
+                let u = call
+                    .update_framework
+                    .ok_or_else(|| ApiError::bad_request("Expecting 'update_framework' to be present"))?;
+                self.update_framework(&fid, u)?;
+                Ok(CallReply::Ok)
+            }
+            CallType::Request
+            | CallType::AcceptInverseOffers
+            | CallType::DeclineInverseOffers
+            | CallType::AcknowledgeOperationStatus
+            | CallType::ReconcileOperations => Ok(CallReply::Accepted),
+            CallType::Unknown => Err(ApiError::bad_request("Unknown call type")),
+        }
+    }
+
+    fn update_framework(&mut self, fid: &FrameworkId, u: sched::UpdateFramework) -> Result<(), ApiError> {
+        let Some(fw) = self.frameworks.get_mut(fid) else {
+            return Err(ApiError::bad_request("Framework cannot be found"));
+        };
+        let mut info = u.framework_info;
+        if info.id.as_ref() != Some(fid) {
+            return Err(ApiError::bad_request("'update_framework.framework_info.id' must match 'framework_id'"));
+        }
+        if info.principal != fw.info.principal {
+            return Err(ApiError::bad_request("'FrameworkInfo.principal' cannot be changed"));
+        }
+        if info.user != fw.info.user {
+            return Err(ApiError::bad_request("'FrameworkInfo.user' cannot be changed"));
+        }
+        if info.checkpoint != fw.info.checkpoint {
+            return Err(ApiError::bad_request("'FrameworkInfo.checkpoint' cannot be changed"));
+        }
+        let multi_role = info.has_capability("MULTI_ROLE");
+        if !multi_role && !info.roles.is_empty() {
+            return Err(ApiError::bad_request("'FrameworkInfo.roles' needs the MULTI_ROLE capability"));
+        }
+        for r in info.effective_roles() {
+            validate_role(&r).map_err(ApiError::bad_request)?;
+        }
+        info.id = Some(fid.clone());
+        let roles = info.effective_roles();
+        let old_roles = fw.info.effective_roles();
+        fw.info = info.clone();
+        fw.suppressed_roles = u.suppressed_roles.clone();
+        // Offers made to roles the framework left are rescinded.
+        let stale: Vec<OfferId> = fw
+            .offers
+            .iter()
+            .filter(|o| {
+                self.offers
+                    .get(*o)
+                    .and_then(|e| e.offer.allocation_info.as_ref().and_then(|a| a.role.clone()))
+                    .map(|r| !roles.contains(&r))
+                    .unwrap_or(false)
+            })
+            .cloned()
+            .collect();
+        for o in stale {
+            self.rescind_offer(&o, true);
+        }
+        self.allocator.update_framework(fid, &roles, &u.suppressed_roles);
+        if roles != old_roles {
+            self.full_allocation = true;
+        }
+        for a in self.framework_agents(fid) {
+            if let Some(agent) = self.agents.get_mut(&a) {
+                agent.send(&MasterToAgent::UpdateFramework { framework_info: info.clone() });
+            }
+        }
+        Ok(())
+    }
+
+    fn decline(&mut self, fid: &FrameworkId, offer_ids: &[OfferId], refuse_seconds: f64) {
+        let refuse = refuse_filter(refuse_seconds);
+        for oid in offer_ids {
+            let owned = self.offers.get(oid).map(|o| &o.framework_id == fid).unwrap_or(false);
+            if !owned {
+                tracing::debug!(offer_id = %oid, "ignoring decline of an unknown offer");
+                continue;
+            }
+            if let Some(o) = self.offers.remove(oid) {
+                self.counters.offers_declined += 1;
+                if let Some(fw) = self.frameworks.get_mut(fid) {
+                    fw.offers.remove(oid);
+                }
+                if let Some(a) = self.agents.get_mut(&o.agent_id) {
+                    a.offers.remove(oid);
+                }
+                self.allocator.recover(fid, &o.agent_id, &o.resources, refuse, self.now());
+                self.dirty_agents.insert(o.agent_id);
+            }
+        }
+    }
+
+    /// Sends a master-generated task status (no uuid: never acknowledged, never retried).
+    fn send_status(&mut self, fid: &FrameworkId, mut status: TaskStatus) {
+        if let Some(fw) = self.frameworks.get_mut(fid) {
+            status.state = status.state.for_framework(fw.info.partition_aware());
+            fw.send(&Event::update(status));
+        }
+    }
+
+    fn accept(&mut self, fid: &FrameworkId, accept: sched::Accept) {
+        let refuse = refuse_filter(accept.filters.as_ref().map(|f| f.refuse_seconds).unwrap_or(5.0));
+        // Validate the offers as a whole first.
+        let mut error: Option<String> = None;
+        let mut seen = HashSet::new();
+        let mut agent: Option<AgentId> = None;
+        if accept.offer_ids.is_empty() {
+            error = Some("No offers specified".into());
+        }
+        for oid in &accept.offer_ids {
+            if !seen.insert(oid.clone()) {
+                error = Some(format!("Offer {oid} appears more than once"));
+                break;
+            }
+            match self.offers.get(oid) {
+                None => {
+                    error = Some(format!("Offer {oid} is no longer valid"));
+                    break;
+                }
+                Some(o) if &o.framework_id != fid => {
+                    error = Some(format!("Offer {oid} is not owned by framework {fid}"));
+                    break;
+                }
+                Some(o) => match &agent {
+                    Some(a) if a != &o.agent_id => {
+                        error = Some("Aggregated offers must belong to one single agent".into());
+                        break;
+                    }
+                    _ => agent = Some(o.agent_id.clone()),
+                },
+            }
+        }
+        // Take the valid offers out: they are used or given back either way.
+        let mut offered = Resources::new();
+        let mut role: Option<String> = None;
+        for oid in &accept.offer_ids {
+            let owned = self.offers.get(oid).map(|o| &o.framework_id == fid).unwrap_or(false);
+            if !owned {
+                continue;
+            }
+            if let Some(o) = self.offers.remove(oid) {
+                if let Some(fw) = self.frameworks.get_mut(fid) {
+                    fw.offers.remove(oid);
+                }
+                if let Some(a) = self.agents.get_mut(&o.agent_id) {
+                    a.offers.remove(oid);
+                }
+                if role.is_none() {
+                    role = o.offer.allocation_info.as_ref().and_then(|a| a.role.clone());
+                }
+                if error.is_some() {
+                    self.allocator.recover(fid, &o.agent_id, &o.resources, None, self.now());
+                    self.dirty_agents.insert(o.agent_id.clone());
+                } else {
+                    offered.add_all(&o.resources);
+                }
+            }
+        }
+        let tasks: Vec<TaskInfo> = accept
+            .operations
+            .iter()
+            .filter(|op| op.kind == sched::OperationType::Launch)
+            .flat_map(|op| op.launch.as_ref().map(|l| l.task_infos.clone()).unwrap_or_default())
+            .collect();
+        if let Some(e) = error {
+            tracing::info!(framework_id = %fid, error = %e, "ACCEPT with invalid offers");
+            for t in &tasks {
+                let s = status_for(&t.task_id, TaskState::Dropped, Some(Reason::ReasonInvalidOffers), e.clone());
+                self.send_status(fid, s);
+            }
+            return;
+        }
+        let Some(agent_id) = agent else { return };
+        let role = role.unwrap_or_else(|| "*".into());
+        let mut remaining = offered.clone();
+        let mut launched_ids: HashSet<TaskId> = HashSet::new();
+        for op in &accept.operations {
+            if op.kind != sched::OperationType::Launch {
+                tracing::warn!(framework_id = %fid, kind = ?op.kind, "offer operation not supported yet; ignored");
+                continue;
+            }
+            let infos = op.launch.as_ref().map(|l| l.task_infos.clone()).unwrap_or_default();
+            for task in infos {
+                match self.validate_task(fid, &agent_id, &role, &task, &remaining, &launched_ids) {
+                    Err(msg) => {
+                        tracing::info!(framework_id = %fid, task_id = %task.task_id, error = %msg, "invalid task");
+                        let s = status_for(&task.task_id, TaskState::Error, Some(Reason::ReasonTaskInvalid), msg);
+                        self.send_status(fid, s);
+                    }
+                    Ok(charged) => {
+                        remaining.subtract_all(&charged);
+                        launched_ids.insert(task.task_id.clone());
+                        self.launch(fid, &agent_id, &role, task, charged);
+                    }
+                }
+            }
+        }
+        if !remaining.is_empty() {
+            self.allocator.recover(fid, &agent_id, &remaining, refuse, self.now());
+        }
+        self.dirty_agents.insert(agent_id);
+    }
+
+    /// Checks a task against Mesos's rules; returns the resources to charge (task plus a new
+    /// custom executor's), with their allocation role.
+    fn validate_task(
+        &self,
+        fid: &FrameworkId,
+        agent_id: &AgentId,
+        role: &str,
+        task: &TaskInfo,
+        remaining: &Resources,
+        launched: &HashSet<TaskId>,
+    ) -> Result<Resources, String> {
+        validate_task_id(task.task_id.as_str())?;
+        let fw = self.frameworks.get(fid).ok_or("framework is gone")?;
+        if launched.contains(&task.task_id)
+            || fw.tasks.contains_key(&task.task_id)
+            || fw.unreachable_tasks.contains_key(&task.task_id)
+        {
+            return Err(format!("Task has duplicate ID: {}", task.task_id));
+        }
+        if &task.agent_id != agent_id {
+            return Err(format!("Task uses agent {} but the offers are from agent {agent_id}", task.agent_id));
+        }
+        match (&task.command, &task.executor) {
+            (Some(_), Some(_)) => {
+                return Err("Task should have at least one (but not both) of CommandInfo or ExecutorInfo present".into())
+            }
+            (None, None) => {
+                return Err("Task should have at least one (but not both) of CommandInfo or ExecutorInfo present".into())
+            }
+            _ => {}
+        }
+        if let Some(c) = &task.command {
+            if c.value.as_deref().unwrap_or("").is_empty() && !c.shell && c.arguments.is_empty() {
+                return Err("CommandInfo has no 'value' to run".into());
+            }
+            if c.shell && c.value.as_deref().unwrap_or("").trim().is_empty() {
+                return Err("CommandInfo.value must be set for a shell command".into());
+            }
+        }
+        if let Some(e) = &task.executor {
+            if let Some(f) = &e.framework_id {
+                if f != fid {
+                    return Err("ExecutorInfo has an invalid FrameworkID".into());
+                }
+            }
+            if e.command.is_none() {
+                return Err("ExecutorInfo must have a CommandInfo".into());
+            }
+        }
+        if task.resources.is_empty() {
+            return Err("Task uses no resources".into());
+        }
+        let mut charged = Resources::new();
+        let mut add = |list: &[Resource]| -> Result<(), String> {
+            for r in list {
+                r.validate().map_err(|e| e.to_string())?;
+                let mut r = r.clone();
+                match r.allocation_role() {
+                    None => r = r.with_allocation(Some(role)),
+                    Some(x) if x != role => {
+                        return Err(format!("resource allocated to role '{x}' but the offer is for role '{role}'"))
+                    }
+                    _ => {}
+                }
+                charged.add(&r);
+            }
+            Ok(())
+        };
+        add(&task.resources)?;
+        if let Some(e) = &task.executor {
+            let known = fw.executors.get(agent_id).map(|m| m.contains_key(&e.executor_id)).unwrap_or(false);
+            if !known {
+                add(&e.resources)?;
+            }
+        }
+        if !remaining.contains(&charged) {
+            return Err(format!("Task uses more resources {charged} than available {remaining}"));
+        }
+        Ok(charged)
+    }
+
+    fn launch(&mut self, fid: &FrameworkId, agent_id: &AgentId, role: &str, mut task: TaskInfo, charged: Resources) {
+        let Some(fw) = self.frameworks.get_mut(fid) else { return };
+        if let Some(e) = task.executor.as_mut() {
+            e.framework_id = Some(fid.clone());
+            fw.executors.entry(agent_id.clone()).or_default().insert(e.executor_id.clone(), e.clone());
+        }
+        let record = Task {
+            name: task.name.clone(),
+            task_id: task.task_id.clone(),
+            framework_id: fid.clone(),
+            executor_id: task.executor.as_ref().map(|e| e.executor_id.clone()),
+            agent_id: agent_id.clone(),
+            state: TaskState::Staging,
+            resources: charged.clone().into_vec(),
+            statuses: vec![],
+            status_update_state: None,
+            status_update_uuid: None,
+            labels: task.labels.clone(),
+            discovery: task.discovery.clone(),
+            container: task.container.clone(),
+            health_check: task.health_check.clone(),
+            kill_policy: task.kill_policy.clone(),
+            user: task.command.as_ref().and_then(|c| c.user.clone()).or_else(|| Some(fw.info.user.clone())),
+            limits: task.limits.clone(),
+        };
+        fw.tasks.insert(
+            task.task_id.clone(),
+            TaskEntry { task: record, role: role.to_string(), resources: charged.clone(), released: false },
+        );
+        let framework_info = fw.info.clone();
+        tracing::info!(framework_id = %fid, task_id = %task.task_id, agent_id = %agent_id, "launching task");
+        task.resources = charged.clone().into_vec();
+        if let Some(a) = self.agents.get_mut(agent_id) {
+            a.tasks.insert((fid.clone(), task.task_id.clone()));
+            a.send(&MasterToAgent::RunTask { framework_info, task, resources: charged.into_vec() });
+        }
+    }
+
+    fn kill(&mut self, fid: &FrameworkId, k: sched::Kill) {
+        let Some(fw) = self.frameworks.get(fid) else { return };
+        if let Some(t) = fw.tasks.get(&k.task_id) {
+            let agent_id = t.task.agent_id.clone();
+            match self.agents.get_mut(&agent_id) {
+                Some(a) => a.send(&MasterToAgent::KillTask {
+                    framework_id: fid.clone(),
+                    task_id: k.task_id,
+                    kill_policy: k.kill_policy,
+                }),
+                None => tracing::warn!(task_id = %k.task_id, "cannot kill a task on an agent that is gone"),
+            }
+            return;
+        }
+        if fw.unreachable_tasks.contains_key(&k.task_id) {
+            // It will be killed when its agent comes back (see reregistration).
+            return;
+        }
+        let s = status_for(
+            &k.task_id,
+            TaskState::Lost,
+            Some(Reason::ReasonReconciliation),
+            "Attempted to kill an unknown task",
+        );
+        self.send_status(fid, s);
+    }
+
+    fn acknowledge(&mut self, fid: &FrameworkId, a: sched::Acknowledge) -> Result<(), ApiError> {
+        if a.uuid.0.len() != 16 {
+            return Err(ApiError::bad_request("'acknowledge.uuid' must be 16 bytes"));
+        }
+        let Some(fw) = self.frameworks.get_mut(fid) else { return Ok(()) };
+        let mut completed = None;
+        if let Some(t) = fw.tasks.get(&a.task_id) {
+            if t.task.status_update_uuid.as_ref() == Some(&a.uuid)
+                && t.task.status_update_state.map(|s| s.is_terminal()).unwrap_or(false)
+            {
+                completed = fw.tasks.remove(&a.task_id);
+            }
+        }
+        if let Some(t) = completed {
+            if let Some(agent) = self.agents.get_mut(&t.task.agent_id) {
+                agent.tasks.remove(&(fid.clone(), t.task.task_id.clone()));
+            }
+            fw.completed_tasks.push_back(t.task);
+            if fw.completed_tasks.len() > self.config.max_completed_tasks_per_framework {
+                fw.completed_tasks.pop_front();
+            }
+        }
+        match self.agents.get_mut(&a.agent_id) {
+            Some(agent) => {
+                agent.send(&MasterToAgent::Acknowledge { framework_id: fid.clone(), task_id: a.task_id, uuid: a.uuid })
+            }
+            None => tracing::debug!(agent_id = %a.agent_id, "acknowledgement for an unknown agent dropped"),
+        }
+        Ok(())
+    }
+
+    fn reconcile(&mut self, fid: &FrameworkId, r: sched::Reconcile) {
+        let Some(fw) = self.frameworks.get(fid) else { return };
+        let mut out = Vec::new();
+        let latest = |t: &TaskEntry, msg: &str| {
+            let state = t.task.status_update_state.unwrap_or(t.task.state);
+            let mut s = status_for(&t.task.task_id, state, Some(Reason::ReasonReconciliation), msg);
+            s.agent_id = Some(t.task.agent_id.clone());
+            s.executor_id = t.task.executor_id.clone();
+            if let Some(last) = t.task.statuses.last() {
+                s.healthy = last.healthy;
+                s.unreachable_time = last.unreachable_time;
+                s.container_status = last.container_status.clone();
+            }
+            s
+        };
+        if r.tasks.is_empty() {
+            for t in fw.tasks.values().chain(fw.unreachable_tasks.values()) {
+                out.push(latest(t, "Reconciliation: Latest task state"));
+            }
+        } else {
+            for rt in &r.tasks {
+                if let Some(t) = fw.tasks.get(&rt.task_id).or_else(|| fw.unreachable_tasks.get(&rt.task_id)) {
+                    out.push(latest(t, "Reconciliation: Latest task state"));
+                    continue;
+                }
+                let (state, msg, time) = match &rt.agent_id {
+                    Some(a) if self.agents.contains_key(a) => {
+                        (TaskState::Gone, "Reconciliation: Task is unknown to the agent", None)
+                    }
+                    Some(a) if self.unreachable_agents.contains_key(a) => (
+                        TaskState::Unreachable,
+                        "Reconciliation: Task is unreachable",
+                        self.unreachable_agents.get(a).map(|u| DurationInfo::from_secs_f64(u.time)),
+                    ),
+                    _ => (TaskState::Unknown, "Reconciliation: Task is unknown", None),
+                };
+                let mut s = status_for(&rt.task_id, state, Some(Reason::ReasonReconciliation), msg);
+                s.agent_id = rt.agent_id.clone();
+                s.unreachable_time = time;
+                out.push(s);
+            }
+        }
+        for s in out {
+            self.send_status(fid, s);
+        }
+    }
+
+    // ---------------------------------------------------------------- agents
+
+    fn agent_subscribe(&mut self, call: AgentToMaster, tx: mpsc::UnboundedSender<Bytes>) -> Result<(), ApiError> {
+        let now = now_secs();
+        match call {
+            AgentToMaster::Register { mut agent_info, version } => {
+                if agent_info.hostname.is_empty() {
+                    return Err(ApiError::bad_request("'agent_info.hostname' must not be empty"));
+                }
+                let total = Resources::from_vec(agent_info.resources.clone());
+                for r in total.iter() {
+                    r.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+                }
+                let pid = format!("slave(1)@{}:{}", agent_info.hostname, agent_info.port);
+                // An agent that restarted without its checkpoint registers afresh: the old
+                // incarnation at the same address is gone.
+                let stale: Vec<AgentId> = self.agents.values().filter(|a| a.pid == pid).map(|a| a.id()).collect();
+                for old in stale {
+                    tracing::info!(agent_id = %old, "agent at {pid} registered again without its id; removing the old one");
+                    self.remove_agent(&old, TaskState::Gone, Reason::ReasonAgentRestarted, "Agent restarted");
+                }
+                let id = AgentId::new(format!("{}-S{}", self.master_info.id, self.next_agent));
+                self.next_agent += 1;
+                agent_info.id = Some(id.clone());
+                let session_id = uuid::Uuid::new_v4().to_string();
+                let stream = self.agent_stream(&id, &session_id, tx);
+                let mut agent = Agent {
+                    info: agent_info,
+                    pid,
+                    version,
+                    session_id: session_id.clone(),
+                    stream: Some(stream),
+                    active: true,
+                    registered_time: now,
+                    reregistered_time: None,
+                    total: total.clone(),
+                    missed_pings: 0,
+                    awaiting_pong: false,
+                    tasks: HashSet::new(),
+                    offers: HashSet::new(),
+                };
+                agent.send(&MasterToAgent::Registered {
+                    agent_id: id.clone(),
+                    session_id,
+                    master_info: self.master_info.clone(),
+                });
+                tracing::info!(agent_id = %id, resources = %total, "agent registered");
+                self.agents.insert(id.clone(), agent);
+                self.counters.agents_registered += 1;
+                self.allocator.add_agent(&id, &total, &[]);
+                self.dirty_agents.insert(id);
+                Ok(())
+            }
+            AgentToMaster::Reregister { agent_info, version, frameworks, executors, tasks } => {
+                self.agent_reregister(agent_info, version, frameworks, executors, tasks, tx)
+            }
+            _ => Err(ApiError::bad_request("Expecting REGISTER or REREGISTER")),
+        }
+    }
+
+    fn agent_stream(&self, id: &AgentId, session_id: &str, tx: mpsc::UnboundedSender<Bytes>) -> Stream {
+        let watch = watch_stream(
+            &tx,
+            Msg::AgentStreamClosed { agent_id: id.clone(), session_id: session_id.to_string() },
+            self.self_tx.clone(),
+        );
+        Stream { id: session_id.to_string(), tx, _cancel_watch: watch }
+    }
+
+    fn agent_reregister(
+        &mut self,
+        mut agent_info: AgentInfo,
+        version: String,
+        frameworks: Vec<FrameworkInfo>,
+        executors: Vec<ExecutorReport>,
+        tasks: Vec<Task>,
+        tx: mpsc::UnboundedSender<Bytes>,
+    ) -> Result<(), ApiError> {
+        let id = agent_info.id.clone().ok_or_else(|| ApiError::bad_request("REREGISTER needs 'agent_info.id'"))?;
+        let total = Resources::from_vec(agent_info.resources.clone());
+        for r in total.iter() {
+            r.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
+        }
+        let now = now_secs();
+        let span = tracing::info_span!("reregister", agent_id = %id);
+        let _e = span.enter();
+        // Take the agent out of whatever state it was in; it is rebuilt from its report.
+        let was_unreachable = self.unreachable_agents.remove(&id).is_some();
+        let previous = self.agents.remove(&id);
+        if let Some(prev) = &previous {
+            for oid in prev.offers.clone() {
+                self.rescind_offer(&oid, true);
+            }
+            self.allocator.remove_agent(&id);
+        }
+        let registered_time = previous.as_ref().map(|p| p.registered_time).unwrap_or(now);
+        agent_info.id = Some(id.clone());
+        let pid = format!("slave(1)@{}:{}", agent_info.hostname, agent_info.port);
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let stream = self.agent_stream(&id, &session_id, tx);
+        let mut agent = Agent {
+            info: agent_info,
+            pid,
+            version,
+            session_id: session_id.clone(),
+            stream: Some(stream),
+            active: true,
+            registered_time,
+            reregistered_time: Some(now),
+            total: total.clone(),
+            missed_pings: 0,
+            awaiting_pong: false,
+            tasks: HashSet::new(),
+            offers: HashSet::new(),
+        };
+        agent.send(&MasterToAgent::Reregistered {
+            agent_id: id.clone(),
+            session_id,
+            master_info: self.master_info.clone(),
+        });
+        // Frameworks the master does not know (e.g. after a master restart) are recreated
+        // disconnected, waiting for their scheduler to re-subscribe.
+        for fi in frameworks {
+            let Some(fid) = fi.id.clone() else { continue };
+            if self.frameworks.contains_key(&fid)
+                || self.completed_frameworks.iter().any(|f| f.info.id.as_ref() == Some(&fid))
+            {
+                continue;
+            }
+            self.frameworks.insert(
+                fid.clone(),
+                Framework {
+                    info: fi.clone(),
+                    stream: None,
+                    active: false,
+                    registered_time: now,
+                    reregistered_time: None,
+                    unregistered_time: Some(now),
+                    failover_generation: 0,
+                    offers: HashSet::new(),
+                    tasks: HashMap::new(),
+                    unreachable_tasks: HashMap::new(),
+                    completed_tasks: VecDeque::new(),
+                    executors: HashMap::new(),
+                    suppressed_roles: vec![],
+                },
+            );
+            self.allocator.add_framework(&fid, &fi.effective_roles(), &[], false);
+        }
+        for e in executors {
+            if let Some(fw) = self.frameworks.get_mut(&e.framework_id) {
+                fw.executors
+                    .entry(id.clone())
+                    .or_default()
+                    .insert(e.executor_info.executor_id.clone(), e.executor_info);
+            }
+        }
+        let mut reported: HashSet<(FrameworkId, TaskId)> = HashSet::new();
+        let mut used: HashMap<FrameworkId, Resources> = HashMap::new();
+        let mut to_kill: Vec<(FrameworkId, TaskId)> = Vec::new();
+        let mut notify: Vec<(FrameworkId, TaskStatus)> = Vec::new();
+        for t in tasks {
+            let fid = t.framework_id.clone();
+            let key = (fid.clone(), t.task_id.clone());
+            reported.insert(key.clone());
+            let Some(fw) = self.frameworks.get_mut(&fid) else {
+                // The framework was torn down while the agent was away.
+                to_kill.push(key);
+                continue;
+            };
+            let role = t
+                .resources
+                .iter()
+                .find_map(|r| r.allocation_role().map(str::to_string))
+                .unwrap_or_else(|| fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into()));
+            let resources = Resources::from_vec(t.resources.clone());
+            let came_back = fw.unreachable_tasks.remove(&t.task_id);
+            let existing = fw.tasks.remove(&t.task_id).or(came_back);
+            let was_unreachable_task = existing
+                .as_ref()
+                .map(|e| e.task.state == TaskState::Unreachable || e.task.state == TaskState::Lost)
+                .unwrap_or(false);
+            let mut entry =
+                existing.unwrap_or(TaskEntry { task: t.clone(), role, resources: resources.clone(), released: false });
+            entry.task.state = t.state;
+            if t.status_update_state.is_some() {
+                entry.task.status_update_state = t.status_update_state;
+                entry.task.status_update_uuid = t.status_update_uuid.clone();
+            }
+            if !t.statuses.is_empty() && entry.task.statuses.len() < t.statuses.len() {
+                entry.task.statuses = t.statuses.clone();
+            }
+            entry.released = t.state.is_terminal();
+            if !entry.released {
+                used.entry(fid.clone()).or_default().add_all(&entry.resources);
+            }
+            if was_unreachable_task && !t.state.is_terminal() {
+                let mut s =
+                    status_for(&t.task_id, t.state, Some(Reason::ReasonAgentReregistered), "Agent re-registered");
+                s.agent_id = Some(id.clone());
+                s.executor_id = t.executor_id.clone();
+                notify.push((fid.clone(), s));
+            }
+            fw.tasks.insert(t.task_id.clone(), entry);
+            agent.tasks.insert(key);
+        }
+        // Tasks the master believes are on this agent but the agent does not report are gone.
+        let mut missing: Vec<(FrameworkId, TaskId)> = Vec::new();
+        for (fid, fw) in &self.frameworks {
+            for (tid, t) in fw.tasks.iter().chain(fw.unreachable_tasks.iter()) {
+                if t.task.agent_id == id
+                    && !reported.contains(&(fid.clone(), tid.clone()))
+                    && !t.task.state.is_terminal()
+                {
+                    missing.push((fid.clone(), tid.clone()));
+                }
+            }
+        }
+        for (fid, tid) in missing {
+            if let Some(fw) = self.frameworks.get_mut(&fid) {
+                let entry = fw.tasks.remove(&tid).or_else(|| fw.unreachable_tasks.remove(&tid));
+                if let Some(mut e) = entry {
+                    let mut s = status_for(
+                        &tid,
+                        TaskState::Gone,
+                        Some(Reason::ReasonAgentRestarted),
+                        "Task is unknown to the agent after it re-registered",
+                    );
+                    s.agent_id = Some(id.clone());
+                    e.task.state = TaskState::Gone;
+                    e.task.statuses.push(s.clone());
+                    fw.completed_tasks.push_back(e.task);
+                    notify.push((fid.clone(), s));
+                }
+            }
+        }
+        let used_list: Vec<(FrameworkId, Resources)> = used.into_iter().collect();
+        self.allocator.add_agent(&id, &total, &used_list);
+        for (fid, tid) in to_kill {
+            agent.send(&MasterToAgent::KillTask { framework_id: fid.clone(), task_id: tid, kill_policy: None });
+            agent.send(&MasterToAgent::ShutdownFramework { framework_id: fid });
+        }
+        self.agents.insert(id.clone(), agent);
+        self.counters.agents_reregistered += 1;
+        tracing::info!(was_unreachable, "agent re-registered");
+        for (fid, s) in notify {
+            self.send_status(&fid, s);
+        }
+        self.dirty_agents.insert(id);
+        Ok(())
+    }
+
+    fn check_session(&self, agent_id: &AgentId, session_id: &str) -> Result<(), ApiError> {
+        match self.agents.get(agent_id) {
+            Some(a) if a.session_id == session_id => Ok(()),
+            Some(_) => Err(ApiError::forbidden("Agent session is not current: re-register")),
+            None => Err(ApiError::forbidden("Agent is not registered: re-register")),
+        }
+    }
+
+    fn agent_call(&mut self, call: AgentToMaster) -> Result<(), ApiError> {
+        match call {
+            AgentToMaster::Pong { agent_id, session_id } => {
+                self.check_session(&agent_id, &session_id)?;
+                if let Some(a) = self.agents.get_mut(&agent_id) {
+                    a.awaiting_pong = false;
+                    a.missed_pings = 0;
+                }
+                Ok(())
+            }
+            AgentToMaster::StatusUpdate { agent_id, session_id, update } => {
+                self.check_session(&agent_id, &session_id)?;
+                self.status_update(&agent_id, update);
+                Ok(())
+            }
+            AgentToMaster::ExecutorExited { agent_id, session_id, framework_id, executor_id, status } => {
+                self.check_session(&agent_id, &session_id)?;
+                let mut release = None;
+                if let Some(fw) = self.frameworks.get_mut(&framework_id) {
+                    if let Some(m) = fw.executors.get_mut(&agent_id) {
+                        if let Some(e) = m.remove(&executor_id) {
+                            release = Some(e);
+                        }
+                        if m.is_empty() {
+                            fw.executors.remove(&agent_id);
+                        }
+                    }
+                    fw.send(&Event::failure(sched::Failure {
+                        agent_id: Some(agent_id.clone()),
+                        executor_id: Some(executor_id.clone()),
+                        status,
+                    }));
+                }
+                if let Some(e) = release {
+                    if !e.resources.is_empty() {
+                        let role = self
+                            .frameworks
+                            .get(&framework_id)
+                            .map(|f| f.info.effective_roles().into_iter().next().unwrap_or_default());
+                        let res = Resources::from_vec(e.resources.clone());
+                        let res = if res.iter().all(|r| r.allocation_role().is_some()) {
+                            res
+                        } else {
+                            res.allocated_to(role.as_deref())
+                        };
+                        self.allocator.recover(&framework_id, &agent_id, &res, None, self.now());
+                        self.dirty_agents.insert(agent_id);
+                    }
+                }
+                Ok(())
+            }
+            AgentToMaster::ExecutorMessage { agent_id, session_id, framework_id, executor_id, data } => {
+                self.check_session(&agent_id, &session_id)?;
+                if let Some(fw) = self.frameworks.get_mut(&framework_id) {
+                    fw.send(&Event::message(sched::EventMessage { agent_id, executor_id, data }));
+                }
+                Ok(())
+            }
+            AgentToMaster::Register { .. } | AgentToMaster::Reregister { .. } => {
+                Err(ApiError::bad_request("REGISTER and REREGISTER open a stream; they are not plain calls"))
+            }
+        }
+    }
+
+    fn status_update(&mut self, agent_id: &AgentId, update: StatusUpdate) {
+        let StatusUpdate { framework_id: fid, mut status, latest_state } = update;
+        status.agent_id = Some(agent_id.clone());
+        let Some(fw) = self.frameworks.get_mut(&fid) else {
+            tracing::info!(framework_id = %fid, task_id = %status.task_id, "status update for an unknown framework; telling the agent to shut it down");
+            if let Some(a) = self.agents.get_mut(agent_id) {
+                a.send(&MasterToAgent::ShutdownFramework { framework_id: fid });
+            }
+            return;
+        };
+        let latest = latest_state.unwrap_or(status.state);
+        let mut release: Option<(Resources, AgentId)> = None;
+        if let Some(t) = fw.tasks.get_mut(&status.task_id) {
+            let newly_terminal = latest.is_terminal() && !t.task.state.is_terminal();
+            t.task.state = latest;
+            t.task.status_update_state = Some(status.state);
+            t.task.status_update_uuid = status.uuid.clone();
+            let dup = status.uuid.is_some() && t.task.statuses.iter().any(|s| s.uuid == status.uuid);
+            if !dup {
+                let mut rec = status.clone();
+                rec.data = None;
+                t.task.statuses.push(rec);
+            }
+            if latest.is_terminal() && !t.released {
+                t.released = true;
+                release = Some((t.resources.clone(), t.task.agent_id.clone()));
+            }
+            if newly_terminal {
+                match latest {
+                    TaskState::Finished => self.counters.tasks_finished += 1,
+                    TaskState::Failed => self.counters.tasks_failed += 1,
+                    TaskState::Killed => self.counters.tasks_killed += 1,
+                    TaskState::Lost => self.counters.tasks_lost += 1,
+                    TaskState::Error => self.counters.tasks_error += 1,
+                    TaskState::Dropped => self.counters.tasks_dropped += 1,
+                    TaskState::Gone | TaskState::GoneByOperator => self.counters.tasks_gone += 1,
+                    _ => {}
+                }
+            }
+        } else {
+            tracing::debug!(framework_id = %fid, task_id = %status.task_id, "status update for a task the master does not track; forwarding");
+        }
+        let mut forwarded = status.clone();
+        forwarded.state = forwarded.state.for_framework(fw.info.partition_aware());
+        if forwarded.state == TaskState::Killing && !fw.info.has_capability("TASK_KILLING_STATE") {
+            // Only frameworks that asked for TASK_KILLING see it; the agent never waits on
+            // an acknowledgement for it from others (it acknowledges it on their behalf).
+        } else {
+            fw.send(&Event::update(forwarded));
+        }
+        if let Some((res, aid)) = release {
+            self.allocator.recover(&fid, &aid, &res, None, self.now());
+            self.dirty_agents.insert(aid);
+        }
+    }
+
+    fn deactivate_agent(&mut self, id: &AgentId) {
+        let offers: Vec<OfferId> = self.agents.get(id).map(|a| a.offers.iter().cloned().collect()).unwrap_or_default();
+        for o in offers {
+            self.rescind_offer(&o, true);
+        }
+        self.allocator.deactivate_agent(id);
+        self.dirty_agents.remove(id);
+    }
+
+    /// Removes an agent for good (restarted under a new id): its tasks end with `state`.
+    fn remove_agent(&mut self, id: &AgentId, state: TaskState, reason: Reason, message: &str) {
+        self.deactivate_agent(id);
+        let Some(agent) = self.agents.remove(id) else { return };
+        self.allocator.remove_agent(id);
+        for (fid, tid) in agent.tasks {
+            let Some(fw) = self.frameworks.get_mut(&fid) else { continue };
+            if let Some(mut t) = fw.tasks.remove(&tid) {
+                if !t.task.state.is_terminal() {
+                    let mut s = status_for(&tid, state, Some(reason), message);
+                    s.agent_id = Some(id.clone());
+                    t.task.state = state;
+                    t.task.statuses.push(s.clone());
+                    let pa = fw.info.partition_aware();
+                    s.state = s.state.for_framework(pa);
+                    fw.send(&Event::update(s));
+                }
+                fw.completed_tasks.push_back(t.task);
+            }
+        }
+        for fw in self.frameworks.values_mut() {
+            fw.executors.remove(id);
+            fw.send(&Event::failure(sched::Failure { agent_id: Some(id.clone()), executor_id: None, status: None }));
+        }
+    }
+
+    fn mark_unreachable(&mut self, id: &AgentId) {
+        self.deactivate_agent(id);
+        let Some(agent) = self.agents.remove(id) else { return };
+        tracing::warn!(agent_id = %id, "agent missed its pings; marking it unreachable");
+        self.counters.agents_unreachable += 1;
+        self.allocator.remove_agent(id);
+        let now = now_secs();
+        for (fid, tid) in &agent.tasks {
+            let Some(fw) = self.frameworks.get_mut(fid) else { continue };
+            let Some(mut t) = fw.tasks.remove(tid) else { continue };
+            if t.task.state.is_terminal() {
+                // Finished but not yet acknowledged: the agent will resend when it returns.
+                fw.unreachable_tasks.insert(tid.clone(), t);
+                continue;
+            }
+            self.counters.tasks_unreachable += 1;
+            let pa = fw.info.partition_aware();
+            let mut s = status_for(
+                tid,
+                TaskState::Unreachable,
+                Some(Reason::ReasonAgentRemoved),
+                format!("Agent {id} is unreachable"),
+            );
+            s.agent_id = Some(id.clone());
+            s.executor_id = t.task.executor_id.clone();
+            s.unreachable_time = Some(DurationInfo::from_secs_f64(now));
+            t.task.state = if pa { TaskState::Unreachable } else { TaskState::Lost };
+            t.task.statuses.push(s.clone());
+            t.released = true;
+            fw.unreachable_tasks.insert(tid.clone(), t);
+            s.state = s.state.for_framework(pa);
+            fw.send(&Event::update(s));
+        }
+        for fw in self.frameworks.values_mut() {
+            if fw.executors.contains_key(id) || agent.tasks.iter().any(|(f, _)| Some(f) == fw.info.id.as_ref()) {
+                fw.send(&Event::failure(sched::Failure {
+                    agent_id: Some(id.clone()),
+                    executor_id: None,
+                    status: None,
+                }));
+            }
+        }
+        self.unreachable_agents.insert(id.clone(), UnreachableAgent { time: now });
+        // Dropping the agent entry closes its stream; when it wakes it re-registers.
+    }
+
+    fn ping_agents(&mut self) {
+        let mut unreachable = Vec::new();
+        for (id, a) in self.agents.iter_mut() {
+            if a.awaiting_pong {
+                a.missed_pings += 1;
+                if a.missed_pings >= self.config.max_agent_ping_timeouts {
+                    unreachable.push(id.clone());
+                    continue;
+                }
+            }
+            if a.connected() {
+                a.awaiting_pong = true;
+                a.send(&MasterToAgent::Ping);
+            } else {
+                // A disconnected agent cannot pong: count the miss.
+                a.awaiting_pong = true;
+            }
+        }
+        for id in unreachable {
+            self.mark_unreachable(&id);
+        }
+    }
+
+    fn heartbeat(&mut self) {
+        let hb = Event::heartbeat();
+        for fw in self.frameworks.values_mut() {
+            fw.send(&hb);
+        }
+    }
+
+    // ---------------------------------------------------------------- allocation
+
+    fn allocate(&mut self) {
+        let now = self.now();
+        let allocations = if self.full_allocation {
+            self.allocator.allocate(now)
+        } else if !self.dirty_agents.is_empty() {
+            let agents: Vec<AgentId> = self.dirty_agents.iter().cloned().collect();
+            self.allocator.allocate_agents(&agents, now)
+        } else {
+            Vec::new()
+        };
+        self.full_allocation = false;
+        self.dirty_agents.clear();
+        if allocations.is_empty() {
+            return;
+        }
+        let mut per_framework: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
+        for Allocation { framework_id, agent_id, role, resources } in allocations {
+            let Some(agent) = self.agents.get_mut(&agent_id) else {
+                self.allocator.recover(&framework_id, &agent_id, &resources, None, now);
+                continue;
+            };
+            let Some(fw) = self.frameworks.get_mut(&framework_id) else {
+                self.allocator.recover(&framework_id, &agent_id, &resources, None, now);
+                continue;
+            };
+            if !fw.connected() {
+                self.allocator.recover(&framework_id, &agent_id, &resources, None, now);
+                continue;
+            }
+            let oid = OfferId::new(format!("{}-O{}", self.master_info.id, self.next_offer));
+            self.next_offer += 1;
+            let ip = agent.pid.rsplit('@').next().and_then(|hp| hp.rsplit_once(':')).map(|(h, _)| h.to_string());
+            let offer = Offer {
+                id: oid.clone(),
+                framework_id: framework_id.clone(),
+                agent_id: agent_id.clone(),
+                hostname: agent.info.hostname.clone(),
+                url: Some(serde_json::json!({
+                    "scheme": "http",
+                    "address": {"hostname": agent.info.hostname, "ip": ip, "port": agent.info.port},
+                    "path": "/slave(1)",
+                    "query": []
+                })),
+                resources: resources.with_legacy_roles().into_vec(),
+                attributes: agent.info.attributes.clone(),
+                executor_ids: fw.executors.get(&agent_id).map(|m| m.keys().cloned().collect()).unwrap_or_default(),
+                allocation_info: Some(agent_api_alloc(&role)),
+            };
+            agent.offers.insert(oid.clone());
+            fw.offers.insert(oid.clone());
+            self.offers.insert(
+                oid,
+                OfferEntry { offer: offer.clone(), resources, framework_id: framework_id.clone(), agent_id },
+            );
+            per_framework.entry(framework_id).or_default().push(offer);
+        }
+        for (fid, offers) in per_framework {
+            self.counters.offers_sent += offers.len() as u64;
+            if let Some(fw) = self.frameworks.get_mut(&fid) {
+                fw.send(&Event::offers(offers));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- operator
+
+    fn operator_call(&mut self, call: operator::Call) -> Result<operator::Response, ApiError> {
+        use operator::CallType as T;
+        let mut r = operator::Response::of(call.kind);
+        match call.kind {
+            T::GetHealth => r.get_health = Some(operator::GetHealth { healthy: true }),
+            T::GetVersion => {
+                r.get_version = Some(operator::GetVersion { version_info: crate::legacy::version_info() });
+            }
+            T::GetState => r.get_state = Some(crate::legacy::get_state(self)),
+            T::GetAgents => r.get_agents = Some(crate::legacy::get_agents(self)),
+            T::GetFrameworks => r.get_frameworks = Some(crate::legacy::get_frameworks(self)),
+            T::GetExecutors => r.get_executors = Some(crate::legacy::get_executors(self)),
+            T::GetTasks => r.get_tasks = Some(crate::legacy::get_tasks(self)),
+            T::GetMaster => {
+                r.get_master = Some(operator::GetMaster {
+                    master_info: self.master_info.clone(),
+                    start_time: Some(self.start_time),
+                    elected_time: Some(self.start_time),
+                })
+            }
+            T::GetFlags => {
+                let flags: serde_json::Map<String, serde_json::Value> =
+                    self.config.flags.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+                r.get_flags = Some(
+                    serde_json::json!({"flags": flags.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect::<Vec<_>>()}),
+                );
+            }
+            T::GetMetrics => {
+                let m = crate::legacy::render(self, &Query::Metrics);
+                let list: Vec<serde_json::Value> = m
+                    .as_object()
+                    .map(|o| o.iter().map(|(k, v)| serde_json::json!({"name": k, "value": v})).collect())
+                    .unwrap_or_default();
+                r.get_metrics = Some(serde_json::json!({ "metrics": list }));
+            }
+            T::GetRoles => {
+                r.get_roles = Some(crate::legacy::render(self, &Query::Roles));
+            }
+            T::Teardown => {
+                let t = call.teardown.ok_or_else(|| ApiError::bad_request("Expecting 'teardown' to be present"))?;
+                if !self.frameworks.contains_key(&t.framework_id) {
+                    return Err(ApiError::bad_request(format!("Framework {} cannot be found", t.framework_id)));
+                }
+                self.remove_framework(&t.framework_id);
+            }
+            T::Unknown => return Err(ApiError::bad_request("Unknown or unsupported operator call type")),
+        }
+        Ok(r)
+    }
+
+    pub(crate) fn offered_to(&self, fid: &FrameworkId) -> Resources {
+        let mut r = Resources::new();
+        if let Some(fw) = self.frameworks.get(fid) {
+            for o in &fw.offers {
+                if let Some(e) = self.offers.get(o) {
+                    r.add_all(&e.resources);
+                }
+            }
+        }
+        r
+    }
+
+    pub(crate) fn offered_on(&self, aid: &AgentId) -> Resources {
+        let mut r = Resources::new();
+        if let Some(a) = self.agents.get(aid) {
+            for o in &a.offers {
+                if let Some(e) = self.offers.get(o) {
+                    r.add_all(&e.resources);
+                }
+            }
+        }
+        r
+    }
+
+    /// Resources used by live tasks (and custom executors) on an agent.
+    pub(crate) fn used_on(&self, aid: &AgentId) -> Resources {
+        let mut r = Resources::new();
+        if let Some(a) = self.agents.get(aid) {
+            for (fid, tid) in &a.tasks {
+                if let Some(t) = self.frameworks.get(fid).and_then(|f| f.tasks.get(tid)) {
+                    if !t.released {
+                        r.add_all(&t.resources);
+                    }
+                }
+            }
+        }
+        r
+    }
+
+    pub(crate) fn used_by(&self, fid: &FrameworkId) -> Resources {
+        let mut r = Resources::new();
+        if let Some(fw) = self.frameworks.get(fid) {
+            for t in fw.tasks.values() {
+                if !t.released {
+                    r.add_all(&t.resources);
+                }
+            }
+        }
+        r
+    }
+
+    pub(crate) fn uptime(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+}
+
+fn agent_api_alloc(role: &str) -> agora_api::resources::AllocationInfo {
+    agora_api::resources::AllocationInfo { role: Some(role.to_string()) }
+}
+
+/// Mesos caps refuse filters at one year; a non-positive value installs none.
+fn refuse_filter(secs: f64) -> Option<Duration> {
+    if secs.is_nan() || secs <= 0.0 {
+        return None;
+    }
+    Some(Duration::from_secs_f64(secs.min(365.0 * 86400.0)))
+}
