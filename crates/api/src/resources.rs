@@ -378,7 +378,7 @@ impl Resources {
                     x.scalar = Some(Scalar { value: round3((x.scalar_value() - r.scalar_value()).max(0.0)) });
                 }
                 ValueType::Ranges => {
-                    let v = subtract_ranges(&x.range_pairs(), &r.range_pairs());
+                    let v = subtract_ranges(&x.range_pairs(), &normalize_ranges(r.range_pairs()));
                     x.ranges = Some(Ranges { range: v.into_iter().map(|(b, e)| Range { begin: b, end: e }).collect() });
                 }
                 ValueType::Set => {

@@ -276,10 +276,13 @@ impl Client {
     ) -> Result<Request<Full<Bytes>>, ClientError> {
         let uri: http::Uri = url.parse().map_err(|_| ClientError::Url(url.to_string()))?;
         let mut b = Request::builder().method(method).uri(uri);
-        if !body.is_empty() {
+        let given = |name: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        if !body.is_empty() && !given("content-type") {
             b = b.header(http::header::CONTENT_TYPE, JSON);
         }
-        b = b.header(http::header::ACCEPT, JSON);
+        if !given("accept") {
+            b = b.header(http::header::ACCEPT, JSON);
+        }
         for (k, v) in headers {
             b = b.header(*k, v.as_str());
         }

@@ -1175,7 +1175,9 @@ impl State {
         let Some(fw) = self.frameworks.get(fid) else { return };
         let mut out = Vec::new();
         let latest = |t: &TaskEntry, msg: &str| {
-            let state = t.task.status_update_state.unwrap_or(t.task.state);
+            // An unreachable task's latest state is the master's verdict, not the agent's.
+            let unreachable = fw.unreachable_tasks.contains_key(&t.task.task_id);
+            let state = if unreachable { t.task.state } else { t.task.status_update_state.unwrap_or(t.task.state) };
             let mut s = status_for(&t.task.task_id, state, Some(Reason::ReasonReconciliation), msg);
             s.agent_id = Some(t.task.agent_id.clone());
             s.executor_id = t.task.executor_id.clone();

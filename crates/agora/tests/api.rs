@@ -1,0 +1,223 @@
+//! The wire contract: bad input gets Mesos's status codes and changes nothing; invalid
+//! launches end TASK_ERROR / TASK_DROPPED; the legacy endpoints answer in v0 shape.
+mod common;
+
+use agora_api::scheduler::{self as sched, Call, CallType};
+use agora_api::*;
+use agora_http::http::StatusCode;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+async fn post(url: &str, headers: &[(&str, &str)], body: &str) -> agora_http::Reply {
+    let h: Vec<(&str, String)> = headers.iter().map(|(k, v)| (*k, v.to_string())).collect();
+    agora_http::Client::new().post(url, &h, body.as_bytes().to_vec(), Duration::from_secs(10)).await.expect("post")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_scheduler_calls_get_clear_errors_and_change_nothing() {
+    let c = Cluster::start(1, &[], &[]).await;
+    let url = c.url("/api/v1/scheduler");
+    let fw = Fw::subscribe(&c.master.addr, info("victim", true, 0.0)).await;
+    let fid = fw.s.framework_id.value.clone();
+    let sid = fw.s.stream_id.clone();
+    let before = c.get("/state").await["frameworks"].clone();
+
+    let r = post(&url, &[], "{not json").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&r.body).contains("Failed to parse"), "{:?}", r.body);
+
+    let r = post(&url, &[], r#"{"type":"FLY","framework_id":{"value":"x"}}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    // SUBSCRIBE without the required FrameworkInfo fields.
+    let r = post(&url, &[], r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"name":"x"}}}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&r.body).contains("user"), "names the missing field: {:?}", r.body);
+
+    // SUBSCRIBE with a stream id header.
+    let r = post(
+        &url,
+        &[("Mesos-Stream-Id", "abc")],
+        r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"u","name":"x"}}}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+    let decline = format!(r#"{{"type":"DECLINE","framework_id":{{"value":"{fid}"}},"decline":{{"offer_ids":[]}}}}"#);
+    // Missing and wrong stream ids.
+    assert_eq!(post(&url, &[], &decline).await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(post(&url, &[("Mesos-Stream-Id", "not-the-stream")], &decline).await.status, StatusCode::BAD_REQUEST);
+    // The right one works.
+    assert_eq!(post(&url, &[("Mesos-Stream-Id", &sid)], &decline).await.status, StatusCode::ACCEPTED);
+    // Unknown framework.
+    let r = post(
+        &url,
+        &[("Mesos-Stream-Id", &sid)],
+        r#"{"type":"DECLINE","framework_id":{"value":"nope"},"decline":{"offer_ids":[]}}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&r.body).contains("Framework cannot be found"));
+    // A call type without its body.
+    let r =
+        post(&url, &[("Mesos-Stream-Id", &sid)], &format!(r#"{{"type":"ACCEPT","framework_id":{{"value":"{fid}"}}}}"#))
+            .await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&r.body).contains("accept"));
+
+    // Content types and methods.
+    let client = agora_http::Client::new();
+    let r = client
+        .post(&url, &[("Content-Type", "text/plain".to_string())], b"{}".to_vec(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(r.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let r = client.get(&url, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED);
+    let r = post(&url, &[("Accept", "text/html")], &decline).await;
+    assert_eq!(r.status, StatusCode::NOT_ACCEPTABLE);
+
+    // Nothing changed.
+    let after = c.get("/state").await["frameworks"].clone();
+    assert_eq!(before.as_array().map(|a| a.len()), after.as_array().map(|a| a.len()));
+    assert_eq!(after[0]["id"], fid);
+    assert_eq!(after[0]["connected"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_launches_end_with_the_right_states() {
+    let c = Cluster::start(1, &[], &["--resources", "cpus:2;mem:1024;disk:100;ports:[31000-32000]"]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("invalid", true, 0.0)).await;
+    let mut other = Fw::subscribe(&c.master.addr, info("other", true, 0.0)).await;
+    let offer = fw.offers().await.remove(0);
+    let agent = offer.agent_id.clone();
+
+    // More than offered, a duplicate id within one accept, no command, and one good task.
+    let mut too_big = task_info("too-big", &agent, CommandInfo::shell("true"), 64.0, 32.0);
+    too_big.name = "too big".into();
+    let dup1 = task_info("dup", &agent, CommandInfo::shell("sleep 100"), 0.1, 32.0);
+    let dup2 = task_info("dup", &agent, CommandInfo::shell("true"), 0.1, 32.0);
+    let mut nocmd = task_info("nocmd", &agent, CommandInfo::shell("true"), 0.1, 32.0);
+    nocmd.command = None;
+    let bad_id = task_info("bad/id", &agent, CommandInfo::shell("true"), 0.1, 32.0);
+    fw.s.launch(vec![offer.id.clone()], vec![too_big, dup1, dup2, nocmd, bad_id], 0.0).await.unwrap();
+    let s = fw.update("too-big", T).await.unwrap();
+    assert_eq!((s.state, s.reason), (TaskState::Error, Some(Reason::ReasonTaskInvalid)));
+    assert!(s.message.unwrap_or_default().contains("more resources"));
+    let s = fw.update("nocmd", T).await.unwrap();
+    assert_eq!(s.state, TaskState::Error);
+    assert_eq!(fw.update("bad/id", T).await.unwrap().state, TaskState::Error);
+    // The first "dup" launches; the second is refused.
+    let mut dup_states = vec![];
+    for _ in 0..3 {
+        dup_states.push(fw.update("dup", T).await.unwrap().state);
+    }
+    assert!(dup_states.contains(&TaskState::Error), "{dup_states:?}");
+    assert!(dup_states.contains(&TaskState::Starting) || dup_states.contains(&TaskState::Running), "{dup_states:?}");
+
+    // Re-using an offer that was already used, and using another framework's offer.
+    let again = task_info("reuse", &agent, CommandInfo::shell("true"), 0.1, 32.0);
+    fw.s.launch(vec![offer.id.clone()], vec![again], 0.0).await.unwrap();
+    let s = fw.update("reuse", T).await.unwrap();
+    assert_eq!((s.state, s.reason), (TaskState::Dropped, Some(Reason::ReasonInvalidOffers)));
+    let foreign = other.offers().await.remove(0);
+    fw.s.launch(vec![foreign.id.clone()], vec![task_info("thief", &agent, CommandInfo::shell("true"), 0.1, 32.0)], 0.0)
+        .await
+        .unwrap();
+    let s = fw.update("thief", T).await.unwrap();
+    assert_eq!(s.state, TaskState::Dropped);
+    // The other framework's offer is untouched: it can still use it.
+    other.launch_on(&foreign, &[("legit", "true")], 0.1, 32.0).await;
+    other.until_state("legit", TaskState::Finished, T).await;
+    // Leave the agent's resources to the first framework.
+    other.s.teardown().await.unwrap();
+
+    // A duplicate of a live task id across accepts.
+    let offer = loop {
+        let offers = fw.offers().await;
+        if let Some(o) = offers.into_iter().next() {
+            break o;
+        }
+    };
+    fw.s.launch(vec![offer.id.clone()], vec![task_info("dup", &agent, CommandInfo::shell("true"), 0.1, 32.0)], 0.0)
+        .await
+        .unwrap();
+    let s = fw.update("dup", T).await.unwrap();
+    assert_eq!(s.state, TaskState::Error);
+    assert!(s.message.unwrap_or_default().contains("duplicate"));
+    // Killing an unknown task answers TASK_LOST... for a partition-aware framework too, per Mesos.
+    fw.s.kill(TaskId::new("never-was"), None).await.unwrap();
+    assert_eq!(fw.update("never-was", T).await.unwrap().state, TaskState::Lost);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_endpoints_answer_in_v0_shape() {
+    let c = Cluster::start(1, &[], &["--attributes", "rack:r1;level:2"]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("legacy", true, 0.0)).await;
+    let offer = fw.offers().await.remove(0);
+    assert_eq!(offer.attributes.len(), 2);
+    fw.launch_on(&offer, &[("l1", "sleep 100")], 0.5, 64.0).await;
+    fw.until_state("l1", TaskState::Running, T).await;
+
+    let v = c.get("/version").await;
+    let version = v["version"].as_str().unwrap();
+    assert!(version.split('.').all(|p| p.parse::<u32>().is_ok()), "dotted integers: {version}");
+    for path in ["/state", "/master/state", "/state.json", "/master/state/"] {
+        let st = c.get(path).await;
+        assert_eq!(st["slaves"][0]["attributes"]["rack"], "r1", "{path}");
+        assert_eq!(st["slaves"][0]["attributes"]["level"], 2.0);
+        assert!(st["slaves"][0]["pid"].as_str().unwrap().starts_with("slave(1)@"));
+        assert!(st["pid"].as_str().unwrap().starts_with("master@"));
+        assert_eq!(st["leader"], st["pid"]);
+        let task = &st["frameworks"][0]["tasks"][0];
+        assert_eq!(task["slave_id"], offer.agent_id.value);
+        assert_eq!(task["state"], "TASK_RUNNING");
+        assert_eq!(task["resources"]["cpus"], 0.5);
+        assert_eq!(task["resources"]["gpus"], 0.0);
+        assert_eq!(task["statuses"].as_array().unwrap().len(), 2);
+        assert_eq!(st["slaves"][0]["used_resources"]["cpus"], 0.5);
+    }
+    let slaves = c.get("/slaves").await;
+    assert_eq!(slaves["slaves"].as_array().unwrap().len(), 1);
+    let fws = c.get(&format!("/frameworks?framework_id={}", fw.s.framework_id)).await;
+    assert_eq!(fws["frameworks"].as_array().unwrap().len(), 1);
+    let tasks = c.get("/tasks?limit=-1").await;
+    assert_eq!(tasks["tasks"][0]["id"], "l1");
+    let m = c.get("/metrics/snapshot").await;
+    assert_eq!(m["master/tasks_running"], 1);
+    assert_eq!(m["master/slaves_active"], 1);
+    // jsonp and /health and /redirect.
+    let r = agora_http::Client::new().get(&c.url("/state?jsonp=cb"), T).await.unwrap();
+    assert!(String::from_utf8_lossy(&r.body).starts_with("cb({"));
+    let r = agora_http::Client::new().get(&c.url("/health"), T).await.unwrap();
+    assert_eq!(r.status, StatusCode::OK);
+    let r = agora_http::Client::new().get(&c.url("/master/redirect"), T).await.unwrap();
+    assert_eq!(r.status, StatusCode::TEMPORARY_REDIRECT);
+    assert!(r.headers["location"].to_str().unwrap().starts_with("//"));
+    // The operator API answers GET_STATE with typed data.
+    let r = agora_http::Client::new()
+        .call(&c.url("/api/v1/operator"), &[], &serde_json::json!({"type": "GET_TASKS"}), T)
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["type"], "GET_TASKS");
+    assert_eq!(v["get_tasks"]["tasks"][0]["task_id"]["value"], "l1");
+    // Suppress then revive: no offers while suppressed.
+    fw.s.call(Call::new(CallType::Suppress, None)).await.unwrap();
+    // Give back whatever was offered before the suppression; it must not come back.
+    while let Some(e) = fw.next_matching(Duration::from_millis(500), |e| e.offers.is_some()).await {
+        let ids = e.offers.map(|o| o.offers.into_iter().map(|o| o.id).collect()).unwrap_or_default();
+        fw.s.decline(ids, 0.0).await.unwrap();
+    }
+    let leaked = fw.next_matching(Duration::from_millis(1500), |e| e.offers.is_some()).await;
+    assert!(leaked.is_none(), "offers while suppressed: {leaked:?}");
+    let mut revive = Call::new(CallType::Revive, None);
+    revive.revive = Some(sched::Roles::default());
+    fw.s.call(revive).await.unwrap();
+    assert!(
+        fw.next_matching(Duration::from_secs(5), |e| e.offers.is_some()).await.is_some(),
+        "offers return after REVIVE"
+    );
+}

@@ -1,0 +1,302 @@
+//! Test harness: real `agora master` and `agora agent` processes on loopback, in a temp dir,
+//! on ports the kernel picks, with their output in log files (never the test's own stdout),
+//! stopped by PID when the harness is dropped. Plus a framework helper over the real
+//! scheduler API.
+#![allow(dead_code)]
+
+use agora_api::scheduler::{Event, EventType};
+use agora_api::*;
+use agora_client::Scheduler;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_agora");
+
+/// A daemon started by a test.
+pub struct Proc {
+    pub child: Child,
+    pub log: PathBuf,
+    pub addr: String,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+    pub fn log_tail(&self) -> String {
+        let s = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = s.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+        self.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `agora <args>` with output to `log` and waits for its "listening on ADDR" line.
+pub fn spawn_daemon(args: &[String], log: &Path) -> Proc {
+    let out = std::fs::File::create(log).expect("create log");
+    let err = out.try_clone().expect("clone log");
+    let child = Command::new(BIN)
+        .args(args)
+        .env("AGORA_LOG", "info")
+        .env_remove("AGORA_MASTER")
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .expect("spawn agora");
+    let mut p = Proc { child, log: log.to_path_buf(), addr: String::new() };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(" listening on ")) {
+            p.addr = line.rsplit(' ').next().unwrap_or_default().trim().to_string();
+            return p;
+        }
+        if let Ok(Some(status)) = p.child.try_wait() {
+            panic!("agora {args:?} exited early ({status}):\n{text}");
+        }
+        assert!(Instant::now() < deadline, "agora {args:?} did not start:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub master: Proc,
+    pub agents: Vec<Proc>,
+    agent_args: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.agents.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn s(v: &[&str]) -> Vec<String> {
+    v.iter().map(|x| x.to_string()).collect()
+}
+
+/// Fast timers for tests: allocation every 100 ms, agent pings every 500 ms.
+pub const FAST_MASTER: &[&str] = &["--allocation-interval", "100ms", "--framework-heartbeat-interval", "1secs"];
+pub const FAST_AGENT: &[&str] = &["--status-update-retry-interval", "1secs", "--registration-backoff-factor", "200ms"];
+
+impl Cluster {
+    pub async fn start(agents: usize, master_args: &[&str], agent_args: &[&str]) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("agora-it-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let mut args = s(&["master", "--ip", "127.0.0.1", "--port", "0", "--work-dir"]);
+        args.push(dir.join("master").display().to_string());
+        args.extend(s(FAST_MASTER));
+        args.extend(s(master_args));
+        let master = spawn_daemon(&args, &dir.join("master.log"));
+        let mut c = Cluster { dir, master, agents: vec![], agent_args: s(agent_args) };
+        for _ in 0..agents {
+            c.add_agent();
+        }
+        c.wait_agents(agents).await;
+        c
+    }
+
+    pub fn add_agent(&mut self) -> usize {
+        let i = self.agents.len();
+        let mut args = s(&["agent", "--ip", "127.0.0.1", "--port", "0", "--master", &self.master.addr, "--work-dir"]);
+        args.push(self.dir.join(format!("agent{i}")).display().to_string());
+        args.extend(s(FAST_AGENT));
+        if !self.agent_args.iter().any(|a| a == "--resources") {
+            args.extend(s(&["--resources", "cpus:8;mem:8192;disk:10000;ports:[31000-32000]"]));
+        }
+        args.extend(self.agent_args.clone());
+        let p = spawn_daemon(&args, &self.dir.join(format!("agent{i}.log")));
+        self.agents.push(p);
+        i
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.master.addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> serde_json::Value {
+        get_json(&self.url(path)).await
+    }
+
+    pub async fn state(&self) -> serde_json::Value {
+        self.get("/state").await
+    }
+
+    pub async fn wait_agents(&self, n: usize) {
+        let st = wait_until(Duration::from_secs(20), || async {
+            let st = self.state().await;
+            let active = st["slaves"].as_array().map(|a| a.iter().filter(|s| s["active"] == true).count()).unwrap_or(0);
+            (active == n).then_some(st)
+        })
+        .await;
+        assert!(st.is_some(), "{n} agents did not register:\n{}", self.master.log_tail());
+    }
+
+    pub fn logs(&self) -> String {
+        let mut s = format!("--- master\n{}\n", self.master.log_tail());
+        for (i, a) in self.agents.iter().enumerate() {
+            s.push_str(&format!("--- agent{i}\n{}\n", a.log_tail()));
+        }
+        s
+    }
+}
+
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let r =
+        agora_http::Client::new().get(url, Duration::from_secs(10)).await.unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("GET {url}: {e}: {:?}", r.body))
+}
+
+/// Polls `f` until it returns Some, or the timeout passes.
+pub async fn wait_until<T, F, Fut>(timeout: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A framework under test: keeps events it did not ask for yet.
+pub struct Fw {
+    pub s: Scheduler,
+    pub info: FrameworkInfo,
+    pending: VecDeque<Event>,
+    pub auto_ack: bool,
+    /// Every UPDATE seen, in order.
+    pub updates: Vec<TaskStatus>,
+}
+
+pub fn info(name: &str, partition_aware: bool, failover_timeout: f64) -> FrameworkInfo {
+    let mut i = agora_client::framework_info(name, "*");
+    i.user = "root".into();
+    i.failover_timeout = failover_timeout;
+    if !partition_aware {
+        i.capabilities.retain(|c| c.kind != "PARTITION_AWARE");
+    }
+    i
+}
+
+impl Fw {
+    pub async fn subscribe(master: &str, info: FrameworkInfo) -> Fw {
+        let s = Scheduler::subscribe(master, info.clone()).await.expect("subscribe");
+        let mut info = info;
+        info.id = Some(s.framework_id.clone());
+        Fw { s, info, pending: VecDeque::new(), auto_ack: true, updates: vec![] }
+    }
+
+    async fn read(&mut self, deadline: Instant) -> Option<Event> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ev = tokio::time::timeout(left, self.s.next_event()).await.ok()?.ok()?;
+        if let (EventType::Update, Some(u)) = (ev.kind, &ev.update) {
+            self.updates.push(u.status.clone());
+            if self.auto_ack {
+                self.s.acknowledge(&u.status).await.expect("acknowledge");
+            }
+        }
+        Some(ev)
+    }
+
+    /// The next event matching `pred` (earlier unmatched events are kept for later).
+    pub async fn next_matching(&mut self, timeout: Duration, pred: impl Fn(&Event) -> bool) -> Option<Event> {
+        if let Some(i) = self.pending.iter().position(&pred) {
+            return self.pending.remove(i);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ev = self.read(deadline).await?;
+            if pred(&ev) {
+                return Some(ev);
+            }
+            self.pending.push_back(ev);
+        }
+    }
+
+    pub async fn offers(&mut self) -> Vec<Offer> {
+        let ev = self.next_matching(Duration::from_secs(10), |e| e.kind == EventType::Offers).await.expect("no offers");
+        ev.offers.map(|o| o.offers).unwrap_or_default()
+    }
+
+    /// The next update for `task` (any state).
+    pub async fn update(&mut self, task: &str, timeout: Duration) -> Option<TaskStatus> {
+        let t = task.to_string();
+        let ev = self
+            .next_matching(timeout, move |e| e.update.as_ref().map(|u| u.status.task_id.value == t).unwrap_or(false))
+            .await?;
+        ev.update.map(|u| u.status)
+    }
+
+    /// Waits for `task` to reach `state`; returns the states seen on the way (inclusive).
+    pub async fn until_state(&mut self, task: &str, state: TaskState, timeout: Duration) -> Vec<TaskStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut seen = vec![];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let s = self.update(task, left).await.unwrap_or_else(|| {
+                panic!(
+                    "task {task} never reached {state:?}; saw {:?}",
+                    seen.iter().map(|s: &TaskStatus| s.state).collect::<Vec<_>>()
+                )
+            });
+            let done = s.state == state;
+            seen.push(s);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    /// Launches command tasks on one offer: (task id, shell command).
+    pub async fn launch_on(&self, offer: &Offer, tasks: &[(&str, &str)], cpus: f64, mem: f64) {
+        let infos =
+            tasks.iter().map(|(id, cmd)| task_info(id, &offer.agent_id, CommandInfo::shell(*cmd), cpus, mem)).collect();
+        self.s.launch(vec![offer.id.clone()], infos, 0.0).await.expect("launch");
+    }
+}
+
+pub fn task_info(id: &str, agent: &AgentId, command: CommandInfo, cpus: f64, mem: f64) -> TaskInfo {
+    TaskInfo {
+        name: id.into(),
+        task_id: TaskId::new(id),
+        agent_id: agent.clone(),
+        resources: vec![Resource::scalar("cpus", cpus), Resource::scalar("mem", mem)],
+        executor: None,
+        command: Some(command),
+        container: None,
+        health_check: None,
+        check: None,
+        kill_policy: None,
+        data: None,
+        labels: None,
+        discovery: None,
+        max_completion_time: None,
+        limits: None,
+    }
+}
+
+pub fn states(v: &[TaskStatus]) -> Vec<TaskState> {
+    v.iter().map(|s| s.state).collect()
+}
