@@ -259,26 +259,19 @@ async fn files(h: &Handle, route: &str, q: &HashMap<String, String>) -> Response
             agora_http::json(StatusCode::OK, &out)
         }
         "/files/read" => {
-            let parse = |k: &str| -> Result<Option<i64>, Response<Body>> {
+            let parse = |k: &str| -> Result<Option<i64>, String> {
                 match q.get(k) {
                     None => Ok(None),
                     Some(v) => match v.parse::<i64>() {
                         Ok(n) if n >= 0 => Ok(Some(n)),
                         Ok(-1) if k == "length" => Ok(None),
-                        _ => Err(agora_http::text(
-                            StatusCode::BAD_REQUEST,
-                            format!("Failed to parse '{k}': '{v}' is not a non-negative integer"),
-                        )),
+                        _ => Err(format!("Failed to parse '{k}': '{v}' is not a non-negative integer")),
                     },
                 }
             };
-            let offset = match parse("offset") {
-                Ok(v) => v,
-                Err(r) => return r,
-            };
-            let length = match parse("length") {
-                Ok(v) => v,
-                Err(r) => return r,
+            let (offset, length) = match (parse("offset"), parse("length")) {
+                (Ok(o), Ok(l)) => (o, l),
+                (Err(e), _) | (_, Err(e)) => return agora_http::text(StatusCode::BAD_REQUEST, e),
             };
             let Ok(md) = std::fs::metadata(&real) else {
                 return agora_http::text(StatusCode::NOT_FOUND, format!("No file found at path '{path}'"));

@@ -37,6 +37,8 @@ pub enum Query {
     SandboxRoot,
 }
 
+// Actor messages are moved once, never stored: their size spread does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Msg {
     /// The master link got REGISTERED / REREGISTERED.
     Connected {
@@ -272,7 +274,7 @@ impl State {
             Msg::RegistrationCall { reply } => {
                 let _ = reply.send(self.registration_call());
             }
-            Msg::FromMaster(m) => self.from_master(m),
+            Msg::FromMaster(m) => self.on_master_message(m),
             Msg::ExecutorSubscribe { call, tx, reply } => {
                 let _ = reply.send(self.executor_subscribe(call, tx));
             }
@@ -395,7 +397,7 @@ impl State {
 
     // ------------------------------------------------------------ master messages
 
-    fn from_master(&mut self, m: MasterToAgent) {
+    fn on_master_message(&mut self, m: MasterToAgent) {
         match m {
             MasterToAgent::Registered { .. } | MasterToAgent::Reregistered { .. } => {}
             MasterToAgent::Ping => {

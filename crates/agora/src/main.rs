@@ -73,6 +73,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     agora_executor::parse_mesos_duration(s).map_err(|e| e.to_string())
 }
 
+/// `--weights role=2,other=1`.
+#[derive(Clone, Debug)]
+struct Weights(Vec<(String, f64)>);
+
+fn parse_weights(s: &str) -> Result<Weights, String> {
+    agora_master::parse_weights(s).map(Weights)
+}
+
 #[derive(Args, Clone)]
 struct MasterArgs {
     /// Address to listen on.
@@ -95,6 +103,9 @@ struct MasterArgs {
     /// Missed pings before an agent is marked unreachable.
     #[arg(long, env = "AGORA_MAX_AGENT_PING_TIMEOUTS", default_value_t = 5)]
     max_agent_ping_timeouts: u32,
+    /// DRF role weights, e.g. 'web=2,batch=1' (unnamed roles weigh 1).
+    #[arg(long, env = "AGORA_WEIGHTS", value_parser = parse_weights)]
+    weights: Option<Weights>,
     /// Interval of HEARTBEAT events on framework subscriptions.
     #[arg(long, env = "AGORA_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15secs", value_parser = parse_duration)]
     framework_heartbeat_interval: Duration,
@@ -120,6 +131,7 @@ impl MasterArgs {
             agent_ping_timeout: self.agent_ping_timeout,
             max_agent_ping_timeouts: self.max_agent_ping_timeouts,
             heartbeat_interval: self.framework_heartbeat_interval,
+            weights: self.weights.clone().map(|w| w.0).unwrap_or_default(),
             flags,
             ..MasterConfig::default()
         }
@@ -374,5 +386,9 @@ mod tests {
         Cli::try_parse_from(["agora", "agent", "--master", "h:1", "--resources", "cpus:1"]).unwrap();
         Cli::try_parse_from(["agora", "run", "--", "sh", "-c", "echo hi"]).unwrap();
         assert!(Cli::try_parse_from(["agora", "master", "--allocation-interval", "nope"]).is_err());
+        let cli = Cli::try_parse_from(["agora", "master", "--weights", "web=2,batch=0.5"]).unwrap();
+        let Command::Master(m) = cli.command else { panic!("not master") };
+        assert_eq!(m.config().weights, vec![("web".to_string(), 2.0), ("batch".to_string(), 0.5)]);
+        assert!(Cli::try_parse_from(["agora", "master", "--weights", "web=-1"]).is_err());
     }
 }

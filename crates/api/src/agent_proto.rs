@@ -32,6 +32,7 @@ pub struct ExecutorReport {
     pub executor_info: ExecutorInfo,
 }
 
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AgentToMaster {
@@ -76,6 +77,8 @@ pub enum AgentToMaster {
     },
 }
 
+// Messages are encoded and sent, never stored in bulk: their size spread does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MasterToAgent {

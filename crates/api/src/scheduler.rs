@@ -3,7 +3,6 @@
 use crate::ids::*;
 use crate::json::{lenient_f64, write_f64, Bytes};
 use crate::mesos::*;
-use crate::resources::Resource;
 use serde::{Deserialize, Serialize};
 
 /// Heartbeat interval announced in SUBSCRIBED.
@@ -367,7 +366,7 @@ impl Event {
 
 /// Resources of an offer that a framework may use in LAUNCH, as a helper for clients.
 pub fn offer_resources(offer: &Offer) -> crate::resources::Resources {
-    crate::resources::Resources::from_vec(offer.resources.iter().cloned().collect::<Vec<Resource>>())
+    crate::resources::Resources::from_vec(offer.resources.to_vec())
 }
 
 #[cfg(test)]

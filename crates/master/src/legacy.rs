@@ -379,7 +379,8 @@ fn roles(st: &State) -> Value {
     }
     json!({
         "roles": roles.into_iter().map(|(name, (fws, res))| json!({
-            "name": name, "weight": 1.0, "frameworks": fws, "resources": res.to_legacy_map(),
+            "weight": st.config.weights.iter().find(|(r, _)| *r == name).map(|(_, w)| *w).unwrap_or(1.0),
+            "name": name, "frameworks": fws, "resources": res.to_legacy_map(),
         })).collect::<Vec<_>>()
     })
 }

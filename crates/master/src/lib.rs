@@ -35,8 +35,24 @@ pub struct MasterConfig {
     pub max_completed_tasks_per_framework: usize,
     /// How many completed frameworks to keep (Mesos `--max_completed_frameworks`).
     pub max_completed_frameworks: usize,
+    /// Role weights for DRF (Mesos `--weights role=2,other=1`); unnamed roles weigh 1.
+    pub weights: Vec<(String, f64)>,
     /// The flags as given, for `/flags` and GET_FLAGS.
     pub flags: Vec<(String, String)>,
+}
+
+/// Parses `--weights`: `role1=2.5,role2=1`.
+pub fn parse_weights(text: &str) -> Result<Vec<(String, f64)>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (role, w) = part.split_once('=').ok_or_else(|| format!("weight '{part}' is not ROLE=WEIGHT"))?;
+        let w: f64 = w.trim().parse().map_err(|_| format!("weight '{part}' is not a number"))?;
+        if !w.is_finite() || w <= 0.0 {
+            return Err(format!("weight '{part}' must be a positive number"));
+        }
+        out.push((role.trim().to_string(), w));
+    }
+    Ok(out)
 }
 
 impl Default for MasterConfig {
@@ -52,6 +68,7 @@ impl Default for MasterConfig {
             heartbeat_interval: Duration::from_secs(15),
             max_completed_tasks_per_framework: 1000,
             max_completed_frameworks: 50,
+            weights: Vec::new(),
             flags: Vec::new(),
         }
     }

@@ -289,13 +289,17 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         flags: std::sync::Arc::new(config.flags.clone()),
         start_time,
     };
+    let mut allocator = Allocator::new(agora_allocator::Config::default());
+    for (role, w) in &config.weights {
+        allocator.set_weight(role, *w);
+    }
     let state = State {
         config,
         master_info,
         start_time,
         started: Instant::now(),
         self_tx: tx,
-        allocator: Allocator::new(agora_allocator::Config::default()),
+        allocator,
         frameworks: BTreeMap::new(),
         completed_frameworks: VecDeque::new(),
         agents: BTreeMap::new(),
