@@ -2,7 +2,8 @@
 //!
 //! The agent only talks to the [`Containerizer`] trait. [`PosixContainerizer`] is the first
 //! implementation: the executor runs as its own process group in its sandbox directory, with
-//! stdout and stderr in the sandbox. Later implementations (namespaces and cgroups, images)
+//! stdout and stderr in the sandbox, as the leader of a session of its own so that everything
+//! it starts (its task's process group, double-forked daemons) is destroyed with it. Later implementations (namespaces and cgroups, images)
 //! plug in behind the same trait.
 use agora_api::ContainerId;
 use std::collections::HashMap;
@@ -58,6 +59,50 @@ pub trait Containerizer: Send + Sync {
 }
 
 /// Processes in their own process group; no isolation.
+/// Starts the executor as the leader of a new session: its tasks (in process groups of their
+/// own) and their double-forked children stay in that session, so the container can be
+/// destroyed as a whole without cgroups.
+#[allow(unsafe_code)]
+fn new_session(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt as _;
+    // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
+    // which is async-signal-safe and touches no memory shared with the parent.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+}
+
+/// The session id of a process, from `/proc/<pid>/stat`.
+fn session_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name (which may contain spaces): state ppid pgrp session ...
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// SIGKILLs every process of the session led by `sid` until none is left (bounded).
+pub fn kill_session(sid: i32) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    for _ in 0..40 {
+        let members: Vec<i32> = std::fs::read_dir("/proc")
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+                    .filter(|p| session_of(*p) == Some(sid))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if members.is_empty() {
+            return;
+        }
+        for p in members {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[derive(Default, Clone)]
 pub struct PosixContainerizer {
     pids: Arc<Mutex<HashMap<ContainerId, i32>>>,
@@ -75,7 +120,6 @@ fn lookup_user(name: &str) -> Option<nix::unistd::User> {
 
 impl Containerizer for PosixContainerizer {
     fn launch(&self, spec: LaunchSpec, exits: mpsc::UnboundedSender<ContainerExit>) -> Result<u32, ContainerizerError> {
-        use std::os::unix::process::CommandExt as _;
         let id = spec.container_id.to_string();
         std::fs::create_dir_all(&spec.directory).map_err(|source| ContainerizerError::Sandbox {
             id: id.clone(),
@@ -105,8 +149,8 @@ impl Containerizer for PosixContainerizer {
             .current_dir(&spec.directory)
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0);
+            .stderr(stderr);
+        new_session(&mut cmd);
         if let Some(u) = &spec.user {
             let me = nix::unistd::Uid::effective();
             let user =
@@ -142,10 +186,9 @@ impl Containerizer for PosixContainerizer {
                 }
                 Err(e) => (None, format!("wait failed: {e}")),
             };
-            // Whatever the executor left behind in its group goes with it.
+            // Whatever the executor left behind in its session goes with it.
             if pid > 0 {
-                let _ =
-                    nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = tokio::task::spawn_blocking(move || kill_session(pid as i32)).await;
             }
             if let Ok(mut m) = pids.lock() {
                 m.remove(&cid);
@@ -159,7 +202,7 @@ impl Containerizer for PosixContainerizer {
         let pid = self.pids.lock().ok().and_then(|m| m.get(id).copied());
         if let Some(pid) = pid {
             if pid > 0 {
-                let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+                std::thread::spawn(move || kill_session(pid));
             }
         }
     }

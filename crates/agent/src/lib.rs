@@ -4,7 +4,8 @@
 //! updates. [`link`] keeps the connection to the master (register, re-register, pings, and
 //! an ordered queue of outgoing calls); [`http`] serves the executor API and the read
 //! endpoints; [`containerizer`] is the seam through which executors are started.
-#![forbid(unsafe_code)]
+// `unsafe` is denied except for one pre-exec hook in the containerizer (see its SAFETY note).
+#![deny(unsafe_code)]
 #![recursion_limit = "256"]
 
 pub mod containerizer;

@@ -161,6 +161,8 @@ async fn framework_failover_keeps_tasks_and_timeout_tears_down() {
     assert_eq!(fw.update("keep", T).await.unwrap().state, TaskState::Running);
     fw.s.kill(TaskId::new("keep"), None).await.unwrap();
     fw.until_state("keep", TaskState::Killed, T).await;
+    // Leave the agent to the next framework (this one would hold its offers).
+    fw.s.teardown().await.unwrap();
 
     // Past the timeout: torn down, its tasks killed.
     let mut short = Fw::subscribe(&c.master.addr, info("short", true, 1.0)).await;

@@ -10,6 +10,7 @@ use agora_http::Client;
 use nix::sys::signal::Signal;
 use std::collections::HashSet;
 use std::time::Duration;
+use tokio::signal::unix::{signal as unix_signal, Signal as UnixSignal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -31,23 +32,10 @@ const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
 /// message belongs to; messages of an abandoned one are ignored.
 #[derive(Debug)]
 enum Msg {
-    Event {
-        gen: u64,
-        event: Box<Event>,
-    },
-    StreamEnded {
-        gen: u64,
-        why: String,
-    },
-    SubscribeFailed {
-        gen: u64,
-        why: String,
-    },
-    PostDone {
-        gen: u64,
-        seq: u64,
-        result: Result<(), String>,
-    },
+    Event { gen: u64, event: Box<Event> },
+    StreamEnded { gen: u64, why: String },
+    SubscribeFailed { gen: u64, why: String },
+    PostDone { gen: u64, seq: u64, result: Result<(), String> },
     TaskExited,
 }
 
@@ -102,7 +90,6 @@ pub(crate) struct Driver {
     /// When the current stretch without a subscription began.
     down_since: Instant,
     backoff: Duration,
-    last_link_error: String,
     /// `next_seq` when the pending SUBSCRIBE was built: updates before it went in it.
     subscribe_seq: u64,
 
@@ -119,6 +106,25 @@ pub(crate) struct Driver {
     shutdown_deadline: Option<Instant>,
 }
 
+/// Waits for one of the watched signals; forever when none is watched.
+async fn any_signal(signals: &mut [UnixSignal]) {
+    match signals {
+        [] => std::future::pending().await,
+        [one] => recv_signal(one).await,
+        [first, rest @ ..] => tokio::select! {
+            () = recv_signal(first) => {}
+            () = Box::pin(any_signal(rest)) => {}
+        },
+    }
+}
+
+async fn recv_signal(s: &mut UnixSignal) {
+    if s.recv().await.is_none() {
+        // The signal driver is gone: nothing will ever arrive.
+        std::future::pending::<()>().await;
+    }
+}
+
 /// Sleeps until `at`, or forever when there is no deadline.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -130,10 +136,7 @@ async fn sleep_until(at: Option<Instant>) {
 impl Driver {
     pub(crate) fn new(config: Config) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let url = format!(
-            "{}/api/v1/executor",
-            agora_http::base_url(&config.agent_endpoint)
-        );
+        let url = format!("{}/api/v1/executor", agora_http::base_url(&config.agent_endpoint));
         let now = Instant::now();
         Driver {
             config,
@@ -147,7 +150,6 @@ impl Driver {
             ever_subscribed: false,
             down_since: now,
             backoff: BACKOFF_INITIAL,
-            last_link_error: String::new(),
             subscribe_seq: 0,
             next_seq: 0,
             unacked: Vec::new(),
@@ -162,7 +164,16 @@ impl Driver {
     }
 
     pub(crate) async fn run(mut self) -> Result<(), ExecutorError> {
-        let result = self.event_loop().await;
+        let mut signals = Vec::new();
+        for kind in [SignalKind::terminate(), SignalKind::interrupt()] {
+            match unix_signal(kind) {
+                Ok(s) => signals.push(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch for SIGTERM/SIGINT: the task may outlive a killed executor")
+                }
+            }
+        }
+        let result = self.event_loop(&mut signals).await;
         self.cleanup();
         match &result {
             Ok(()) => tracing::info!("executor done"),
@@ -171,7 +182,8 @@ impl Driver {
         result
     }
 
-    async fn event_loop(&mut self) -> Result<(), ExecutorError> {
+    async fn event_loop(&mut self, signals: &mut [UnixSignal]) -> Result<(), ExecutorError> {
+        let mut signalled = false;
         loop {
             if self.done() {
                 return Ok(());
@@ -180,11 +192,7 @@ impl Driver {
                 Link::Down { retry_at } => Some(retry_at),
                 _ => None,
             };
-            let sigkill_at = self
-                .task
-                .as_ref()
-                .and_then(|t| t.kill.as_ref())
-                .and_then(|k| k.sigkill_at);
+            let sigkill_at = self.task.as_ref().and_then(|t| t.kill.as_ref()).and_then(|k| k.sigkill_at);
             let completion_at = self.task.as_ref().and_then(|t| t.completion_deadline);
             tokio::select! {
                 msg = self.rx.recv() => match msg {
@@ -198,6 +206,15 @@ impl Driver {
                 () = sleep_until(self.shutdown_deadline) => {
                     tracing::warn!("shutdown grace period over: exiting");
                     return Ok(());
+                }
+                () = any_signal(signals) => {
+                    if signalled {
+                        tracing::warn!("signalled again: exiting at once");
+                        return Ok(());
+                    }
+                    tracing::info!("signalled: shutting down as if the agent had asked");
+                    signalled = true;
+                    self.on_shutdown();
                 }
             }
         }
@@ -230,9 +247,7 @@ impl Driver {
                 }
                 self.on_event(*event)
             }
-            Msg::StreamEnded { gen, why } | Msg::SubscribeFailed { gen, why }
-                if current(gen, self.link) =>
-            {
+            Msg::StreamEnded { gen, why } | Msg::SubscribeFailed { gen, why } if current(gen, self.link) => {
                 self.on_link_failure(why)
             }
             Msg::PostDone { gen, seq, result } if current(gen, self.link) => {
@@ -260,41 +275,19 @@ impl Driver {
         self.gen += 1;
         self.link = Link::Subscribing;
         self.subscribe_seq = self.next_seq;
-        let unacknowledged_tasks = self
-            .task
-            .iter()
-            .filter(|t| !t.acked_once)
-            .map(|t| t.info.clone())
-            .collect();
-        let unacknowledged_updates = self
-            .unacked
-            .iter()
-            .map(|u| UnackedUpdate {
-                status: u.status.clone(),
-            })
-            .collect();
+        let unacknowledged_tasks = self.task.iter().filter(|t| !t.acked_once).map(|t| t.info.clone()).collect();
+        let unacknowledged_updates = self.unacked.iter().map(|u| UnackedUpdate { status: u.status.clone() }).collect();
         let call = Call {
-            subscribe: Some(Subscribe {
-                unacknowledged_tasks,
-                unacknowledged_updates,
-            }),
+            subscribe: Some(Subscribe { unacknowledged_tasks, unacknowledged_updates }),
             ..self.call(CallType::Subscribe)
         };
         tracing::info!(url = %self.url, unacknowledged_updates = self.unacked.len(), "subscribing to the agent");
-        let (gen, url, client, tx) = (
-            self.gen,
-            self.url.clone(),
-            self.client.clone(),
-            self.tx.clone(),
-        );
+        let (gen, url, client, tx) = (self.gen, self.url.clone(), self.client.clone(), self.tx.clone());
         self.link_tasks.push(tokio::spawn(async move {
             let mut stream = match client.subscribe(&url, &[], &call, SUBSCRIBE_TIMEOUT).await {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = tx.send(Msg::SubscribeFailed {
-                        gen,
-                        why: e.to_string(),
-                    });
+                    let _ = tx.send(Msg::SubscribeFailed { gen, why: e.to_string() });
                     return;
                 }
             };
@@ -304,13 +297,7 @@ impl Driver {
                     Some(Err(e)) => break e.to_string(),
                     Some(Ok(record)) => {
                         if let Some(event) = decode_event(&record) {
-                            if tx
-                                .send(Msg::Event {
-                                    gen,
-                                    event: Box::new(event),
-                                })
-                                .is_err()
-                            {
+                            if tx.send(Msg::Event { gen, event: Box::new(event) }).is_err() {
                                 return;
                             }
                         }
@@ -328,10 +315,7 @@ impl Driver {
         if was_up {
             tracing::warn!(error = %why, "lost the connection to the agent");
             if !self.config.checkpoint {
-                return Err(ExecutorError::AgentDisconnected {
-                    endpoint: self.config.agent_endpoint.clone(),
-                    why,
-                });
+                return Err(ExecutorError::AgentDisconnected { endpoint: self.config.agent_endpoint.clone(), why });
             }
             self.down_since = now;
             self.backoff = BACKOFF_INITIAL;
@@ -351,10 +335,7 @@ impl Driver {
             }
             tracing::info!(error = %why, retry_in = %format_mesos_duration(self.backoff), "subscription failed");
         }
-        self.last_link_error = why;
-        self.link = Link::Down {
-            retry_at: now + self.backoff,
-        };
+        self.link = Link::Down { retry_at: now + self.backoff };
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
         Ok(())
     }
@@ -365,9 +346,7 @@ impl Driver {
         }
         self.post_in_flight = false;
         if !matches!(self.link, Link::Down { .. }) {
-            self.link = Link::Down {
-                retry_at: Instant::now(),
-            };
+            self.link = Link::Down { retry_at: Instant::now() };
         }
     }
 
@@ -432,10 +411,7 @@ impl Driver {
                 tracing::warn!("SUBSCRIBED event without a body: framework capabilities unknown")
             }
         }
-        tracing::info!(
-            reconnected = self.ever_subscribed,
-            "subscribed to the agent"
-        );
+        tracing::info!(reconnected = self.ever_subscribed, "subscribed to the agent");
         self.link = Link::Up;
         self.ever_subscribed = true;
         self.backoff = BACKOFF_INITIAL;
@@ -471,29 +447,22 @@ impl Driver {
         }
         self.send_update(&task_id, TaskState::Starting, None, None);
         let Some(task) = &self.task else { return };
-        let spawned = launch::plan(&task.info, &self.config, std::env::vars_os())
-            .and_then(|plan| launch::spawn(&plan));
+        let spawned = launch::plan(&task.info, &self.config, std::env::vars_os()).and_then(|plan| launch::spawn(&plan));
         match spawned {
             Ok(process) => {
                 let (pid, tx) = (process.pid, self.tx.clone());
                 tracing::info!(task = %task_id, pid = pid.as_raw(), "task started");
-                let watcher = std::thread::Builder::new()
-                    .name("task-reaper".into())
-                    .spawn(move || {
-                        launch::wait_exited_unreaped(pid);
-                        let _ = tx.send(Msg::TaskExited);
-                    });
+                let watcher = std::thread::Builder::new().name("task-reaper".into()).spawn(move || {
+                    launch::wait_exited_unreaped(pid);
+                    let _ = tx.send(Msg::TaskExited);
+                });
                 if let Err(e) = watcher {
                     // Without a watcher the exit would go unnoticed: give up on the task.
                     tracing::error!(error = %e, "could not start the thread that waits for the task");
                     process.signal_group(Signal::SIGKILL);
                     let mut process = process;
                     let _ = process.child.wait();
-                    self.terminate(
-                        TaskState::Failed,
-                        format!("Failed to launch command: {e}"),
-                        None,
-                    );
+                    self.terminate(TaskState::Failed, format!("Failed to launch command: {e}"), None);
                     return;
                 }
                 if let Some(t) = &mut self.task {
@@ -504,11 +473,7 @@ impl Driver {
             }
             Err(why) => {
                 tracing::error!(task = %task_id, error = %why, "could not launch the task");
-                self.terminate(
-                    TaskState::Failed,
-                    format!("Failed to launch command: {why}"),
-                    None,
-                );
+                self.terminate(TaskState::Failed, format!("Failed to launch command: {why}"), None);
             }
         }
     }
@@ -534,7 +499,10 @@ impl Driver {
     }
 
     fn on_shutdown(&mut self) {
-        tracing::info!("shutdown requested by the agent");
+        tracing::info!("shutting down");
+        if self.shutdown_deadline.is_some() {
+            return;
+        }
         self.shutdown_deadline = Some(Instant::now() + self.config.shutdown_grace);
         let grace = self.config.shutdown_grace.saturating_sub(SHUTDOWN_MARGIN);
         if self.task.as_ref().is_some_and(|t| t.process.is_some()) {
@@ -543,10 +511,8 @@ impl Driver {
     }
 
     fn on_acknowledged(&mut self, task_id: &TaskId, uuid: &Bytes) {
-        let found = self
-            .unacked
-            .iter()
-            .position(|u| u.status.uuid.as_ref() == Some(uuid) && &u.status.task_id == task_id);
+        let found =
+            self.unacked.iter().position(|u| u.status.uuid.as_ref() == Some(uuid) && &u.status.task_id == task_id);
         match found {
             Some(i) => {
                 let u = self.unacked.remove(i);
@@ -583,10 +549,7 @@ impl Driver {
         }
         tracing::info!(task = %task.info.task_id, ?cause, grace = %format_mesos_duration(grace), "killing task: SIGTERM");
         process.signal_group(Signal::SIGTERM);
-        task.kill = Some(Kill {
-            cause,
-            sigkill_at: Some(sigkill_at),
-        });
+        task.kill = Some(Kill { cause, sigkill_at: Some(sigkill_at) });
         task.completion_deadline = None;
         let task_id = task.info.task_id.clone();
         if self.killing_capability {
@@ -606,11 +569,7 @@ impl Driver {
     fn on_completion_timeout(&mut self) {
         let Some(task) = &mut self.task else { return };
         task.completion_deadline = None;
-        let limit = task
-            .info
-            .max_completion_time
-            .map(|d| d.as_duration())
-            .unwrap_or_default();
+        let limit = task.info.max_completion_time.map(|d| d.as_duration()).unwrap_or_default();
         tracing::warn!(task = %task.info.task_id, limit = %format_mesos_duration(limit), "task exceeded its maximum completion time");
         let grace = grace_period(task.info.kill_policy.as_ref()).unwrap_or(DEFAULT_KILL_GRACE);
         self.kill_task(KillCause::MaxCompletionTime(limit), grace);
@@ -645,26 +604,11 @@ impl Driver {
 
     // ---- updates ---------------------------------------------------------------------
 
-    fn send_update(
-        &mut self,
-        task_id: &TaskId,
-        state: TaskState,
-        message: Option<String>,
-        reason: Option<Reason>,
-    ) {
-        let status = status::new_update(
-            task_id,
-            state,
-            message,
-            reason,
-            &self.config.executor_id,
-            self.agent_id.as_ref(),
-        );
+    fn send_update(&mut self, task_id: &TaskId, state: TaskState, message: Option<String>, reason: Option<Reason>) {
+        let status =
+            status::new_update(task_id, state, message, reason, &self.config.executor_id, self.agent_id.as_ref());
         tracing::info!(task = %task_id, state = state.name(), "status update");
-        self.unacked.push(Unacked {
-            seq: self.next_seq,
-            status,
-        });
+        self.unacked.push(Unacked { seq: self.next_seq, status });
         self.next_seq += 1;
         self.kick_post();
     }
@@ -677,27 +621,12 @@ impl Driver {
         let Some(next) = self.unacked.iter().find(|u| u.seq >= self.next_post_seq) else {
             return;
         };
-        let call = Call {
-            update: Some(UpdateCall {
-                status: next.status.clone(),
-            }),
-            ..self.call(CallType::Update)
-        };
-        let (gen, seq, url, client, tx) = (
-            self.gen,
-            next.seq,
-            self.url.clone(),
-            self.client.clone(),
-            self.tx.clone(),
-        );
+        let call = Call { update: Some(UpdateCall { status: next.status.clone() }), ..self.call(CallType::Update) };
+        let (gen, seq, url, client, tx) = (self.gen, next.seq, self.url.clone(), self.client.clone(), self.tx.clone());
         self.post_in_flight = true;
         self.link_tasks.retain(|t| !t.is_finished());
         self.link_tasks.push(tokio::spawn(async move {
-            let result = client
-                .call(&url, &[], &call, UPDATE_TIMEOUT)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string());
+            let result = client.call(&url, &[], &call, UPDATE_TIMEOUT).await.map(|_| ()).map_err(|e| e.to_string());
             let _ = tx.send(Msg::PostDone { gen, seq, result });
         }));
     }
@@ -706,10 +635,7 @@ impl Driver {
     fn cleanup(&mut self) {
         self.abort_link_tasks();
         if let Some(process) = self.task.as_ref().and_then(|t| t.process.as_ref()) {
-            tracing::info!(
-                pid = process.pid.as_raw(),
-                "killing the task's process group"
-            );
+            tracing::info!(pid = process.pid.as_raw(), "killing the task's process group");
             process.signal_group(Signal::SIGKILL);
         }
     }
@@ -752,8 +678,7 @@ mod tests {
     fn malformed_events_are_skipped_not_fatal() {
         assert!(decode_event(b"not json").is_none());
         assert!(decode_event(br#"{"type":"LAUNCH","launch":{"task":42}}"#).is_none());
-        let e = decode_event(br#"{"type":"SUBSCRIBED","subscribed":{"oops":true}}"#)
-            .expect("subscribed kept");
+        let e = decode_event(br#"{"type":"SUBSCRIBED","subscribed":{"oops":true}}"#).expect("subscribed kept");
         assert_eq!(e.kind, EventType::Subscribed);
         assert!(e.subscribed.is_none());
         let e = decode_event(br#"{"type":"SOMETHING_NEW"}"#).expect("unknown type decodes");
@@ -766,11 +691,7 @@ mod tests {
     fn grace_period_comes_from_policy() {
         assert_eq!(grace_period(None), None);
         assert_eq!(grace_period(Some(&KillPolicy { grace_period: None })), None);
-        let p = KillPolicy {
-            grace_period: Some(agora_api::DurationInfo {
-                nanoseconds: 500_000_000,
-            }),
-        };
+        let p = KillPolicy { grace_period: Some(agora_api::DurationInfo { nanoseconds: 500_000_000 }) };
         assert_eq!(grace_period(Some(&p)), Some(Duration::from_millis(500)));
     }
 }

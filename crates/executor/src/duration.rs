@@ -21,10 +21,7 @@ const NANOS_PER_UNIT: &[(&[&str], f64)] = &[
 /// `w`) are accepted; whitespace between number and unit is allowed. Negative, non-finite
 /// and out-of-range values are errors.
 pub fn parse_mesos_duration(s: &str) -> Result<Duration, ExecutorError> {
-    let bad = |why: &str| ExecutorError::Duration {
-        input: s.to_string(),
-        why: why.to_string(),
-    };
+    let bad = |why: &str| ExecutorError::Duration { input: s.to_string(), why: why.to_string() };
     let text = s.trim();
     let split = text
         .char_indices()
@@ -33,14 +30,10 @@ pub fn parse_mesos_duration(s: &str) -> Result<Duration, ExecutorError> {
     let (number, unit) = text.split_at(split);
     let unit = unit.trim();
     if number.is_empty() {
-        return Err(bad(
-            "expected a number followed by a unit (ns, us, ms, secs, mins, hrs, days, weeks)",
-        ));
+        return Err(bad("expected a number followed by a unit (ns, us, ms, secs, mins, hrs, days, weeks)"));
     }
     if unit.is_empty() {
-        return Err(bad(
-            "missing unit (ns, us, ms, secs, mins, hrs, days, weeks)",
-        ));
+        return Err(bad("missing unit (ns, us, ms, secs, mins, hrs, days, weeks)"));
     }
     let value: f64 = number.parse().map_err(|_| bad("not a number"))?;
     if value.is_sign_negative() && value != 0.0 {
@@ -116,17 +109,7 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        for bad in [
-            "",
-            "5",
-            "secs",
-            "-1secs",
-            "5parsecs",
-            "1.2.3secs",
-            "abc",
-            "1e400weeks",
-            "NaNsecs",
-        ] {
+        for bad in ["", "5", "secs", "-1secs", "5parsecs", "1.2.3secs", "abc", "1e400weeks", "NaNsecs"] {
             let err = parse_mesos_duration(bad).expect_err(bad);
             assert!(err.to_string().contains("invalid duration"), "{bad}: {err}");
         }
@@ -135,15 +118,9 @@ mod tests {
     #[test]
     fn formats_like_stout() {
         assert_eq!(format_mesos_duration(Duration::from_millis(300)), "300ms");
-        assert_eq!(
-            format_mesos_duration(Duration::from_millis(1500)),
-            "1.5secs"
-        );
+        assert_eq!(format_mesos_duration(Duration::from_millis(1500)), "1.5secs");
         assert_eq!(format_mesos_duration(Duration::from_secs(120)), "2mins");
         assert_eq!(format_mesos_duration(Duration::ZERO), "0ns");
-        assert_eq!(
-            ok(&format_mesos_duration(Duration::from_millis(2500))),
-            Duration::from_millis(2500)
-        );
+        assert_eq!(ok(&format_mesos_duration(Duration::from_millis(2500))), Duration::from_millis(2500));
     }
 }

@@ -74,29 +74,18 @@ pub(crate) fn plan(
     config: &Config,
     inherited: impl IntoIterator<Item = (OsString, OsString)>,
 ) -> Result<Plan, String> {
-    let command = task
-        .command
-        .as_ref()
-        .ok_or_else(|| "the task has no command".to_string())?;
+    let command = task.command.as_ref().ok_or_else(|| "the task has no command".to_string())?;
     let value = command.value.clone().unwrap_or_default();
     let (program, argv0, args) = if command.shell {
         if value.trim().is_empty() {
             return Err("the task's shell command is empty".to_string());
         }
-        (
-            "/bin/sh".to_string(),
-            "sh".to_string(),
-            vec!["-c".to_string(), value],
-        )
+        ("/bin/sh".to_string(), "sh".to_string(), vec!["-c".to_string(), value])
     } else {
         if value.is_empty() {
             return Err("the task's command has no value (the program to run)".to_string());
         }
-        let argv0 = command
-            .arguments
-            .first()
-            .cloned()
-            .unwrap_or_else(|| value.clone());
+        let argv0 = command.arguments.first().cloned().unwrap_or_else(|| value.clone());
         let args = command.arguments.iter().skip(1).cloned().collect();
         (value, argv0, args)
     };
@@ -106,22 +95,15 @@ pub(crate) fn plan(
         .filter(|(k, _)| {
             let k = k.to_string_lossy();
             KEPT_NAMES.contains(&k.as_ref())
-                || !(INTERNAL_PREFIXES.iter().any(|p| k.starts_with(p))
-                    || INTERNAL_NAMES.contains(&k.as_ref()))
+                || !(INTERNAL_PREFIXES.iter().any(|p| k.starts_with(p)) || INTERNAL_NAMES.contains(&k.as_ref()))
         })
         .collect();
-    env.insert(
-        "MESOS_SANDBOX".into(),
-        config.sandbox.clone().into_os_string(),
-    );
+    env.insert("MESOS_SANDBOX".into(), config.sandbox.clone().into_os_string());
     env.insert("MESOS_TASK_ID".into(), task.task_id.value.clone().into());
     for var in command.environment.iter().flat_map(|e| e.variables.iter()) {
         match var.kind.as_deref() {
             None | Some("VALUE") => {
-                env.insert(
-                    var.name.clone().into(),
-                    var.value.clone().unwrap_or_default().into(),
-                );
+                env.insert(var.name.clone().into(), var.value.clone().unwrap_or_default().into());
             }
             Some(other) => {
                 tracing::warn!(variable = %var.name, kind = other, "environment variable not passed to the task: only VALUE variables are supported");
@@ -134,14 +116,7 @@ pub(crate) fn plan(
         _ => None,
     };
 
-    Ok(Plan {
-        program,
-        argv0,
-        args,
-        env,
-        cwd: config.directory.clone(),
-        user,
-    })
+    Ok(Plan { program, argv0, args, env, cwd: config.directory.clone(), user })
 }
 
 /// The credentials to switch to for `name`, or `None` when the task runs as the
@@ -157,22 +132,13 @@ fn resolve_user(name: &str) -> Result<Option<Credentials>, String> {
         return Ok(None);
     }
     if !me.is_root() {
-        tracing::warn!(
-            user = name,
-            "the executor is not running as root: the task runs as the executor's user"
-        );
+        tracing::warn!(user = name, "the executor is not running as root: the task runs as the executor's user");
         return Ok(None);
     }
-    let cname =
-        CString::new(name).map_err(|_| format!("user name '{name}' contains a NUL byte"))?;
+    let cname = CString::new(name).map_err(|_| format!("user name '{name}' contains a NUL byte"))?;
     let groups = nix::unistd::getgrouplist(&cname, user.gid)
         .map_err(|e| format!("could not list the groups of user '{name}': {e}"))?;
-    Ok(Some(Credentials {
-        name: name.to_string(),
-        uid: user.uid,
-        gid: user.gid,
-        groups,
-    }))
+    Ok(Some(Credentials { name: name.to_string(), uid: user.uid, gid: user.gid, groups }))
 }
 
 /// Starts the planned command in a new process group.
@@ -191,23 +157,11 @@ pub(crate) fn spawn(plan: &Plan) -> Result<Process, String> {
         switch_user(&mut cmd, creds);
     }
     let child = cmd.spawn().map_err(|e| match &plan.user {
-        Some(u) => format!(
-            "could not run '{}' as user '{}' in '{}': {e}",
-            plan.program,
-            u.name,
-            plan.cwd.display()
-        ),
-        None => format!(
-            "could not run '{}' in '{}': {e}",
-            plan.program,
-            plan.cwd.display()
-        ),
+        Some(u) => format!("could not run '{}' as user '{}' in '{}': {e}", plan.program, u.name, plan.cwd.display()),
+        None => format!("could not run '{}' in '{}': {e}", plan.program, plan.cwd.display()),
     })?;
     let raw = i32::try_from(child.id()).map_err(|_| format!("pid {} out of range", child.id()))?;
-    Ok(Process {
-        child,
-        pid: Pid::from_raw(raw),
-    })
+    Ok(Process { child, pid: Pid::from_raw(raw) })
 }
 
 /// Makes the child drop to `creds` (supplementary groups, then group, then user) just
@@ -274,12 +228,7 @@ mod tests {
     }
 
     fn var(name: &str, kind: Option<&str>, value: &str) -> EnvVariable {
-        EnvVariable {
-            name: name.into(),
-            kind: kind.map(Into::into),
-            value: Some(value.into()),
-            secret: None,
-        }
+        EnvVariable { name: name.into(), kind: kind.map(Into::into), value: Some(value.into()), secret: None }
     }
 
     #[test]
@@ -297,10 +246,7 @@ mod tests {
         c.shell = false;
         c.arguments = vec!["echo".into(), "a".into(), "b c".into()];
         let p = plan(&task(c.clone()), &config(), []).expect("plan");
-        assert_eq!(
-            (p.program.as_str(), p.argv0.as_str()),
-            ("/bin/echo", "echo")
-        );
+        assert_eq!((p.program.as_str(), p.argv0.as_str()), ("/bin/echo", "echo"));
         assert_eq!(p.args, vec!["a", "b c"]);
         c.arguments.clear();
         let p = plan(&task(c), &config(), []).expect("plan");
@@ -337,11 +283,7 @@ mod tests {
         ]
         .map(|(k, v)| (OsString::from(k), OsString::from(v)));
         let p = plan(&task(c), &config(), inherited).expect("plan");
-        let get = |k: &str| {
-            p.env
-                .get(&OsString::from(k))
-                .map(|v| v.to_string_lossy().into_owned())
-        };
+        let get = |k: &str| p.env.get(&OsString::from(k)).map(|v| v.to_string_lossy().into_owned());
         assert_eq!(get("FOO").as_deref(), Some("bar"));
         assert_eq!(get("PATH").as_deref(), Some("/opt/bin"));
         assert_eq!(get("HOME").as_deref(), Some("/root"));
@@ -366,10 +308,7 @@ mod tests {
 
     #[test]
     fn own_user_needs_no_switch() {
-        let me = User::from_uid(Uid::effective())
-            .ok()
-            .flatten()
-            .expect("current user in passwd");
+        let me = User::from_uid(Uid::effective()).ok().flatten().expect("current user in passwd");
         let mut c = CommandInfo::shell("true");
         c.user = Some(me.name);
         assert_eq!(plan(&task(c), &config(), []).expect("plan").user, None);

@@ -30,6 +30,8 @@
 //!   or on an `ERROR` event (with an error). It MUST leave no process of the task's group
 //!   behind: the group is sent SIGKILL as soon as the task's leading process has exited
 //!   (while its zombie still pins the group id) and again, if still running, on exit.
+//! * SIGTERM or SIGINT to the executor is handled like `SHUTDOWN`; a second one makes it
+//!   exit at once (killing the task's group).
 //! * Nothing the agent sends makes the executor panic: malformed events are logged and
 //!   skipped.
 //!
@@ -98,17 +100,11 @@ impl Config {
     fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Config, ExecutorError> {
         let required = |name: &str| match get(name) {
             Some(v) if !v.trim().is_empty() => Ok(v.trim().to_string()),
-            _ => Err(ExecutorError::Env {
-                var: name.to_string(),
-                why: "not set".to_string(),
-            }),
+            _ => Err(ExecutorError::Env { var: name.to_string(), why: "not set".to_string() }),
         };
         let duration = |name: &str, default: Duration| match get(name) {
             Some(v) if !v.trim().is_empty() => {
-                parse_mesos_duration(&v).map_err(|e| ExecutorError::Env {
-                    var: name.to_string(),
-                    why: e.to_string(),
-                })
+                parse_mesos_duration(&v).map_err(|e| ExecutorError::Env { var: name.to_string(), why: e.to_string() })
             }
             _ => Ok(default),
         };
@@ -133,10 +129,7 @@ impl Config {
             executor_id: ExecutorId::new(required("MESOS_EXECUTOR_ID")?),
             directory,
             sandbox,
-            shutdown_grace: duration(
-                "MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD",
-                DEFAULT_SHUTDOWN_GRACE,
-            )?,
+            shutdown_grace: duration("MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD", DEFAULT_SHUTDOWN_GRACE)?,
             checkpoint,
             recovery_timeout: duration("MESOS_RECOVERY_TIMEOUT", DEFAULT_RECOVERY_TIMEOUT)?,
         })
@@ -153,11 +146,7 @@ pub enum ExecutorError {
     #[error("lost the connection to the agent at {endpoint} and the framework does not checkpoint: {why}")]
     AgentDisconnected { endpoint: String, why: String },
     #[error("could not subscribe to the agent at {endpoint} within {}: {last_error}", format_mesos_duration(*.waited))]
-    SubscribeTimeout {
-        endpoint: String,
-        waited: Duration,
-        last_error: String,
-    },
+    SubscribeTimeout { endpoint: String, waited: Duration, last_error: String },
     #[error("the agent sent an ERROR event: {message}")]
     Agent { message: String },
 }
@@ -177,10 +166,7 @@ mod tests {
     use std::collections::HashMap;
 
     fn from(vars: &[(&str, &str)]) -> Result<Config, ExecutorError> {
-        let map: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -222,14 +208,15 @@ mod tests {
     #[test]
     fn config_errors_name_the_variable() {
         let err = from(&BASE[1..]).expect_err("missing endpoint");
-        assert_eq!(
-            err.to_string(),
-            "environment variable MESOS_AGENT_ENDPOINT: not set"
-        );
+        assert_eq!(err.to_string(), "environment variable MESOS_AGENT_ENDPOINT: not set");
         let mut vars = BASE.to_vec();
         vars.push(("MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD", "soon"));
         let err = from(&vars).expect_err("bad duration");
-        assert!(err.to_string().starts_with("environment variable MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD: invalid duration 'soon'"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("environment variable MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD: invalid duration 'soon'"),
+            "{err}"
+        );
         let mut vars = BASE.to_vec();
         vars.push(("MESOS_CHECKPOINT", "yes"));
         assert!(from(&vars).is_err());

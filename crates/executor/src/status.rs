@@ -61,10 +61,7 @@ pub(crate) enum KillCause {
 }
 
 /// The terminal state, message and reason for a task whose process ended.
-pub(crate) fn outcome(
-    end: &Termination,
-    killed: Option<KillCause>,
-) -> (TaskState, String, Option<Reason>) {
+pub(crate) fn outcome(end: &Termination, killed: Option<KillCause>) -> (TaskState, String, Option<Reason>) {
     match killed {
         Some(KillCause::MaxCompletionTime(limit)) => (
             TaskState::Failed,
@@ -75,9 +72,7 @@ pub(crate) fn outcome(
             ),
             Some(Reason::ReasonMaxCompletionTimeReached),
         ),
-        Some(KillCause::Requested | KillCause::Shutdown) => {
-            (TaskState::Killed, end.describe(), None)
-        }
+        Some(KillCause::Requested | KillCause::Shutdown) => (TaskState::Killed, end.describe(), None),
         None => match end {
             Termination::Exited(0) => (TaskState::Finished, end.describe(), None),
             _ => (TaskState::Failed, end.describe(), None),
@@ -107,76 +102,48 @@ pub(crate) fn new_update(
 }
 
 fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::signal::Signal;
 
     #[test]
     fn exit_codes_map_to_finished_and_failed() {
         let (state, msg, reason) = outcome(&Termination::Exited(0), None);
-        assert_eq!(
-            (state, msg.as_str(), reason),
-            (TaskState::Finished, "Command exited with status 0", None)
-        );
+        assert_eq!((state, msg.as_str(), reason), (TaskState::Finished, "Command exited with status 0", None));
         let (state, msg, reason) = outcome(&Termination::Exited(3), None);
-        assert_eq!(
-            (state, msg.as_str(), reason),
-            (TaskState::Failed, "Command exited with status 3", None)
-        );
+        assert_eq!((state, msg.as_str(), reason), (TaskState::Failed, "Command exited with status 3", None));
         let (state, msg, _) = outcome(&Termination::Exited(127), None);
-        assert_eq!(
-            (state, msg.as_str()),
-            (TaskState::Failed, "Command exited with status 127")
-        );
+        assert_eq!((state, msg.as_str()), (TaskState::Failed, "Command exited with status 127"));
     }
 
     #[test]
     fn foreign_signal_is_failed_with_its_name() {
-        let (state, msg, reason) = outcome(&Termination::Signaled(libc::SIGSEGV), None);
+        let (state, msg, reason) = outcome(&Termination::Signaled(Signal::SIGSEGV as i32), None);
         assert_eq!(state, TaskState::Failed);
         assert_eq!(msg, "Command terminated with signal SIGSEGV");
         assert_eq!(reason, None);
-        assert_eq!(
-            Termination::Signaled(200).describe(),
-            "Command terminated with signal 200"
-        );
+        assert_eq!(Termination::Signaled(200).describe(), "Command terminated with signal 200");
     }
 
     #[test]
     fn our_kills_are_killed() {
-        let (state, msg, _) = outcome(
-            &Termination::Signaled(libc::SIGTERM),
-            Some(KillCause::Requested),
-        );
-        assert_eq!(
-            (state, msg.as_str()),
-            (TaskState::Killed, "Command terminated with signal SIGTERM")
-        );
-        let (state, msg, _) = outcome(
-            &Termination::Signaled(libc::SIGKILL),
-            Some(KillCause::Shutdown),
-        );
-        assert_eq!(
-            (state, msg.as_str()),
-            (TaskState::Killed, "Command terminated with signal SIGKILL")
-        );
+        let (state, msg, _) = outcome(&Termination::Signaled(Signal::SIGTERM as i32), Some(KillCause::Requested));
+        assert_eq!((state, msg.as_str()), (TaskState::Killed, "Command terminated with signal SIGTERM"));
+        let (state, msg, _) = outcome(&Termination::Signaled(Signal::SIGKILL as i32), Some(KillCause::Shutdown));
+        assert_eq!((state, msg.as_str()), (TaskState::Killed, "Command terminated with signal SIGKILL"));
         // A task that traps SIGTERM and exits is still reported as killed.
         let (state, msg, _) = outcome(&Termination::Exited(0), Some(KillCause::Requested));
-        assert_eq!(
-            (state, msg.as_str()),
-            (TaskState::Killed, "Command exited with status 0")
-        );
+        assert_eq!((state, msg.as_str()), (TaskState::Killed, "Command exited with status 0"));
     }
 
     #[test]
     fn max_completion_time_is_failed_with_reason() {
         let (state, msg, reason) = outcome(
-            &Termination::Signaled(libc::SIGTERM),
+            &Termination::Signaled(Signal::SIGTERM as i32),
             Some(KillCause::MaxCompletionTime(Duration::from_millis(1500))),
         );
         assert_eq!(state, TaskState::Failed);
@@ -194,14 +161,7 @@ mod tests {
             &ExecutorId::new("e1"),
             Some(&AgentId::new("a-S0")),
         );
-        let b = new_update(
-            &TaskId::new("t1"),
-            TaskState::Running,
-            None,
-            None,
-            &ExecutorId::new("e1"),
-            None,
-        );
+        let b = new_update(&TaskId::new("t1"), TaskState::Running, None, None, &ExecutorId::new("e1"), None);
         assert_eq!(a.source, Some(Source::Executor));
         assert_eq!(a.executor_id, Some(ExecutorId::new("e1")));
         assert_eq!(a.agent_id, Some(AgentId::new("a-S0")));
@@ -213,10 +173,7 @@ mod tests {
         let json = serde_json::to_value(&a).expect("serialises");
         assert_eq!(json["source"], "SOURCE_EXECUTOR");
         assert_eq!(json["state"], "TASK_RUNNING");
-        assert!(
-            json["uuid"].as_str().is_some_and(|u| u.len() == 24),
-            "{json}"
-        );
+        assert!(json["uuid"].as_str().is_some_and(|u| u.len() == 24), "{json}");
         assert!(json["timestamp"].is_f64());
         assert!(json.get("message").is_none());
     }

@@ -27,6 +27,9 @@ struct Shared {
     refuse_subscribes: AtomicUsize,
 }
 
+/// `refuse_subscribes` for an agent that never recovers.
+const FOREVER: usize = usize::MAX;
+
 struct Agent {
     addr: SocketAddr,
     shared: Arc<Shared>,
@@ -41,35 +44,20 @@ impl Drop for Agent {
 }
 
 fn record(v: &Value) -> Bytes {
-    Bytes::from(agora_api::recordio::encode(
-        &serde_json::to_vec(v).expect("json"),
-    ))
+    Bytes::from(agora_api::recordio::encode(&serde_json::to_vec(v).expect("json")))
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<IncomingBody>) -> Response<Body> {
-    let body = agora_http::read_body(req.into_body(), 1 << 20)
-        .await
-        .expect("request body");
+    let body = agora_http::read_body(req.into_body(), 1 << 20).await.expect("request body");
     let call: Call = serde_json::from_slice(&body).expect("executor call");
     match call.kind {
         CallType::Subscribe => {
-            if shared
-                .refuse_subscribes
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-            {
+            if shared.refuse_subscribes.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
                 let _ = shared.calls.send(call);
-                return agora_http::text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Agent has not finished recovery",
-                );
+                return agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "Agent has not finished recovery");
             }
             let (tx, resp) = agora_http::stream(StatusCode::OK, agora_http::JSON);
-            let caps: Vec<Value> = shared
-                .capabilities
-                .iter()
-                .map(|c| json!({ "type": c }))
-                .collect();
+            let caps: Vec<Value> = shared.capabilities.iter().map(|c| json!({ "type": c })).collect();
             let subscribed = json!({
                 "type": "SUBSCRIBED",
                 "subscribed": {
@@ -93,9 +81,7 @@ async fn handle(shared: Arc<Shared>, req: Request<IncomingBody>) -> Response<Bod
 
 impl Agent {
     async fn start(capabilities: Vec<&'static str>, refuse_subscribes: usize) -> Agent {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (calls_tx, calls) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -110,19 +96,11 @@ impl Agent {
             Box::pin(handle(s, req))
         });
         let server = tokio::spawn(agora_http::serve(listener, handler));
-        Agent {
-            addr,
-            shared,
-            calls,
-            server,
-        }
+        Agent { addr, shared, calls, server }
     }
 
     async fn next_call(&mut self) -> Call {
-        timeout(WAIT, self.calls.recv())
-            .await
-            .expect("a call from the executor in time")
-            .expect("agent alive")
+        timeout(WAIT, self.calls.recv()).await.expect("a call from the executor in time").expect("agent alive")
     }
 
     async fn expect_subscribe(&mut self) -> Call {
@@ -138,14 +116,8 @@ impl Agent {
         assert_eq!(call.framework_id.value, "fw-1");
         let status = call.update.expect("update body").status;
         assert_eq!(status.source, Some(agora_api::Source::Executor));
-        assert_eq!(
-            status.executor_id.as_ref().map(|e| e.value.as_str()),
-            Some("task-1")
-        );
-        assert_eq!(
-            status.agent_id.as_ref().map(|e| e.value.as_str()),
-            Some("agent-S0")
-        );
+        assert_eq!(status.executor_id.as_ref().map(|e| e.value.as_str()), Some("task-1"));
+        assert_eq!(status.agent_id.as_ref().map(|e| e.value.as_str()), Some("agent-S0"));
         assert_eq!(status.uuid.as_ref().map(|u| u.0.len()), Some(16));
         assert!(status.timestamp.is_some());
         status
@@ -187,6 +159,14 @@ impl Agent {
     fn drop_stream(&self) {
         self.shared.stream.lock().expect("lock").take();
     }
+
+    /// The agent goes away for good: no new connections, no stream, and SUBSCRIBEs on
+    /// connections the client still pools are refused.
+    fn stop(&self) {
+        self.server.abort();
+        self.shared.refuse_subscribes.store(FOREVER, Ordering::SeqCst);
+        self.drop_stream();
+    }
 }
 
 /// A scratch sandbox directory, removed on drop.
@@ -194,8 +174,7 @@ struct Sandbox(PathBuf);
 
 impl Sandbox {
     fn new(name: &str) -> Sandbox {
-        let dir =
-            std::env::temp_dir().join(format!("agora-executor-test-{}-{name}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("agora-executor-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("sandbox dir");
         Sandbox(dir)
@@ -240,26 +219,36 @@ fn argv_task(argv: &[&str]) -> Value {
 }
 
 async fn finished(exec: JoinHandle<Result<(), ExecutorError>>) -> Result<(), ExecutorError> {
-    timeout(WAIT, exec)
-        .await
-        .expect("executor exits in time")
-        .expect("executor task")
+    timeout(WAIT, exec).await.expect("executor exits in time").expect("executor task")
 }
 
 async fn wait_for_file(path: &Path) {
     let deadline = Instant::now() + WAIT;
     while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
+        assert!(Instant::now() < deadline, "{} never appeared", path.display());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-fn process_exists(pid: i32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+/// Waits until `path` holds a whole pid: the shell creates the file before writing it.
+async fn wait_for_pid(path: &Path) -> i32 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(pid) = text.strip_suffix('\n').and_then(|t| t.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Whether `pid` is a live process: not gone, and not a zombie waiting to be reaped.
+fn running(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state is the first field after the parenthesised command name.
+    let state = stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next());
+    matches!(state, Some(s) if s != 'Z' && s != 'X')
 }
 
 #[tokio::test]
@@ -275,17 +264,11 @@ async fn failing_command_reports_starting_running_failed_in_order() {
     agent.expect_acked(TaskState::Running).await;
     let failed = agent.expect_update().await;
     assert_eq!(failed.state, TaskState::Failed);
-    assert_eq!(
-        failed.message.as_deref(),
-        Some("Command exited with status 3")
-    );
+    assert_eq!(failed.message.as_deref(), Some("Command exited with status 3"));
     assert_eq!(failed.reason, None);
     // Not done until the terminal update is acknowledged.
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert!(
-        !exec.is_finished(),
-        "exited before the terminal update was acknowledged"
-    );
+    assert!(!exec.is_finished(), "exited before the terminal update was acknowledged");
     agent.ack(&failed);
     finished(exec).await.expect("clean exit");
 }
@@ -304,21 +287,12 @@ async fn task_environment_and_working_directory() {
     agent.expect_acked(TaskState::Starting).await;
     agent.expect_acked(TaskState::Running).await;
     let done = agent.expect_acked(TaskState::Finished).await;
-    assert_eq!(
-        done.message.as_deref(),
-        Some("Command exited with status 0")
-    );
+    assert_eq!(done.message.as_deref(), Some("Command exited with status 0"));
     finished(exec).await.expect("clean exit");
     let env = std::fs::read_to_string(sandbox.path("env.out")).expect("env.out");
-    assert_eq!(
-        env.trim(),
-        format!("task-1 {} bar baz unset", sandbox.0.display())
-    );
+    assert_eq!(env.trim(), format!("task-1 {} bar baz unset", sandbox.0.display()));
     let pwd = std::fs::read_to_string(sandbox.path("pwd.out")).expect("pwd.out");
-    assert_eq!(
-        Path::new(pwd.trim()).canonicalize().ok(),
-        sandbox.0.canonicalize().ok()
-    );
+    assert_eq!(Path::new(pwd.trim()).canonicalize().ok(), sandbox.0.canonicalize().ok());
 }
 
 #[tokio::test]
@@ -335,14 +309,8 @@ async fn kill_sends_sigterm_and_reports_killed_after_killing() {
     agent.kill(Some(Duration::from_secs(5)));
     agent.expect_acked(TaskState::Killing).await;
     let killed = agent.expect_acked(TaskState::Killed).await;
-    assert_eq!(
-        killed.message.as_deref(),
-        Some("Command terminated with signal SIGTERM")
-    );
-    assert!(
-        start.elapsed() < Duration::from_secs(3),
-        "SIGTERM should end sleep at once"
-    );
+    assert_eq!(killed.message.as_deref(), Some("Command terminated with signal SIGTERM"));
+    assert!(start.elapsed() < Duration::from_secs(3), "SIGTERM should end sleep at once");
     finished(exec).await.expect("clean exit");
 }
 
@@ -362,14 +330,8 @@ async fn task_ignoring_sigterm_is_killed_with_sigkill_after_grace() {
     // No TASK_KILLING: the framework lacks the capability.
     let killed = agent.expect_acked(TaskState::Killed).await;
     let took = start.elapsed();
-    assert_eq!(
-        killed.message.as_deref(),
-        Some("Command terminated with signal SIGKILL")
-    );
-    assert!(
-        took >= Duration::from_millis(450),
-        "SIGKILL came before the grace period: {took:?}"
-    );
+    assert_eq!(killed.message.as_deref(), Some("Command terminated with signal SIGKILL"));
+    assert!(took >= Duration::from_millis(450), "SIGKILL came before the grace period: {took:?}");
     assert!(took < Duration::from_secs(3), "SIGKILL came late: {took:?}");
     finished(exec).await.expect("clean exit");
 }
@@ -383,28 +345,13 @@ async fn unacknowledged_updates_are_resent_on_resubscribe() {
     agent.launch(shell_task("sleep 100"));
     let starting = agent.expect_update().await;
     let running = agent.expect_update().await;
-    assert_eq!(
-        (starting.state, running.state),
-        (TaskState::Starting, TaskState::Running)
-    );
+    assert_eq!((starting.state, running.state), (TaskState::Starting, TaskState::Running));
 
     // The agent goes away before acknowledging anything; the task keeps running.
     agent.drop_stream();
-    let sub = agent
-        .expect_subscribe()
-        .await
-        .subscribe
-        .expect("subscribe body");
-    let resent: Vec<&TaskStatus> = sub
-        .unacknowledged_updates
-        .iter()
-        .map(|u| &u.status)
-        .collect();
-    assert_eq!(
-        resent,
-        vec![&starting, &running],
-        "same updates, same uuids, same order"
-    );
+    let sub = agent.expect_subscribe().await.subscribe.expect("subscribe body");
+    let resent: Vec<&TaskStatus> = sub.unacknowledged_updates.iter().map(|u| &u.status).collect();
+    assert_eq!(resent, vec![&starting, &running], "same updates, same uuids, same order");
     assert_eq!(sub.unacknowledged_tasks.len(), 1);
     assert_eq!(sub.unacknowledged_tasks[0].task_id.value, "task-1");
 
@@ -412,10 +359,7 @@ async fn unacknowledged_updates_are_resent_on_resubscribe() {
     agent.ack(&running);
     agent.kill(Some(Duration::from_secs(5)));
     let killed = agent.expect_acked(TaskState::Killed).await;
-    assert_eq!(
-        killed.message.as_deref(),
-        Some("Command terminated with signal SIGTERM")
-    );
+    assert_eq!(killed.message.as_deref(), Some("Command terminated with signal SIGTERM"));
     finished(exec).await.expect("clean exit");
 }
 
@@ -441,41 +385,25 @@ async fn lost_agent_without_checkpoint_kills_the_task() {
     let exec = tokio::spawn(run(config(&agent, &sandbox, false)));
     agent.expect_subscribe().await;
     // A background child too: the whole process group must go.
-    agent.launch(shell_task(
-        "sleep 100 & echo $! > child.pid; echo $$ > pid; wait",
-    ));
+    agent.launch(shell_task("sleep 100 & echo $! > child.pid; echo $$ > pid; wait"));
     agent.expect_acked(TaskState::Starting).await;
     agent.expect_acked(TaskState::Running).await;
-    wait_for_file(&sandbox.path("pid")).await;
-    wait_for_file(&sandbox.path("child.pid")).await;
-    let read_pid = |f: &str| -> i32 {
-        std::fs::read_to_string(sandbox.path(f))
-            .expect("pid file")
-            .trim()
-            .parse()
-            .expect("a pid")
-    };
-    let (pid, child) = (read_pid("pid"), read_pid("child.pid"));
-    assert!(process_exists(pid) && process_exists(child));
+    let pid = wait_for_pid(&sandbox.path("pid")).await;
+    let child = wait_for_pid(&sandbox.path("child.pid")).await;
+    assert!(running(pid) && running(child));
 
     agent.drop_stream();
     let err = finished(exec).await.expect_err("agent gone");
-    assert!(
-        matches!(err, ExecutorError::AgentDisconnected { .. }),
-        "{err}"
-    );
-    // The leader may linger as a zombie of this (test) process; the background sleep is
-    // reparented and reaped by init. Either way nothing may be left running.
+    assert!(matches!(err, ExecutorError::AgentDisconnected { .. }), "{err}");
+    // SIGKILL is delivered asynchronously: give the group a moment to die. (The leader
+    // stays a zombie of this test process and the background sleep one of init until
+    // reaped; neither is running.)
     let deadline = Instant::now() + WAIT;
-    while process_exists(child) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
+    while (running(pid) || running(child)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert!(!process_exists(child), "background process survived");
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    assert!(
-        state.is_empty() || state.contains(") Z"),
-        "task leader still running: {state}"
-    );
+    assert!(!running(pid), "task leader survived");
+    assert!(!running(child), "background process survived");
 }
 
 #[tokio::test]
@@ -487,10 +415,7 @@ async fn kill_before_launch_reports_killed_without_running() {
     agent.kill(None);
     agent.launch(shell_task("touch ran"));
     let killed = agent.expect_acked(TaskState::Killed).await;
-    assert_eq!(
-        killed.reason,
-        Some(agora_api::Reason::ReasonTaskKilledDuringLaunch)
-    );
+    assert_eq!(killed.reason, Some(agora_api::Reason::ReasonTaskKilledDuringLaunch));
     finished(exec).await.expect("clean exit");
     assert!(!sandbox.path("ran").exists());
 }
@@ -521,10 +446,7 @@ async fn unknown_user_fails_the_task() {
     agent.launch(task);
     agent.expect_acked(TaskState::Starting).await;
     let failed = agent.expect_acked(TaskState::Failed).await;
-    assert_eq!(
-        failed.message.as_deref(),
-        Some("Failed to launch command: user 'agora-no-such-user' does not exist")
-    );
+    assert_eq!(failed.message.as_deref(), Some("Failed to launch command: user 'agora-no-such-user' does not exist"));
     finished(exec).await.expect("clean exit");
 }
 
@@ -540,14 +462,8 @@ async fn max_completion_time_fails_the_task() {
     agent.expect_acked(TaskState::Starting).await;
     agent.expect_acked(TaskState::Running).await;
     let failed = agent.expect_acked(TaskState::Failed).await;
-    assert_eq!(
-        failed.reason,
-        Some(agora_api::Reason::ReasonMaxCompletionTimeReached)
-    );
-    assert!(failed
-        .message
-        .unwrap_or_default()
-        .contains("maximum completion time of 300ms"));
+    assert_eq!(failed.reason, Some(agora_api::Reason::ReasonMaxCompletionTimeReached));
+    assert!(failed.message.unwrap_or_default().contains("maximum completion time of 300ms"));
     finished(exec).await.expect("clean exit");
 }
 
@@ -575,8 +491,95 @@ async fn error_event_stops_the_executor_with_an_error() {
     agent.send(json!({"type": "LAUNCH", "launch": {"task": "garbage"}}));
     agent.send(json!({"type": "ERROR", "error": {"message": "framework removed"}}));
     let err = finished(exec).await.expect_err("error event");
-    assert_eq!(
-        err.to_string(),
-        "the agent sent an ERROR event: framework removed"
-    );
+    assert_eq!(err.to_string(), "the agent sent an ERROR event: framework removed");
+}
+
+#[tokio::test]
+async fn leftover_processes_are_killed_when_the_task_exits() {
+    let mut agent = Agent::start(vec![], 0).await;
+    let sandbox = Sandbox::new("leftover");
+    let exec = tokio::spawn(run(config(&agent, &sandbox, false)));
+    agent.expect_subscribe().await;
+    agent.launch(shell_task("sleep 100 & echo $! > child.pid"));
+    agent.expect_acked(TaskState::Starting).await;
+    agent.expect_acked(TaskState::Running).await;
+    let done = agent.expect_acked(TaskState::Finished).await;
+    assert_eq!(done.message.as_deref(), Some("Command exited with status 0"));
+    finished(exec).await.expect("clean exit");
+    let child = wait_for_pid(&sandbox.path("child.pid")).await;
+    let deadline = Instant::now() + WAIT;
+    while running(child) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!running(child), "the task's background process survived it");
+}
+
+#[tokio::test]
+async fn task_runs_as_the_requested_user_with_its_groups() {
+    let Ok(Some(nobody)) = nix::unistd::User::from_name("nobody") else {
+        eprintln!("no user 'nobody' here: nothing to switch to");
+        return;
+    };
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: the executor cannot switch users here");
+        return;
+    }
+    let mut agent = Agent::start(vec![], 0).await;
+    let sandbox = Sandbox::new("user-switch");
+    std::os::unix::fs::chown(&sandbox.0, Some(nobody.uid.as_raw()), Some(nobody.gid.as_raw())).expect("chown sandbox");
+    let exec = tokio::spawn(run(config(&agent, &sandbox, false)));
+    agent.expect_subscribe().await;
+    let mut task = shell_task("echo $(id -u) $(id -g) $(id -G) > id.out");
+    task["command"]["user"] = json!("nobody");
+    agent.launch(task);
+    agent.expect_acked(TaskState::Starting).await;
+    agent.expect_acked(TaskState::Running).await;
+    agent.expect_acked(TaskState::Finished).await;
+    finished(exec).await.expect("clean exit");
+    let ids = std::fs::read_to_string(sandbox.path("id.out")).expect("id.out");
+    let cname = std::ffi::CString::new("nobody").expect("name");
+    let mut groups: Vec<String> =
+        nix::unistd::getgrouplist(&cname, nobody.gid).expect("groups").iter().map(|g| g.to_string()).collect();
+    groups.dedup();
+    let expected = format!("{} {} {}", nobody.uid, nobody.gid, groups.join(" "));
+    assert_eq!(ids.trim(), expected);
+}
+
+#[tokio::test]
+async fn task_killed_by_a_foreign_signal_fails() {
+    let mut agent = Agent::start(vec![], 0).await;
+    let sandbox = Sandbox::new("foreign-signal");
+    let exec = tokio::spawn(run(config(&agent, &sandbox, false)));
+    agent.expect_subscribe().await;
+    agent.launch(shell_task("kill -USR1 $$"));
+    agent.expect_acked(TaskState::Starting).await;
+    agent.expect_acked(TaskState::Running).await;
+    let failed = agent.expect_acked(TaskState::Failed).await;
+    assert_eq!(failed.message.as_deref(), Some("Command terminated with signal SIGUSR1"));
+    finished(exec).await.expect("clean exit");
+}
+
+#[tokio::test]
+async fn checkpointed_executor_gives_up_after_the_recovery_timeout() {
+    let mut agent = Agent::start(vec![], 0).await;
+    let sandbox = Sandbox::new("recovery-timeout");
+    let mut cfg = config(&agent, &sandbox, true);
+    cfg.recovery_timeout = Duration::from_millis(500);
+    let exec = tokio::spawn(run(cfg));
+    agent.expect_subscribe().await;
+    agent.launch(shell_task("echo $$ > pid; exec sleep 100"));
+    agent.expect_acked(TaskState::Starting).await;
+    agent.expect_acked(TaskState::Running).await;
+    let pid = wait_for_pid(&sandbox.path("pid")).await;
+
+    let start = Instant::now();
+    agent.stop();
+    let err = finished(exec).await.expect_err("agent never came back");
+    assert!(matches!(err, ExecutorError::SubscribeTimeout { .. }), "{err}");
+    assert!(start.elapsed() >= Duration::from_millis(500), "gave up early: {:?}", start.elapsed());
+    let deadline = Instant::now() + WAIT;
+    while running(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!running(pid), "task survived the executor");
 }
