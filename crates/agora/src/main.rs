@@ -60,7 +60,7 @@ struct ListArgs {
     #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
     master: String,
     /// Print JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, env = "AGORA_JSON")]
     json: bool,
 }
 
@@ -216,17 +216,17 @@ struct RunArgs {
     /// The master, host:port.
     #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
     master: String,
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, env = "AGORA_CPUS", default_value_t = 0.5)]
     cpus: f64,
     /// Memory in MB.
-    #[arg(long, default_value_t = 64.0)]
+    #[arg(long, env = "AGORA_MEM", default_value_t = 64.0)]
     mem: f64,
-    #[arg(long, default_value = "agora-run")]
+    #[arg(long, env = "AGORA_NAME", default_value = "agora-run")]
     name: String,
-    #[arg(long, default_value = "*")]
+    #[arg(long, env = "AGORA_ROLE", default_value = "*")]
     role: String,
     /// Do not print state changes.
-    #[arg(long, short)]
+    #[arg(long, short, env = "AGORA_QUIET")]
     quiet: bool,
     /// The command: one argument runs through `sh -c`, several are exec'd directly.
     #[arg(last = true, required = true)]

@@ -221,3 +221,65 @@ async fn legacy_endpoints_answer_in_v0_shape() {
         "offers return after REVIVE"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_framework_shutdown_and_message() {
+    let c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("updatable", true, 0.0)).await;
+    let url = c.url("/api/v1/scheduler");
+    let sid = fw.s.stream_id.clone();
+
+    // UPDATE_FRAMEWORK: 200 once applied; the new roles show in /state.
+    let mut new_info = fw.info.clone();
+    new_info.roles = vec!["web".into()];
+    new_info.name = "renamed".into();
+    let mut call = Call::new(CallType::UpdateFramework, Some(fw.s.framework_id.clone()));
+    call.update_framework = Some(sched::UpdateFramework {
+        framework_info: new_info.clone(),
+        suppressed_roles: vec![],
+        offer_constraints: None,
+    });
+    let r = post(&url, &[("Mesos-Stream-Id", &sid)], &serde_json::to_string(&call).unwrap()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let st = c.state().await;
+    assert_eq!(st["frameworks"][0]["name"], "renamed");
+    assert_eq!(st["frameworks"][0]["roles"], serde_json::json!(["web"]));
+    // Changing the user is refused and changes nothing.
+    let mut bad = new_info.clone();
+    bad.user = "someone-else".into();
+    bad.name = "should-not-stick".into();
+    call.update_framework =
+        Some(sched::UpdateFramework { framework_info: bad, suppressed_roles: vec![], offer_constraints: None });
+    let r = post(&url, &[("Mesos-Stream-Id", &sid)], &serde_json::to_string(&call).unwrap()).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert_eq!(c.state().await["frameworks"][0]["name"], "renamed");
+
+    // Offers now come for role "web".
+    let offer = loop {
+        let o = fw.offers().await.remove(0);
+        if o.allocation_info.as_ref().and_then(|a| a.role.as_deref()) == Some("web") {
+            break o;
+        }
+    };
+    fw.launch_on(&offer, &[("svc", "sleep 100")], 0.1, 32.0).await;
+    fw.until_state("svc", TaskState::Running, T).await;
+    assert_eq!(c.state().await["frameworks"][0]["tasks"][0]["role"], "web");
+
+    // MESSAGE is accepted (the command executor ignores it); SHUTDOWN of the command
+    // executor kills its task.
+    let mut msg = Call::new(CallType::Message, None);
+    msg.message = Some(sched::Message {
+        agent_id: offer.agent_id.clone(),
+        executor_id: ExecutorId::new("svc"),
+        data: agora_api::json::Bytes(b"hi".to_vec()),
+    });
+    fw.s.call(msg).await.unwrap();
+    let mut shutdown = Call::new(CallType::Shutdown, None);
+    shutdown.shutdown = Some(sched::Shutdown { executor_id: ExecutorId::new("svc"), agent_id: offer.agent_id.clone() });
+    fw.s.call(shutdown).await.unwrap();
+    let end = fw.until_state("svc", TaskState::Killed, T).await;
+    assert_eq!(end.last().unwrap().state, TaskState::Killed);
+    // The executor's exit reaches the framework as FAILURE.
+    let failure = fw.next_matching(T, |e| e.failure.is_some()).await.expect("FAILURE event");
+    assert_eq!(failure.failure.unwrap().executor_id, Some(ExecutorId::new("svc")));
+}

@@ -427,7 +427,10 @@ impl Resources {
 
     /// Sum of the scalar resource `name` across roles.
     pub fn scalar(&self, name: &str) -> f64 {
-        round3(self.0.iter().filter(|r| r.name == name && r.kind == ValueType::Scalar).map(|r| r.scalar_value()).sum())
+        let sum: f64 =
+            self.0.iter().filter(|r| r.name == name && r.kind == ValueType::Scalar).map(|r| r.scalar_value()).sum();
+        // An empty float sum is -0.0; never show "-0" to anyone.
+        round3(sum) + 0.0
     }
 
     /// All ranges of `name` across roles, merged.
@@ -599,6 +602,13 @@ mod tests {
             let e = Resources::parse(bad).unwrap_err();
             assert!(e.to_string().contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn empty_scalars_are_positive_zero() {
+        let r = Resources::new();
+        assert!(r.scalar("cpus").is_sign_positive());
+        assert_eq!(serde_json::to_string(&r.to_legacy_map()["cpus"]).unwrap(), "0.0");
     }
 
     #[test]
