@@ -108,8 +108,13 @@ async fn dispatch(h: &Handle, config: &AgentConfig, req: Request<IncomingBody>) 
             Some(v) => agora_http::json(StatusCode::OK, &v),
             None => unavailable(),
         },
-        // Resource statistics come with the cgroups isolators.
-        "/monitor/statistics" | "/containers" => agora_http::json(StatusCode::OK, &serde_json::json!([])),
+        "/monitor/statistics" | "/containers" => {
+            let query = Query::Containers { detailed: r == "/containers" };
+            match h.ask(|reply| Msg::Query { query, reply }).await {
+                Some(v) => agora_http::json(StatusCode::OK, &v),
+                None => unavailable(),
+            }
+        }
         "/files/browse" | "/files/read" | "/files/download" => files(h, r, &q).await,
         _ => agora_http::text(StatusCode::NOT_FOUND, format!("No route for '{path}'")),
     }
@@ -172,6 +177,34 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
             StatusCode::OK,
             &serde_json::json!({"type": "GET_VERSION", "get_version": {"version_info": {"version": agora_api::MESOS_VERSION}}}),
         ),
+        Some("GET_CONTAINERS") => {
+            match h.ask(|reply| Msg::Query { query: Query::Containers { detailed: true }, reply }).await {
+                Some(v) => {
+                    let list: Vec<serde_json::Value> = v
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|c| {
+                                    serde_json::json!({
+                                        "framework_id": {"value": c["framework_id"]},
+                                        "executor_id": {"value": c["executor_id"]},
+                                        "executor_name": c["executor_name"],
+                                        "container_id": {"value": c["container_id"]},
+                                        "container_status": {"executor_pid": c["status"]["executor_pid"]},
+                                        "resource_statistics": c["statistics"],
+                                    })
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    agora_http::json(
+                        StatusCode::OK,
+                        &serde_json::json!({"type": "GET_CONTAINERS", "get_containers": {"containers": list}}),
+                    )
+                }
+                None => unavailable(),
+            }
+        }
         Some("GET_METRICS") => match h.ask(|reply| Msg::Query { query: Query::Metrics, reply }).await {
             Some(m) => {
                 let list: Vec<serde_json::Value> = m

@@ -3,12 +3,10 @@
 //! One task (the actor in [`state`]) owns frameworks, executors, tasks and pending status
 //! updates. [`link`] keeps the connection to the master (register, re-register, pings, and
 //! an ordered queue of outgoing calls); [`http`] serves the executor API and the read
-//! endpoints; [`containerizer`] is the seam through which executors are started.
-// `unsafe` is denied except for one pre-exec hook in the containerizer (see its SAFETY note).
-#![deny(unsafe_code)]
+//! endpoints; executors are started through the `agora-containerizer` crate's trait.
+#![forbid(unsafe_code)]
 #![recursion_limit = "256"]
 
-pub mod containerizer;
 pub mod http;
 pub mod link;
 pub mod resources;
@@ -41,8 +39,19 @@ pub struct AgentConfig {
     pub status_update_retry_interval: Duration,
     /// Upper bound of the first re-registration backoff (Mesos `--registration_backoff_factor`).
     pub registration_backoff_factor: Duration,
-    /// The binary that provides `executor` (the command executor): normally `agora` itself.
+    /// The binary that provides `executor` (the command executor) and `supervisor`:
+    /// normally `agora` itself.
     pub executor_path: PathBuf,
+    /// `--isolation`: isolator names; `None` = the default for this user (root or not).
+    pub isolation: Option<String>,
+    /// `--cgroups-root`: the cgroup under which every container's cgroup lives.
+    pub cgroups_root: String,
+    /// `--cgroups-enable-cfs`: hard CPU limits with CFS quota.
+    pub cgroups_enable_cfs: bool,
+    /// `--cgroups-pids-max`: the process limit of every container (`cgroups/pids`).
+    pub cgroups_pids_max: u64,
+    /// `--switch-user`: run tasks as their user (CommandInfo.user, else FrameworkInfo.user).
+    pub switch_user: bool,
     pub flags: Vec<(String, String)>,
 }
 
@@ -61,6 +70,11 @@ impl Default for AgentConfig {
             status_update_retry_interval: Duration::from_secs(10),
             registration_backoff_factor: Duration::from_secs(1),
             executor_path: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("agora")),
+            isolation: None,
+            cgroups_root: "agora".into(),
+            cgroups_enable_cfs: false,
+            cgroups_pids_max: 4096,
+            switch_user: true,
             flags: Vec::new(),
         }
     }
@@ -76,6 +90,10 @@ pub enum AgentError {
     Resources(#[from] agora_api::resources::ResourceError),
     #[error("invalid --attributes: {0}")]
     Attributes(String),
+    #[error("invalid --isolation: {0}")]
+    Isolation(String),
+    #[error(transparent)]
+    Containerizer(#[from] agora_containerizer::ContainerizerError),
 }
 
 /// A running agent.
@@ -83,6 +101,34 @@ pub struct Agent {
     pub addr: SocketAddr,
     pub handle: state::Handle,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Picks the launcher from `--isolation`: `linux` when any namespace or cgroup isolator is
+/// named (which needs root), `posix` otherwise.
+fn make_containerizer(config: &AgentConfig) -> Result<Arc<dyn agora_containerizer::Containerizer>, AgentError> {
+    use agora_containerizer::isolation::{Isolation, DEFAULT_ROOT, DEFAULT_USER};
+    let root = nix::unistd::Uid::effective().is_root();
+    let names = config.isolation.clone().unwrap_or_else(|| if root { DEFAULT_ROOT } else { DEFAULT_USER }.to_string());
+    let isolation = Isolation::parse(&names).map_err(|e| AgentError::Isolation(e.to_string()))?;
+    if !isolation.needs_linux_launcher() {
+        return Ok(Arc::new(agora_containerizer::posix::PosixContainerizer::new()));
+    }
+    if !root {
+        return Err(AgentError::Isolation(format!("'{names}' needs the linux launcher, which needs root")));
+    }
+    let linux = agora_containerizer::linux::LinuxContainerizer::new(agora_containerizer::linux::LinuxConfig {
+        isolation,
+        runtime_dir: config.work_dir.join("containers"),
+        cgroups_root: config.cgroups_root.clone(),
+        supervisor: vec![config.executor_path.to_string_lossy().into_owned(), "supervisor".into()],
+        enable_cfs: config.cgroups_enable_cfs,
+        pids_max: config.cgroups_pids_max,
+    })?;
+    let orphans = linux.cleanup_orphans();
+    if orphans > 0 {
+        tracing::info!(orphans, "destroyed containers left by a previous run");
+    }
+    Ok(Arc::new(linux))
 }
 
 impl Agent {
@@ -113,7 +159,7 @@ impl Agent {
             domain: None,
         };
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
-        let containerizer: Arc<dyn containerizer::Containerizer> = Arc::new(containerizer::PosixContainerizer::new());
+        let containerizer = make_containerizer(&config)?;
         let (handle, actor) = state::spawn(config.clone(), info, containerizer, out_tx);
         let reconnect = Arc::new(tokio::sync::Notify::new());
         let link_task = tokio::spawn(link::run(config.clone(), handle.clone(), reconnect.clone()));
@@ -121,6 +167,12 @@ impl Agent {
         let server = tokio::spawn(agora_http::serve(listener, http::handler(handle.clone(), config.clone())));
         tracing::info!(%addr, resources = %total, master = %config.master, "agent started");
         Ok(Agent { addr, handle, tasks: vec![actor, link_task, out_task, server] })
+    }
+
+    /// Destroys every container (waiting up to 10 s for them to end), then stops.
+    pub async fn shutdown(&self) {
+        let _ = self.handle.ask(|reply| state::Msg::Shutdown { reply }).await;
+        self.stop();
     }
 
     pub fn stop(&self) {

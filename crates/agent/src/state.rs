@@ -1,12 +1,12 @@
 //! The agent's state and the one task that owns it: frameworks, executors, tasks, and the
 //! status update manager that delivers every update to the master at least once, in order
 //! per task, until the framework acknowledges it.
-use crate::containerizer::{ContainerExit, Containerizer, LaunchSpec};
 use crate::AgentConfig;
 use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
 use agora_api::executor as exec;
 use agora_api::json::{to_ascii_json, Bytes as B64};
 use agora_api::*;
+use agora_containerizer::{ContainerExit, Containerizer, LaunchSpec};
 use agora_http::http::StatusCode;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -33,6 +33,10 @@ impl ApiError {
 pub enum Query {
     State,
     Metrics,
+    /// Per-container resource usage: `/monitor/statistics` (`false`) or `/containers` (`true`).
+    Containers {
+        detailed: bool,
+    },
     /// Resolves a `/files` path (virtual or real) to a host path inside the work dir.
     SandboxRoot,
 }
@@ -80,6 +84,11 @@ pub enum Msg {
         executor_id: ExecutorId,
         container_id: ContainerId,
     },
+    /// Destroy every container and answer once they have all ended (or the deadline passed).
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+    ShutdownDeadline,
 }
 
 #[derive(Clone)]
@@ -162,6 +171,8 @@ pub(crate) struct State {
     start_time: f64,
     started: Instant,
     counters: Counters,
+    /// Set while the agent shuts down: answered when the last container ended.
+    shutdown: Option<oneshot::Sender<()>>,
 }
 
 #[derive(Default)]
@@ -208,6 +219,7 @@ pub(crate) fn spawn(
         start_time: now_secs(),
         started: Instant::now(),
         counters: Counters::default(),
+        shutdown: None,
     };
     let task = tokio::spawn(run(st, rx, exits_rx));
     (Handle { tx }, task)
@@ -294,6 +306,7 @@ impl State {
                         &executor_id,
                         Reason::ReasonExecutorRegistrationTimeout,
                         "Executor did not register in time",
+                        None,
                     );
                     self.containerizer.destroy(&container_id);
                 }
@@ -316,6 +329,25 @@ impl State {
             }
             Msg::Query { query, reply } => {
                 let _ = reply.send(self.query(&query));
+            }
+            Msg::Shutdown { reply } => {
+                tracing::info!("agent shutting down: destroying its containers");
+                for c in self.containerizer.containers() {
+                    self.containerizer.destroy(&c);
+                }
+                self.shutdown = Some(reply);
+                self.maybe_shutdown_done();
+                let tx = self.self_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let _ = tx.send(Msg::ShutdownDeadline);
+                });
+            }
+            Msg::ShutdownDeadline => {
+                if let Some(r) = self.shutdown.take() {
+                    tracing::warn!("containers still running at the shutdown deadline");
+                    let _ = r.send(());
+                }
             }
         }
     }
@@ -542,13 +574,59 @@ impl State {
                 (argv, false)
             }
         };
-        let user = task
-            .command
-            .as_ref()
-            .and_then(|c| c.user.clone())
-            .or_else(|| executor_info.command.as_ref().and_then(|c| c.user.clone()))
-            .or_else(|| Some(framework_info.user.clone()).filter(|u| !u.is_empty()));
-        let spec = LaunchSpec { container_id: cid.clone(), argv, shell, env, directory: directory.clone(), user };
+        // Tasks run as CommandInfo.user, else as the framework's user (`--switch-user`).
+        let user = if self.config.switch_user {
+            task.command
+                .as_ref()
+                .and_then(|c| c.user.clone())
+                .or_else(|| executor_info.command.as_ref().and_then(|c| c.user.clone()))
+                .or_else(|| Some(framework_info.user.clone()).filter(|u| !u.is_empty()))
+        } else {
+            None
+        };
+        if is_command {
+            if let Some(c) = task.command.as_mut() {
+                c.user = user.clone();
+            }
+        }
+        let mut total = Resources::from_vec(executor_info.resources.clone());
+        if !is_command {
+            total.add_all(&Resources::from_vec(task.resources.clone()));
+        }
+        let overhead = |name: &str| {
+            if is_command {
+                if name == "cpus" {
+                    0.1
+                } else {
+                    32.0
+                }
+            } else {
+                0.0
+            }
+        };
+        let limit = |name: &str| -> Option<f64> {
+            let v = task.limits.as_ref()?.get(name)?;
+            let x = match v {
+                serde_json::Value::String(s) if s == "Infinity" => f64::INFINITY,
+                serde_json::Value::Number(n) => n.as_f64()?,
+                serde_json::Value::Object(o) => o.get("value").and_then(|v| v.as_f64())?,
+                _ => return None,
+            };
+            Some(x + overhead(name))
+        };
+        let spec = LaunchSpec {
+            container_id: cid.clone(),
+            argv,
+            shell,
+            env,
+            directory: directory.clone(),
+            user,
+            cpus: Some(total.scalar("cpus")).filter(|c| *c > 0.0),
+            mem_mb: Some(total.scalar("mem")).filter(|m| *m > 0.0),
+            cpus_limit: limit("cpus"),
+            mem_limit_mb: limit("mem"),
+            container_info: task.container.clone().or_else(|| executor_info.container.clone()),
+        };
         let mut executor = Executor {
             info: executor_info,
             container_id: cid.clone(),
@@ -895,6 +973,14 @@ impl State {
         }
         let killing_capable =
             self.frameworks.get(fid).map(|f| f.info.has_capability("TASK_KILLING_STATE")).unwrap_or(false);
+        if status.state == TaskState::Failed {
+            // A task killed by the OOM killer fails for its memory limit, whatever the
+            // executor saw (a SIGKILL).
+            let cid = self.executor(fid, eid).map(|e| e.container_id.clone());
+            if let Some(l) = cid.and_then(|c| self.containerizer.limitation(&c)) {
+                apply_limitation(&mut status, &l);
+            }
+        }
         let agent_id = self.agent_id.clone();
         let Some(e) = self.executor_mut(fid, eid) else {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "Executor cannot be found"));
@@ -949,7 +1035,20 @@ impl State {
         Ok(())
     }
 
+    fn maybe_shutdown_done(&mut self) {
+        if self.shutdown.is_some() && self.containerizer.containers().is_empty() {
+            if let Some(r) = self.shutdown.take() {
+                let _ = r.send(());
+            }
+        }
+    }
+
     fn container_exited(&mut self, exit: ContainerExit) {
+        self.container_ended(exit);
+        self.maybe_shutdown_done();
+    }
+
+    fn container_ended(&mut self, exit: ContainerExit) {
         let Some((fid, eid)) = self.containers.remove(&exit.container_id) else { return };
         let span = tracing::info_span!("executor_exited", framework_id = %fid, executor_id = %eid);
         let _e = span.enter();
@@ -957,7 +1056,12 @@ impl State {
         self.counters.executors_terminated += 1;
         let shutting_down = self.frameworks.get(&fid).map(|f| f.shutting_down).unwrap_or(true);
         if !shutting_down {
-            self.fail_executor_tasks(&fid, &eid, Reason::ReasonExecutorTerminated, "Executor terminated");
+            match &exit.limitation {
+                Some(l) => self.fail_executor_tasks(&fid, &eid, l.reason, &l.message, Some(l)),
+                None => {
+                    self.fail_executor_tasks(&fid, &eid, Reason::ReasonExecutorTerminated, "Executor terminated", None)
+                }
+            }
         }
         if let Some(e) = self.executor_mut(&fid, &eid) {
             e.state = ExecState::Terminated;
@@ -979,13 +1083,24 @@ impl State {
     }
 
     /// Every task of the executor that is not terminal yet ends FAILED.
-    fn fail_executor_tasks(&mut self, fid: &FrameworkId, eid: &ExecutorId, reason: Reason, message: &str) {
+    fn fail_executor_tasks(
+        &mut self,
+        fid: &FrameworkId,
+        eid: &ExecutorId,
+        reason: Reason,
+        message: &str,
+        limitation: Option<&agora_containerizer::Limitation>,
+    ) {
         let Some(e) = self.executor(fid, eid) else { return };
         let mut ids: Vec<TaskId> = e.queued.iter().map(|t| t.task_id.clone()).collect();
         ids.extend(e.tasks.values().filter(|t| !t.state.is_terminal()).map(|t| t.info.task_id.clone()));
         let mut updates = Vec::new();
         for tid in ids {
-            updates.push(self.agent_status(&tid, Some(eid), TaskState::Failed, Some(reason), message));
+            let mut s = self.agent_status(&tid, Some(eid), TaskState::Failed, Some(reason), message);
+            if let Some(l) = limitation {
+                apply_limitation(&mut s, l);
+            }
+            updates.push(s);
         }
         if let Some(e) = self.executor_mut(fid, eid) {
             let queued = std::mem::take(&mut e.queued);
@@ -1154,6 +1269,7 @@ impl State {
         match q {
             Query::State => self.state_json(),
             Query::Metrics => self.metrics(),
+            Query::Containers { detailed } => self.containers_json(*detailed),
             Query::SandboxRoot => serde_json::json!({
                 "work_dir": self.config.work_dir,
                 "agent_id": self.agent_id.as_ref().map(|a| a.value.clone()),
@@ -1237,6 +1353,28 @@ impl State {
         })
     }
 
+    fn containers_json(&self, detailed: bool) -> serde_json::Value {
+        let mut out = Vec::new();
+        for (fid, fw) in &self.frameworks {
+            for e in fw.executors.values().filter(|e| e.state != ExecState::Terminated) {
+                let stats = self.containerizer.usage(&e.container_id);
+                let mut entry = serde_json::json!({
+                    "framework_id": fid.value,
+                    "executor_id": e.info.executor_id.value,
+                    "executor_name": e.info.name.clone().unwrap_or_default(),
+                    "source": e.info.source.clone().unwrap_or_default(),
+                    "statistics": stats.map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or_else(|| serde_json::json!({})),
+                });
+                if detailed {
+                    entry["container_id"] = serde_json::json!(e.container_id.value);
+                    entry["status"] = serde_json::json!({ "executor_pid": e.pid });
+                }
+                out.push(entry);
+            }
+        }
+        serde_json::Value::Array(out)
+    }
+
     fn metrics(&self) -> serde_json::Value {
         let live = |s: TaskState| {
             self.frameworks
@@ -1279,6 +1417,13 @@ impl State {
             "slave/disk_total": total.scalar("disk"),
         })
     }
+}
+
+/// Marks a status as caused by a container limitation (`TaskStatus.limitation`).
+fn apply_limitation(s: &mut TaskStatus, l: &agora_containerizer::Limitation) {
+    s.reason = Some(l.reason);
+    s.message = Some(l.message.clone());
+    s.limitation = Some(serde_json::json!({ "resources": l.resources }));
 }
 
 /// Points `runs/latest` at the newest run, as Mesos does.

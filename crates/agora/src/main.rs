@@ -46,6 +46,12 @@ enum Command {
     /// The built-in command executor (started by the agent).
     #[command(hide = true)]
     Executor,
+    /// The per-container supervisor (started by the agent; see docs/supervisor.md).
+    #[command(hide = true)]
+    Supervisor {
+        #[arg(long)]
+        runtime_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Clone)]
@@ -166,6 +172,23 @@ struct AgentArgs {
     status_update_retry_interval: Duration,
     #[arg(long, env = "AGORA_REGISTRATION_BACKOFF_FACTOR", default_value = "1secs", value_parser = parse_duration)]
     registration_backoff_factor: Duration,
+    /// Isolators by their Mesos names; default as root:
+    /// cgroups/cpu,cgroups/mem,cgroups/pids,namespaces/pid,namespaces/ipc,filesystem/linux,linux/capabilities,linux/nnp,linux/seccomp
+    /// (posix/cpu,posix/mem otherwise).
+    #[arg(long, env = "AGORA_ISOLATION")]
+    isolation: Option<String>,
+    /// The cgroup under which every container's cgroup lives.
+    #[arg(long, env = "AGORA_CGROUPS_ROOT", default_value = "agora")]
+    cgroups_root: String,
+    /// Enforce CPU limits with CFS quota (hard limits), not only shares.
+    #[arg(long, env = "AGORA_CGROUPS_ENABLE_CFS")]
+    cgroups_enable_cfs: bool,
+    /// Maximum number of processes in one container (cgroups/pids).
+    #[arg(long, env = "AGORA_CGROUPS_PIDS_MAX", default_value_t = 4096)]
+    cgroups_pids_max: u64,
+    /// Run tasks as their user (CommandInfo.user, else FrameworkInfo.user).
+    #[arg(long, env = "AGORA_SWITCH_USER", default_value_t = true, action = clap::ArgAction::Set)]
+    switch_user: bool,
 }
 
 impl AgentArgs {
@@ -177,6 +200,9 @@ impl AgentArgs {
             ("work_dir".into(), self.work_dir.display().to_string()),
             ("resources".into(), self.resources.clone().unwrap_or_default()),
             ("attributes".into(), self.attributes.clone().unwrap_or_default()),
+            ("isolation".into(), self.isolation.clone().unwrap_or_default()),
+            ("cgroups_root".into(), self.cgroups_root.clone()),
+            ("switch_user".into(), self.switch_user.to_string()),
         ];
         Ok(AgentConfig {
             master: self.master.clone(),
@@ -191,6 +217,11 @@ impl AgentArgs {
             status_update_retry_interval: self.status_update_retry_interval,
             registration_backoff_factor: self.registration_backoff_factor,
             executor_path: std::env::current_exe().context("cannot find the agora binary for the command executor")?,
+            isolation: self.isolation.clone(),
+            cgroups_root: self.cgroups_root.clone(),
+            cgroups_enable_cfs: self.cgroups_enable_cfs,
+            cgroups_pids_max: self.cgroups_pids_max,
+            switch_user: self.switch_user,
             flags,
         })
     }
@@ -276,6 +307,10 @@ async fn wait_for_shutdown() {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
+    // The supervisor stays single-threaded (it forks into containers): no runtime.
+    if let Command::Supervisor { runtime_dir } = &cli.command {
+        return std::process::ExitCode::from(agora_containerizer::supervisor::run(runtime_dir).clamp(0, 255) as u8);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -307,6 +342,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let a = Agent::start(args.config()?).await?;
             println!("agora agent listening on {}", a.addr);
             wait_for_shutdown().await;
+            a.shutdown().await;
             Ok(0)
         }
         Command::Dev(args) => {
@@ -333,6 +369,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             println!("agora dev cluster: master http://{} agent http://{}", master.addr, agent.addr);
             println!("try: agora run --master {} -- echo hello", master.addr);
             wait_for_shutdown().await;
+            agent.shutdown().await;
             Ok(0)
         }
         Command::Run(args) => {
@@ -350,6 +387,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Framework { list: ListCommand::List(l) } => list(View::Frameworks, l).await,
         Command::Task { list: ListCommand::List(l) } => list(View::Tasks, l).await,
+        Command::Supervisor { .. } => Ok(0),
         Command::Executor => {
             // The executor's log lands in the task's sandbox stderr: keep it quiet.
             init_tracing("warn");

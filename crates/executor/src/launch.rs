@@ -116,7 +116,10 @@ pub(crate) fn plan(
         _ => None,
     };
 
-    Ok(Plan { program, argv0, args, env, cwd: config.directory.clone(), user })
+    // Inside a container the host path of the sandbox may be hidden (e.g. under a private
+    // /tmp); MESOS_SANDBOX is the sandbox as the container sees it.
+    let cwd = if config.sandbox.is_dir() { config.sandbox.clone() } else { config.directory.clone() };
+    Ok(Plan { program, argv0, args, env, cwd, user })
 }
 
 /// The credentials to switch to for `name`, or `None` when the task runs as the
@@ -212,7 +215,7 @@ mod tests {
             framework_id: FrameworkId::new("fw"),
             executor_id: ExecutorId::new("t1"),
             directory: PathBuf::from("/var/sandbox"),
-            sandbox: PathBuf::from("/mnt/mesos/sandbox"),
+            sandbox: PathBuf::from("/nonexistent-agora/sandbox"),
             shutdown_grace: Duration::from_secs(5),
             checkpoint: false,
             recovery_timeout: Duration::from_secs(900),
@@ -294,7 +297,7 @@ mod tests {
         assert_eq!(get("MESOS_CHECKPOINT"), None);
         assert_eq!(get("MESOS_EXECUTOR_ID").as_deref(), Some("t1"));
         assert_eq!(get("MESOS_FRAMEWORK_ID").as_deref(), Some("fw"));
-        assert_eq!(get("MESOS_SANDBOX").as_deref(), Some("/mnt/mesos/sandbox"));
+        assert_eq!(get("MESOS_SANDBOX").as_deref(), Some("/nonexistent-agora/sandbox"));
         assert_eq!(get("MESOS_TASK_ID").as_deref(), Some("t1"));
     }
 

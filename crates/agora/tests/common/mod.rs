@@ -36,8 +36,17 @@ impl Proc {
 }
 
 impl Drop for Proc {
+    /// SIGTERM (agents then destroy their containers), SIGKILL after 10 s.
     fn drop(&mut self) {
         self.signal(nix::sys::signal::Signal::SIGCONT);
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         self.signal(nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }

@@ -1,69 +1,18 @@
-//! The containerizer seam: how an executor's process is started, watched and destroyed.
-//!
-//! The agent only talks to the [`Containerizer`] trait. [`PosixContainerizer`] is the first
-//! implementation: the executor runs as its own process group in its sandbox directory, with
-//! stdout and stderr in the sandbox, as the leader of a session of its own so that everything
-//! it starts (its task's process group, double-forked daemons) is destroyed with it. Later implementations (namespaces and cgroups, images)
-//! plug in behind the same trait.
+//! The `posix` launcher: the executor runs as a plain process, leader of a session of its
+//! own in its sandbox directory, with stdout and stderr in the sandbox. No isolation: it is
+//! the fallback when the agent is not root, and the reference the linux launcher is
+//! measured against.
+use crate::{ContainerExit, Containerizer, ContainerizerError, LaunchSpec};
 use agora_api::ContainerId;
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use thiserror::Error;
 use tokio::sync::mpsc;
 
-/// What to run in a new container.
-#[derive(Clone, Debug)]
-pub struct LaunchSpec {
-    pub container_id: ContainerId,
-    /// The program and its arguments (argv[0] first).
-    pub argv: Vec<String>,
-    /// Run through `/bin/sh -c argv[0]` instead.
-    pub shell: bool,
-    pub env: Vec<(String, String)>,
-    /// The sandbox: working directory, holds `stdout` and `stderr`.
-    pub directory: PathBuf,
-    /// Run as this user (when the agent is root).
-    pub user: Option<String>,
-}
-
-/// A container's end, as the containerizer observed it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ContainerExit {
-    pub container_id: ContainerId,
-    /// The wait status: exit code, or 128+signal when killed by a signal.
-    pub status: Option<i32>,
-    pub message: String,
-}
-
-#[derive(Debug, Error)]
-pub enum ContainerizerError {
-    #[error("container {id}: cannot prepare sandbox {path}: {source}")]
-    Sandbox { id: String, path: PathBuf, source: std::io::Error },
-    #[error("container {id}: cannot start '{program}': {source}")]
-    Spawn { id: String, program: String, source: std::io::Error },
-    #[error("container {id}: user '{user}' does not exist")]
-    NoSuchUser { id: String, user: String },
-    #[error("container {id}: empty command")]
-    EmptyCommand { id: String },
-}
-
-/// One plugin point: start, destroy, and report the end of containers.
-pub trait Containerizer: Send + Sync {
-    /// Starts the container; its end is reported once on `exits`.
-    fn launch(&self, spec: LaunchSpec, exits: mpsc::UnboundedSender<ContainerExit>) -> Result<u32, ContainerizerError>;
-    /// Kills every process of the container (idempotent).
-    fn destroy(&self, id: &ContainerId);
-    /// Containers currently running.
-    fn containers(&self) -> Vec<ContainerId>;
-}
-
-/// Processes in their own process group; no isolation.
 /// Starts the executor as the leader of a new session: its tasks (in process groups of their
 /// own) and their double-forked children stay in that session, so the container can be
 /// destroyed as a whole without cgroups.
 #[allow(unsafe_code)]
-fn new_session(cmd: &mut std::process::Command) {
+pub(crate) fn new_session(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt as _;
     // SAFETY: the closure runs in the forked child before exec and only calls setsid(2),
     // which is async-signal-safe and touches no memory shared with the parent.
@@ -193,7 +142,7 @@ impl Containerizer for PosixContainerizer {
             if let Ok(mut m) = pids.lock() {
                 m.remove(&cid);
             }
-            let _ = exits.send(ContainerExit { container_id: cid, status, message });
+            let _ = exits.send(ContainerExit { container_id: cid, status, message, limitation: None });
         });
         Ok(pid)
     }
@@ -228,6 +177,7 @@ mod tests {
             env: vec![],
             directory: dir.clone(),
             user: None,
+            ..Default::default()
         };
         c.launch(spec, tx).unwrap();
         let exit = rx.recv().await.unwrap();
@@ -250,6 +200,7 @@ mod tests {
             env: vec![],
             directory: dir.clone(),
             user: None,
+            ..Default::default()
         };
         c.launch(spec, tx).unwrap();
         c.destroy(&ContainerId::new("c2"));
@@ -272,6 +223,7 @@ mod tests {
                 env: vec![],
                 directory: dir.clone(),
                 user: Some("no-such-user-agora".into()),
+                ..Default::default()
             };
             let e = c.launch(spec, tx).unwrap_err();
             assert!(e.to_string().contains("does not exist"), "{e}");

@@ -1,0 +1,268 @@
+//! Every task a real container: namespaces, cgroups, capabilities, seccomp, users, clean
+//! kills. Runs as root against the machine's real cgroups.
+mod common;
+
+use agora_api::*;
+use common::*;
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(30);
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+async fn one_offer(fw: &mut Fw) -> Offer {
+    loop {
+        if let Some(o) = fw.offers().await.into_iter().next() {
+            return o;
+        }
+    }
+}
+
+async fn run_task(fw: &mut Fw, id: &str, cmd: &str, cpus: f64, mem: f64) -> Vec<TaskStatus> {
+    let offer = one_offer(fw).await;
+    fw.launch_on(&offer, &[(id, cmd)], cpus, mem).await;
+    let mut seen = vec![];
+    loop {
+        let s = fw.update(id, T).await.unwrap_or_else(|| panic!("task {id} did not end; saw {:?}", states(&seen)));
+        let done = s.state.is_terminal();
+        seen.push(s);
+        if done {
+            return seen;
+        }
+    }
+}
+
+fn sandbox_file(c: &Cluster, fw: &Fw, agent: &str, task: &str, file: &str) -> String {
+    let p = c
+        .dir
+        .join("agent0/slaves")
+        .join(agent)
+        .join("frameworks")
+        .join(&fw.s.framework_id.value)
+        .join("executors")
+        .join(task)
+        .join("runs/latest")
+        .join(file);
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_sees_its_own_container() {
+    assert!(is_root(), "isolation tests need root");
+    let c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("inside", true, 0.0)).await;
+    // Each check prints a line; the task fails if any check fails.
+    let script = r#"
+        fail=0
+        n=$(ls /proc | grep -c '^[0-9]')
+        [ "$n" -lt 10 ] && echo "pid-ns ok ($n processes)" || { echo "pid-ns FAIL: $n processes"; fail=1; }
+        [ "$(cat /proc/1/comm)" != systemd ] && [ "$(cat /proc/1/comm)" != init ] && echo "pid1 ok: $(cat /proc/1/comm)" || { echo "pid1 FAIL"; fail=1; }
+        [ "$(hostname)" != "$HOST_NAME" ] && echo "uts ok: $(hostname)" || { echo "uts FAIL"; fail=1; }
+        touch /tmp/private-marker && echo "tmp ok" || { echo "tmp FAIL"; fail=1; }
+        [ -f /mnt/mesos/sandbox/stdout ] && [ "$MESOS_SANDBOX" = /mnt/mesos/sandbox ] && echo "sandbox ok" || { echo "sandbox FAIL"; fail=1; }
+        mkdir -p /tmp/m && mount -t tmpfs none /tmp/m 2>/dev/null && { echo "mount FAIL"; fail=1; } || echo "mount denied ok"
+        date -s '2001-01-01' >/dev/null 2>&1 && { echo "clock FAIL"; fail=1; } || echo "clock denied ok"
+        ( echo 1 > /proc/sys/vm/drop_caches ) 2>/dev/null && { echo "procsys FAIL"; fail=1; } || echo "proc/sys read-only ok"
+        bnd=$(grep CapBnd /proc/self/status | awk '{print $2}')
+        # CAP_SYS_MODULE is bit 16, CAP_SYS_ADMIN bit 21, CAP_SYS_TIME bit 25.
+        [ $(( 0x$bnd >> 16 & 1 )) -eq 0 ] && [ $(( 0x$bnd >> 21 & 1 )) -eq 0 ] && [ $(( 0x$bnd >> 25 & 1 )) -eq 0 ] && echo "caps ok ($bnd)" || { echo "caps FAIL ($bnd)"; fail=1; }
+        grep -q '^NoNewPrivs:[[:space:]]*1' /proc/self/status && echo "nnp ok" || { echo "nnp FAIL"; fail=1; }
+        grep -q '^Seccomp:[[:space:]]*2' /proc/self/status && echo "seccomp ok" || { echo "seccomp FAIL"; fail=1; }
+        exit $fail
+    "#;
+    let host = nix::unistd::gethostname().unwrap().to_string_lossy().into_owned();
+    let offer = one_offer(&mut fw).await;
+    let mut cmd = CommandInfo::shell(script);
+    cmd.environment = Some(Environment {
+        variables: vec![EnvVariable { name: "HOST_NAME".into(), kind: None, value: Some(host), secret: None }],
+    });
+    fw.s.launch(vec![offer.id.clone()], vec![task_info("inside", &offer.agent_id, cmd, 0.1, 64.0)], 0.0).await.unwrap();
+    let end = fw.until_state("inside", TaskState::Finished, T).await;
+    let out = sandbox_file(&c, &fw, &offer.agent_id.value, "inside", "stdout");
+    assert_eq!(end.last().unwrap().state, TaskState::Finished, "{out}\n{}", c.logs());
+    assert!(out.contains("seccomp ok") && out.contains("pid-ns ok"), "{out}");
+    // The task's /tmp was its own.
+    assert!(!std::path::Path::new("/tmp/private-marker").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_hog_fails_with_the_memory_limitation() {
+    assert!(is_root());
+    let c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("hog", true, 0.0)).await;
+    let seen = run_task(&mut fw, "hog", "head -c 1000m /dev/zero | tail", 0.1, 64.0).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, TaskState::Failed, "{:?}\n{}", last, c.logs());
+    assert_eq!(last.reason, Some(Reason::ReasonContainerLimitationMemory), "{last:?}");
+    let lim = last.limitation.as_ref().expect("limitation set");
+    assert_eq!(lim["resources"][0]["name"], "mem");
+    // The agent is fine and runs the next task.
+    let ok = run_task(&mut fw, "after", "true", 0.1, 64.0).await;
+    assert_eq!(ok.last().unwrap().state, TaskState::Finished);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn process_count_is_bounded_by_pids() {
+    assert!(is_root());
+    let c = Cluster::start(1, &[], &["--cgroups-pids-max", "40"]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("forky", true, 0.0)).await;
+    // Try to start 200 sleepers (perl keeps going when fork fails; sh would stop).
+    let script = r#"perl -e 'my $n = 0; for (1..200) { my $p = fork(); next unless defined $p; if ($p == 0) { sleep 3; exit 0 } $n++ } print "started=$n\n"; 1 while wait() > 0;'"#;
+    let offer = one_offer(&mut fw).await;
+    fw.launch_on(&offer, &[("forky", script)], 0.1, 64.0).await;
+    fw.until_state("forky", TaskState::Running, T).await;
+    // While it runs, the container never holds more than 40 processes.
+    let agent = c.agents[0].addr.clone();
+    let mut max_seen = 0;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < deadline {
+        let stats = get_json(&format!("http://{agent}/monitor/statistics")).await;
+        if let Some(p) = stats[0]["statistics"]["processes"].as_u64() {
+            max_seen = max_seen.max(p);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(max_seen > 5 && max_seen <= 40, "processes in the container: {max_seen}");
+    fw.until_state("forky", TaskState::Finished, T).await;
+    let out = sandbox_file(&c, &fw, &offer.agent_id.value, "forky", "stdout");
+    let started: usize = out.trim().trim_start_matches("started=").parse().unwrap_or(999);
+    assert!(started < 40, "{started} processes started under pids.max 40");
+    let health = agora_http::Client::new().get(&format!("http://{agent}/health"), T).await.unwrap();
+    assert!(health.status.is_success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cpu_shares_split_two_to_one() {
+    assert!(is_root());
+    let c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("cpu", true, 0.0)).await;
+    // Each task keeps both cores busy, so the two compete for the machine.
+    let burn = "while :; do :; done & while :; do :; done & wait";
+    let offer = one_offer(&mut fw).await;
+    let infos = vec![
+        task_info("big", &offer.agent_id, CommandInfo::shell(burn), 1.0, 64.0),
+        task_info("small", &offer.agent_id, CommandInfo::shell(burn), 0.5, 64.0),
+    ];
+    fw.s.launch(vec![offer.id.clone()], infos, 0.0).await.unwrap();
+    fw.until_state("big", TaskState::Running, T).await;
+    fw.until_state("small", TaskState::Running, T).await;
+    let agent = c.agents[0].addr.clone();
+    let usage = |v: &serde_json::Value, id: &str| -> f64 {
+        let e = v.as_array().unwrap().iter().find(|e| e["executor_id"] == id).unwrap();
+        e["statistics"]["cpus_user_time_secs"].as_f64().unwrap()
+            + e["statistics"]["cpus_system_time_secs"].as_f64().unwrap()
+    };
+    let before = get_json(&format!("http://{agent}/monitor/statistics")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = get_json(&format!("http://{agent}/monitor/statistics")).await;
+    let big = usage(&after, "big") - usage(&before, "big");
+    let small = usage(&after, "small") - usage(&before, "small");
+    let ratio = big / small;
+    assert!((1.5..=2.7).contains(&ratio), "cpu time big {big:.2}s small {small:.2}s ratio {ratio:.2}");
+    assert_eq!(after[0]["statistics"]["cpus_limit"].as_f64().map(|c| c > 0.0), Some(true));
+    for t in ["big", "small"] {
+        fw.s.kill(TaskId::new(t), None).await.unwrap();
+        fw.until_state(t, TaskState::Killed, T).await;
+    }
+}
+
+fn count_processes(pattern: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| {
+                    let c = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+                    String::from_utf8_lossy(&c).replace('\0', " ").trim() == pattern
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_task_leaves_no_double_forked_child() {
+    assert!(is_root());
+    let c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("daemon", true, 0.0)).await;
+    let offer = one_offer(&mut fw).await;
+    // A daemon that double-forks away from the task (new session, parent gone).
+    fw.launch_on(&offer, &[("d", "setsid sh -c 'sleep 4321 &' ; sleep 4322")], 0.1, 64.0).await;
+    fw.until_state("d", TaskState::Running, T).await;
+    let up = wait_until(T, || async { (count_processes("sleep 4321") == 1).then_some(()) }).await;
+    assert!(up.is_some(), "the daemon did not start");
+    fw.s.kill(TaskId::new("d"), None).await.unwrap();
+    fw.until_state("d", TaskState::Killed, T).await;
+    let gone =
+        wait_until(T, || async { (count_processes("sleep 4321") + count_processes("sleep 4322") == 0).then_some(()) })
+            .await;
+    assert!(gone.is_some(), "a process of the killed task survived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nobody_cannot_read_a_root_only_file() {
+    assert!(is_root());
+    let secret = std::path::PathBuf::from(format!("/var/tmp/agora-secret-{}", uuid::Uuid::new_v4()));
+    std::fs::write(&secret, "top secret").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("users", true, 0.0)).await;
+    let cmd = format!("id -un; cat {}", secret.display());
+    let offer = one_offer(&mut fw).await;
+    let mut as_nobody = CommandInfo::shell(cmd.clone());
+    as_nobody.user = Some("nobody".into());
+    fw.s.launch(vec![offer.id.clone()], vec![task_info("nob", &offer.agent_id, as_nobody, 0.1, 64.0)], 0.0)
+        .await
+        .unwrap();
+    let end = fw.until_state("nob", TaskState::Failed, T).await;
+    assert_eq!(end.last().unwrap().message.as_deref(), Some("Command exited with status 1"));
+    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id.value, "nob", "stdout"), "nobody\n");
+    // Root (the framework's user) can.
+    let seen = run_task(&mut fw, "rooty", &cmd, 0.1, 64.0).await;
+    assert_eq!(seen.last().unwrap().state, TaskState::Finished);
+    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id.value, "rooty", "stdout"), "root\ntop secret");
+    // An unknown user is a clear failure.
+    let offer = one_offer(&mut fw).await;
+    let mut ghost = CommandInfo::shell("true");
+    ghost.user = Some("no-such-user-agora".into());
+    fw.s.launch(vec![offer.id.clone()], vec![task_info("ghost", &offer.agent_id, ghost, 0.1, 64.0)], 0.0)
+        .await
+        .unwrap();
+    let end = fw.until_state("ghost", TaskState::Failed, T).await;
+    assert!(end.last().unwrap().message.clone().unwrap_or_default().contains("no-such-user-agora"), "{:?}", end.last());
+    let _ = std::fs::remove_file(secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_isolation_and_small_memory_are_refused() {
+    assert!(is_root());
+    // An unknown isolator stops the agent at start with the list of known ones.
+    let out = std::process::Command::new(BIN)
+        .args(["agent", "--port", "0", "--work-dir", "/tmp/agora-bad-iso", "--isolation", "cgroups/cpu,bogus/iso"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bogus/iso") && err.contains("cgroups/mem"), "{err}");
+    let _ = std::fs::remove_dir_all("/tmp/agora-bad-iso");
+
+    let c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("tiny", true, 0.0)).await;
+    // 1 MB of memory plus the executor's 32 MB overhead is fine.
+    let seen = run_task(&mut fw, "ok-small", "true", 0.1, 1.0).await;
+    assert_eq!(seen.last().unwrap().state, TaskState::Finished, "{:?}", seen.last());
+    // A bad rlimit (the isolator is not even on) gets a clear failure, not a stuck container.
+    let offer = one_offer(&mut fw).await;
+    let mut cmd = task_info("rl", &offer.agent_id, CommandInfo::shell("true"), 0.1, 64.0);
+    cmd.container = Some(
+        serde_json::json!({"type": "MESOS", "rlimit_info": {"rlimits": [{"type": "RLMT_NOFILE", "soft": 10, "hard": 5}]}}),
+    );
+    fw.s.launch(vec![offer.id.clone()], vec![cmd], 0.0).await.unwrap();
+    let end = fw.until_state("rl", TaskState::Failed, T).await;
+    let msg = end.last().unwrap().message.clone().unwrap_or_default();
+    assert!(msg.contains("rlimit"), "{msg}");
+}

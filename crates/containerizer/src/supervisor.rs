@@ -1,0 +1,400 @@
+//! The per-container supervisor (`agora supervisor --runtime-dir DIR`): the parent of a
+//! container's init process, outliving the agent. Its protocol is written down in
+//! `docs/supervisor.md`; in short:
+//!
+//! 1. The agent writes `DIR/spec.json` ([`Spec`]) and starts the supervisor detached (its own
+//!    session, output to `DIR/supervisor.log`).
+//! 2. The supervisor starts the init process in new namespaces, inside the container's
+//!    cgroups, with rlimits, no_new_privs, the seccomp filter and the capability bounding set
+//!    applied between fork and exec; then it publishes `DIR/started.json` ([`Started`]).
+//! 3. When init exits (and with a PID namespace, every process of the container with it),
+//!    the supervisor publishes `DIR/exited.json` ([`Exited`]) and exits.
+//!
+//! Records are written atomically and fsynced; `started.json` always exists before
+//! `exited.json`. The supervisor is single-threaded, so the code between fork and exec may
+//! allocate safely.
+use crate::fsutil::{read_json, write_json};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A mount made in the container's mount namespace, in order.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MountSpec {
+    pub source: Option<PathBuf>,
+    pub target: PathBuf,
+    pub fstype: Option<String>,
+    pub bind: bool,
+    pub recursive: bool,
+    pub readonly: bool,
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+    pub data: Option<String>,
+    /// Create the target directory first.
+    pub mkdir: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RlimitSpec {
+    /// Mesos name, e.g. `RLMT_NOFILE`.
+    pub resource: String,
+    /// `None` = unlimited.
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// What the supervisor starts (`spec.json`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    pub container_id: String,
+    pub argv: Vec<String>,
+    pub shell: bool,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    pub new_pid_ns: bool,
+    pub new_mount_ns: bool,
+    pub new_uts_ns: bool,
+    pub new_ipc_ns: bool,
+    pub hostname: Option<String>,
+    pub mounts: Vec<MountSpec>,
+    /// `cgroup.procs` files the init process joins before exec (it writes "0").
+    pub cgroup_procs: Vec<PathBuf>,
+    pub rlimits: Vec<RlimitSpec>,
+    /// Capabilities kept (bounding, permitted, effective, inheritable); `None` keeps all.
+    pub capabilities: Option<Vec<String>>,
+    pub no_new_privs: bool,
+    pub seccomp: bool,
+}
+
+/// `started.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Started {
+    pub supervisor_pid: u32,
+    /// The init process, as the host sees it.
+    pub init_pid: u32,
+    pub started_at: f64,
+}
+
+/// `exited.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exited {
+    /// Exit code, or 128+signal when init was killed by a signal; `None` when it never ran.
+    pub status: Option<i32>,
+    pub signal: Option<i32>,
+    pub message: String,
+    pub finished_at: f64,
+}
+
+pub const SPEC: &str = "spec.json";
+pub const STARTED: &str = "started.json";
+pub const EXITED: &str = "exited.json";
+pub const LOG: &str = "supervisor.log";
+
+fn now() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+fn rlimit_resource(name: &str) -> Option<nix::sys::resource::Resource> {
+    use nix::sys::resource::Resource as R;
+    Some(match name {
+        "RLMT_AS" => R::RLIMIT_AS,
+        "RLMT_CORE" => R::RLIMIT_CORE,
+        "RLMT_CPU" => R::RLIMIT_CPU,
+        "RLMT_DATA" => R::RLIMIT_DATA,
+        "RLMT_FSIZE" => R::RLIMIT_FSIZE,
+        "RLMT_LOCKS" => R::RLIMIT_LOCKS,
+        "RLMT_MEMLOCK" => R::RLIMIT_MEMLOCK,
+        "RLMT_MSGQUEUE" => R::RLIMIT_MSGQUEUE,
+        "RLMT_NICE" => R::RLIMIT_NICE,
+        "RLMT_NOFILE" => R::RLIMIT_NOFILE,
+        "RLMT_NPROC" => R::RLIMIT_NPROC,
+        "RLMT_RSS" => R::RLIMIT_RSS,
+        "RLMT_RTPRIO" => R::RLIMIT_RTPRIO,
+        "RLMT_RTTIME" => R::RLIMIT_RTTIME,
+        "RLMT_SIGPENDING" => R::RLIMIT_SIGPENDING,
+        "RLMT_STACK" => R::RLIMIT_STACK,
+        _ => return None,
+    })
+}
+
+/// Checks a spec before anything is started: the errors a framework should see.
+pub fn validate(spec: &Spec) -> Result<(), String> {
+    if spec.argv.is_empty() || spec.argv[0].is_empty() {
+        return Err("empty command".into());
+    }
+    for r in &spec.rlimits {
+        if rlimit_resource(&r.resource).is_none() {
+            return Err(format!("unknown rlimit type '{}'", r.resource));
+        }
+        if let (Some(s), Some(h)) = (r.soft, r.hard) {
+            if s > h {
+                return Err(format!("rlimit {}: soft limit {s} is above the hard limit {h}", r.resource));
+            }
+        }
+        if r.soft.is_none() && r.hard.is_some() {
+            return Err(format!("rlimit {}: an unlimited soft limit needs an unlimited hard limit", r.resource));
+        }
+    }
+    if let Some(caps) = &spec.capabilities {
+        for c in caps {
+            capability(c)?;
+        }
+    }
+    Ok(())
+}
+
+/// Parses `CAP_CHOWN`, `CHOWN` or `chown`.
+pub fn capability(name: &str) -> Result<caps::Capability, String> {
+    let canonical = caps::to_canonical(name);
+    canonical.parse::<caps::Capability>().map_err(|_| format!("unknown capability '{name}'"))
+}
+
+/// Everything the child needs, prepared before fork.
+struct Setup {
+    cgroup_procs: Vec<PathBuf>,
+    unshare: nix::sched::CloneFlags,
+    private_root: bool,
+    mounts: Vec<MountSpec>,
+    hostname: Option<String>,
+    rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
+    keep_caps: Option<caps::CapsHashSet>,
+    nnp: bool,
+    seccomp: Option<seccompiler::BpfProgram>,
+}
+
+fn io_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{what}: {e}"))
+}
+
+fn do_mount(m: &MountSpec) -> std::io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    if m.mkdir {
+        std::fs::create_dir_all(&m.target).map_err(|e| io_err(&format!("mkdir {}", m.target.display()), e))?;
+    }
+    let mut flags = MsFlags::empty();
+    if m.bind {
+        flags |= MsFlags::MS_BIND;
+    }
+    if m.recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    if m.nosuid {
+        flags |= MsFlags::MS_NOSUID;
+    }
+    if m.nodev {
+        flags |= MsFlags::MS_NODEV;
+    }
+    if m.noexec {
+        flags |= MsFlags::MS_NOEXEC;
+    }
+    if m.readonly && !m.bind {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(m.source.as_deref(), &m.target, m.fstype.as_deref(), flags, m.data.as_deref())
+        .map_err(|e| io_err(&format!("mount {}", m.target.display()), e))?;
+    if m.bind && m.readonly {
+        // A bind mount becomes read-only only through a remount.
+        let ro = MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | (flags & (MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC));
+        mount(None::<&str>, &m.target, None::<&str>, ro, None::<&str>)
+            .map_err(|e| io_err(&format!("remount {} read-only", m.target.display()), e))?;
+    }
+    Ok(())
+}
+
+/// Runs in the child between fork and exec.
+fn container_setup(s: &Setup) -> std::io::Result<()> {
+    use nix::mount::{mount, MsFlags};
+    // A session of its own: the container's processes can be told from the supervisor.
+    nix::unistd::setsid().map_err(|e| io_err("setsid", e))?;
+    for p in &s.cgroup_procs {
+        std::fs::write(p, b"0").map_err(|e| io_err(&format!("join cgroup {}", p.display()), e))?;
+    }
+    if !s.unshare.is_empty() {
+        nix::sched::unshare(s.unshare).map_err(|e| io_err("unshare", e))?;
+    }
+    if s.private_root {
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+            .map_err(|e| io_err("make / private", e))?;
+    }
+    for m in &s.mounts {
+        do_mount(m)?;
+    }
+    if let Some(h) = &s.hostname {
+        nix::unistd::sethostname(h).map_err(|e| io_err("sethostname", e))?;
+    }
+    for (r, soft, hard) in &s.rlimits {
+        nix::sys::resource::setrlimit(*r, *soft, *hard).map_err(|e| io_err(&format!("setrlimit {r:?}"), e))?;
+    }
+    if s.nnp {
+        nix::sys::prctl::set_no_new_privs().map_err(|e| io_err("no_new_privs", e))?;
+    }
+    if let Some(bpf) = &s.seccomp {
+        // Installed while the process still holds CAP_SYS_ADMIN (or has no_new_privs).
+        seccompiler::apply_filter(bpf).map_err(|e| io_err("seccomp", e))?;
+    }
+    if let Some(keep) = &s.keep_caps {
+        for c in caps::all() {
+            if !keep.contains(&c) {
+                caps::drop(None, caps::CapSet::Bounding, c).map_err(|e| io_err(&format!("drop {c}"), e))?;
+            }
+        }
+        caps::clear(None, caps::CapSet::Ambient).map_err(|e| io_err("clear ambient capabilities", e))?;
+        caps::set(None, caps::CapSet::Inheritable, keep).map_err(|e| io_err("inheritable capabilities", e))?;
+        caps::set(None, caps::CapSet::Effective, keep).map_err(|e| io_err("effective capabilities", e))?;
+        caps::set(None, caps::CapSet::Permitted, keep).map_err(|e| io_err("permitted capabilities", e))?;
+    }
+    Ok(())
+}
+
+fn prepare(spec: &Spec) -> Result<Setup, String> {
+    use nix::sched::CloneFlags;
+    validate(spec)?;
+    let mut unshare = CloneFlags::empty();
+    if spec.new_mount_ns {
+        unshare |= CloneFlags::CLONE_NEWNS;
+    }
+    if spec.new_uts_ns {
+        unshare |= CloneFlags::CLONE_NEWUTS;
+    }
+    if spec.new_ipc_ns {
+        unshare |= CloneFlags::CLONE_NEWIPC;
+    }
+    let inf = nix::sys::resource::RLIM_INFINITY;
+    let rlimits = spec
+        .rlimits
+        .iter()
+        .filter_map(|r| rlimit_resource(&r.resource).map(|res| (res, r.soft.unwrap_or(inf), r.hard.unwrap_or(inf))))
+        .collect();
+    let keep_caps = match &spec.capabilities {
+        None => None,
+        Some(list) => Some(list.iter().map(|c| capability(c)).collect::<Result<caps::CapsHashSet, String>>()?),
+    };
+    let seccomp = if spec.seccomp { Some(crate::seccomp::default_profile()?) } else { None };
+    Ok(Setup {
+        cgroup_procs: spec.cgroup_procs.clone(),
+        unshare,
+        private_root: spec.new_mount_ns,
+        mounts: spec.mounts.clone(),
+        hostname: spec.hostname.clone(),
+        rlimits,
+        keep_caps,
+        nnp: spec.no_new_privs,
+        seccomp,
+    })
+}
+
+#[allow(unsafe_code)]
+fn spawn(spec: &Spec, setup: Setup) -> std::io::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
+    let mut cmd = if spec.shell {
+        let mut c = std::process::Command::new("/bin/sh");
+        c.arg("-c").arg(&spec.argv[0]);
+        c
+    } else {
+        let mut c = std::process::Command::new(&spec.argv[0]);
+        c.args(&spec.argv[1..]);
+        c
+    };
+    cmd.envs(spec.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(&spec.cwd)
+        .stdin(std::process::Stdio::null())
+        .stdout(open(&spec.stdout)?)
+        .stderr(open(&spec.stderr)?);
+    // SAFETY: runs in the child between fork and exec. The supervisor is single-threaded,
+    // so no lock can be held by another thread across the fork; the closure only makes
+    // system calls and allocates, and reports failure through the returned error.
+    unsafe {
+        cmd.pre_exec(move || container_setup(&setup));
+    }
+    cmd.spawn()
+}
+
+/// The supervisor's main: returns its exit code.
+pub fn run(dir: &Path) -> i32 {
+    let exited = |status: Option<i32>, signal: Option<i32>, message: String| {
+        let rec = Exited { status, signal, message, finished_at: now() };
+        if let Err(e) = write_json(&dir.join(EXITED), &rec) {
+            eprintln!("supervisor: cannot write {}: {e}", dir.join(EXITED).display());
+        }
+    };
+    let spec: Spec = match read_json(&dir.join(SPEC)) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            eprintln!("supervisor: no {} in {}", SPEC, dir.display());
+            return 2;
+        }
+        Err(e) => {
+            eprintln!("supervisor: bad spec: {e}");
+            exited(None, None, format!("bad container spec: {e}"));
+            return 2;
+        }
+    };
+    let setup = match prepare(&spec) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("supervisor: {e}");
+            exited(None, None, format!("Failed to launch container: {e}"));
+            return 1;
+        }
+    };
+    if spec.new_pid_ns {
+        // The next child is PID 1 of a new PID namespace; the supervisor stays outside.
+        if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+            exited(None, None, format!("Failed to launch container: unshare(CLONE_NEWPID): {e}"));
+            return 1;
+        }
+    }
+    let mut child = match spawn(&spec, setup) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("supervisor: cannot start {:?}: {e}", spec.argv);
+            exited(None, None, format!("Failed to launch container: {e}"));
+            return 1;
+        }
+    };
+    let started = Started { supervisor_pid: std::process::id(), init_pid: child.id(), started_at: now() };
+    if let Err(e) = write_json(&dir.join(STARTED), &started) {
+        // Without the record nobody can find the container: do not leave it running.
+        eprintln!("supervisor: cannot publish {}: {e}", STARTED);
+        let _ = child.kill();
+    }
+    let status = child.wait();
+    use std::os::unix::process::ExitStatusExt as _;
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => exited(Some(c), None, format!("exited with status {c}")),
+            (None, Some(sig)) => exited(Some(128 + sig), Some(sig), format!("terminated by signal {sig}")),
+            _ => exited(None, None, "ended".into()),
+        },
+        Err(e) => exited(None, None, format!("wait failed: {e}")),
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_catches_bad_rlimits_and_caps() {
+        let mut s = Spec { argv: vec!["true".into()], ..Default::default() };
+        assert!(validate(&s).is_ok());
+        s.rlimits = vec![RlimitSpec { resource: "RLMT_NOPE".into(), soft: None, hard: None }];
+        assert!(validate(&s).unwrap_err().contains("RLMT_NOPE"));
+        s.rlimits = vec![RlimitSpec { resource: "RLMT_NOFILE".into(), soft: Some(10), hard: Some(5) }];
+        assert!(validate(&s).unwrap_err().contains("soft"));
+        s.rlimits.clear();
+        s.capabilities = Some(vec!["CHOWN".into(), "cap_kill".into()]);
+        assert!(validate(&s).is_ok());
+        s.capabilities = Some(vec!["CAP_FLY".into()]);
+        assert!(validate(&s).unwrap_err().contains("CAP_FLY"));
+        s.argv.clear();
+        assert!(validate(&s).is_err());
+    }
+}
