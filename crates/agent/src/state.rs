@@ -171,6 +171,11 @@ pub(crate) struct State {
     start_time: f64,
     started: Instant,
     counters: Counters,
+    /// When each live task's RUN_TASK arrived, for the launch latency figures.
+    launch_times: HashMap<(FrameworkId, TaskId), Instant>,
+    /// Recent RUN_TASK -> TASK_RUNNING and RUN_TASK -> terminal latencies (ms).
+    to_running_ms: VecDeque<f64>,
+    to_exit_ms: VecDeque<f64>,
     /// Set while the agent shuts down: answered when the last container ended.
     shutdown: Option<oneshot::Sender<()>>,
 }
@@ -220,6 +225,9 @@ pub(crate) fn spawn(
         started: Instant::now(),
         counters: Counters::default(),
         shutdown: None,
+        launch_times: HashMap::new(),
+        to_running_ms: VecDeque::new(),
+        to_exit_ms: VecDeque::new(),
     };
     let task = tokio::spawn(run(st, rx, exits_rx));
     (Handle { tx }, task)
@@ -497,6 +505,7 @@ impl State {
         }
         let span = tracing::info_span!("run_task", framework_id = %fid, task_id = %task.task_id);
         let _e = span.enter();
+        self.launch_times.insert((fid.clone(), task.task_id.clone()), Instant::now());
         let (executor_info, is_command) = match &task.executor {
             Some(e) => {
                 let mut e = e.clone();
@@ -837,6 +846,7 @@ impl State {
         }
         // The master has forgotten the framework: nothing of it is delivered any more.
         self.streams.retain(|(f, _), _| f != fid);
+        self.launch_times.retain(|(f, _), _| f != fid);
         self.maybe_remove_framework(fid);
     }
 
@@ -1142,8 +1152,28 @@ impl State {
 
     // ------------------------------------------------------------ status update manager
 
+    fn record_latency(&mut self, key: &(FrameworkId, TaskId), state: TaskState) {
+        const KEEP: usize = 10_000;
+        let push = |q: &mut VecDeque<f64>, v: f64| {
+            if q.len() == KEEP {
+                q.pop_front();
+            }
+            q.push_back(v);
+        };
+        if state == TaskState::Running {
+            if let Some(t) = self.launch_times.get(key) {
+                push(&mut self.to_running_ms, t.elapsed().as_secs_f64() * 1000.0);
+            }
+        } else if state.is_terminal() {
+            if let Some(t) = self.launch_times.remove(key) {
+                push(&mut self.to_exit_ms, t.elapsed().as_secs_f64() * 1000.0);
+            }
+        }
+    }
+
     fn enqueue_update(&mut self, fid: &FrameworkId, status: TaskStatus) {
         let key = (fid.clone(), status.task_id.clone());
+        self.record_latency(&key, status.state);
         let base = self.config.status_update_retry_interval;
         let s = self.streams.entry(key.clone()).or_insert_with(|| UpdateStream {
             pending: VecDeque::new(),
@@ -1412,11 +1442,27 @@ impl State {
             "slave/invalid_status_updates": c.invalid_status_updates,
             "slave/status_update_retries": c.status_update_retries,
             "slave/pending_status_updates": self.streams.values().map(|s| s.pending.len()).sum::<usize>(),
+            "slave/task_launch_to_running_ms_p50": percentile(&self.to_running_ms, 0.50),
+            "slave/task_launch_to_running_ms_p99": percentile(&self.to_running_ms, 0.99),
+            "slave/task_launch_to_exit_ms_p50": percentile(&self.to_exit_ms, 0.50),
+            "slave/task_launch_to_exit_ms_p99": percentile(&self.to_exit_ms, 0.99),
+            "slave/task_launch_samples": self.to_exit_ms.len(),
             "slave/cpus_total": total.scalar("cpus"),
             "slave/mem_total": total.scalar("mem"),
             "slave/disk_total": total.scalar("disk"),
         })
     }
+}
+
+/// The q-quantile of recent samples (nearest rank), 0 when there are none.
+fn percentile(v: &VecDeque<f64>, q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let mut s: Vec<f64> = v.iter().copied().collect();
+    s.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let idx = ((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1;
+    s[idx]
 }
 
 /// Marks a status as caused by a container limitation (`TaskStatus.limitation`).

@@ -266,3 +266,77 @@ async fn bad_isolation_and_small_memory_are_refused() {
     let msg = end.last().unwrap().message.clone().unwrap_or_default();
     assert!(msg.contains("rlimit"), "{msg}");
 }
+
+fn descendants(pid: i32) -> usize {
+    // Children by parent pid, from /proc/<pid>/stat.
+    let mut parent: Vec<(i32, i32)> = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else { continue };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { continue };
+        if let Some(pp) = rest.split_whitespace().nth(1).and_then(|x| x.parse().ok()) {
+            parent.push((p, pp));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let cur = found[i];
+        found.extend(parent.iter().filter(|(_, pp)| *pp == cur).map(|(p, _)| *p));
+        i += 1;
+    }
+    found.len() - 1
+}
+
+fn cgroup_children(root: &str) -> usize {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .unwrap()
+        .flatten()
+        .map(|h| std::fs::read_dir(h.path().join(root)).map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0))
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_lifecycles_leak_nothing() {
+    assert!(is_root());
+    let root = format!("agora-it-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    let c = Cluster::start(1, &[], &["--cgroups-root", &root, "--resources", "cpus:6;mem:8192;disk:100;ports:[31000-32000]"]).await;
+    let agent_pid = c.agents[0].pid();
+    let mounts = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
+    let fds = || std::fs::read_dir(format!("/proc/{agent_pid}/fd")).unwrap().count();
+    let (mounts0, fds0) = (mounts(), fds());
+    assert_eq!(descendants(agent_pid), 0);
+    let mut fw = Fw::subscribe(&c.master.addr, info("churn", true, 0.0)).await;
+    let total = 1000;
+    let (mut next, mut done) = (0, 0);
+    while done < total {
+        let ev = fw.next_matching(Duration::from_secs(60), |_| true).await.expect("events stop");
+        if let Some(o) = ev.offers {
+            for offer in o.offers {
+                let res = Resources::from_vec(offer.resources.clone());
+                let n = ((res.scalar("cpus") / 0.1).floor() as usize).min(total - next).min(40);
+                let infos: Vec<TaskInfo> = (next..next + n)
+                    .map(|i| task_info(&format!("c{i}"), &offer.agent_id, CommandInfo::shell("true"), 0.1, 32.0))
+                    .collect();
+                next += n;
+                fw.s.launch(vec![offer.id.clone()], infos, 0.0).await.unwrap();
+            }
+        } else if let Some(u) = ev.update {
+            assert!(!matches!(u.status.state, TaskState::Failed | TaskState::Error | TaskState::Lost), "{:?}", u.status);
+            if u.status.state == TaskState::Finished {
+                done += 1;
+            }
+        }
+    }
+    let settled = wait_until(Duration::from_secs(30), || async {
+        (descendants(agent_pid) == 0 && cgroup_children(&root) == 0).then_some(())
+    })
+    .await;
+    assert!(settled.is_some(), "left behind: {} processes, {} cgroups", descendants(agent_pid), cgroup_children(&root));
+    assert_eq!(mounts(), mounts0, "host mounts changed");
+    let fds1 = fds();
+    assert!(fds1 <= fds0 + 2, "agent fds grew from {fds0} to {fds1}");
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(h.path().join(&root));
+    }
+}

@@ -7,15 +7,25 @@
 //! the first framework of that role that is active, has not suppressed the role and has no
 //! live refuse filter covering them.
 //!
+//! Cost: a cycle does work per agent and per offer made, not per agent × framework, except
+//! where frameworks' refuse filters must be looked at. Once every framework of a role is
+//! found filtered on an agent, the agent remembers it (until the agent gains resources, a
+//! framework joins the role or the earliest of those filters expires), so a cluster whose
+//! offers were all declined costs a pass over the agents per cycle. Filters are keyed by
+//! dense framework handles, and frameworks that declined the same resources on an agent
+//! share one copy of them. docs/benchmarks.md has the figures.
+//!
 //! **Architecture Invariant:** the allocator performs no I/O, reads no clock (the caller
 //! passes `now`) and is deterministic. For every agent, the sum of its allocations plus its
 //! available resources equals its total: nothing is handed out twice.
 #![forbid(unsafe_code)]
 
-use agora_api::{AgentId, FrameworkId, Resources};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::Hash;
+use agora_api::{AgentId, FrameworkId, Resource, Resources};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::ops::Bound::{Excluded, Unbounded};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Tunables of the allocator.
@@ -65,21 +75,65 @@ fn share(alloc: Option<&Qty>, total: &Qty, weight: f64) -> Share {
     (dominant.map(|(a, t)| *a as f64 / *t as f64).fold(0.0, f64::max) / weight).to_bits()
 }
 
+/// An agent's slot in [`Allocator::agents`]; slots of removed agents are reused.
+type AgentIdx = u32;
+
+/// A framework's handle, never reused: small keys for the refuse filters of every agent.
+type FwIdx = u32;
+
+/// Hashes the small integer handles above by one multiplication, instead of SipHash.
+#[derive(Default)]
+struct HandleHasher(u64);
+
+impl Hasher for HandleHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type HandleMap<V> = HashMap<u32, V, BuildHasherDefault<HandleHasher>>;
+type HandleSet = HashSet<u32, BuildHasherDefault<HandleHasher>>;
+
 /// Members kept in (share, key) order; updating one costs O(log n).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Sorter<K> {
     order: BTreeSet<(Share, K)>,
     share: HashMap<K, Share>,
 }
 
+impl<K> Default for Sorter<K> {
+    fn default() -> Self {
+        Sorter { order: BTreeSet::new(), share: HashMap::new() }
+    }
+}
+
 impl<K: Ord + Hash + Clone> Sorter<K> {
-    fn set(&mut self, key: K, share: Share) {
-        match self.share.insert(key.clone(), share) {
-            Some(old) if old == share => return,
-            Some(old) => self.order.remove(&(old, key.clone())),
-            None => false,
-        };
-        self.order.insert((share, key));
+    fn set(&mut self, key: &K, share: Share) {
+        match self.share.get_mut(key) {
+            Some(old) if *old == share => return,
+            Some(old) => {
+                self.order.remove(&(*old, key.clone()));
+                *old = share;
+            }
+            None => {
+                self.share.insert(key.clone(), share);
+            }
+        }
+        self.order.insert((share, key.clone()));
     }
 
     fn remove(&mut self, key: &K) {
@@ -89,23 +143,84 @@ impl<K: Ord + Hash + Clone> Sorter<K> {
     }
 }
 
+/// A framework as the sorters hold it: ordered by id, with its handle at hand.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct FwKey {
+    id: FrameworkId,
+    idx: FwIdx,
+}
+
+/// The offerable frameworks of one role.
+#[derive(Debug, Default)]
+struct RoleFrameworks {
+    sorter: Sorter<FwKey>,
+    /// Stamp of the last time a framework joined: a framework can be offered resources that
+    /// every earlier member had refused.
+    joined: u64,
+}
+
+/// Resources a framework refused for a role on an agent. Frameworks that refused the same
+/// on the same agent share one copy.
+#[derive(Debug, PartialEq)]
+struct Refused {
+    role: String,
+    /// With allocation role `role`.
+    resources: Resources,
+}
+
+#[derive(Debug)]
+struct Filter {
+    refused: Arc<Refused>,
+    until: Duration,
+}
+
+/// Every offerable framework of a role had a live filter covering what the agent has for
+/// the role: no need to look at the filters again while this holds.
+#[derive(Debug)]
+struct AllFiltered {
+    /// `RoleFrameworks::joined` when found.
+    joined: u64,
+    /// The earliest expiry of the filters relied on.
+    until: Duration,
+}
+
 #[derive(Debug)]
 struct Agent {
+    id: AgentId,
     /// Without allocation roles, like `available`.
     total: Resources,
     available: Resources,
     /// Per framework, with allocation roles.
     allocations: BTreeMap<FrameworkId, Resources>,
     active: bool,
-    /// Frameworks holding refuse filters for this agent.
-    filtered_by: BTreeSet<FrameworkId>,
+    /// Refuse filters per framework handle.
+    filters: HandleMap<Vec<Filter>>,
+    /// The last refused resources recorded, to share with the next framework refusing them.
+    last_refused: Option<Arc<Refused>>,
+    /// Per role. Cleared whenever `available` grows.
+    all_filtered: HashMap<String, AllFiltered>,
+}
+
+impl Agent {
+    /// Resources came back: filters may no longer cover what the agent has.
+    fn gain(&mut self, resources: &Resources) {
+        if !resources.is_empty() {
+            self.available.add_all(resources);
+            self.all_filtered.clear();
+        }
+    }
 }
 
 #[derive(Debug)]
 struct Framework {
+    key: FwKey,
     roles: BTreeSet<String>,
     suppressed: BTreeSet<String>,
     active: bool,
+    /// Agents that hold (or held: expired filters are dropped lazily) refuse filters of
+    /// this framework; a superset, so that its filters can be dropped without a pass over
+    /// all agents.
+    filtered_on: HandleSet,
 }
 
 impl Framework {
@@ -119,26 +234,21 @@ impl Framework {
 /// reported running.
 #[derive(Debug, Default)]
 struct Usage {
-    agents: BTreeSet<AgentId>,
+    agents: BTreeSet<AgentIdx>,
     by_role: HashMap<String, Qty>,
 }
-
-#[derive(Debug)]
-struct Filter {
-    role: String,
-    /// With allocation role `role`.
-    resources: Resources,
-    until: Duration,
-}
-
-type Filters = HashMap<FrameworkId, BTreeMap<AgentId, Vec<Filter>>>;
 
 /// The hierarchical DRF allocator. See the crate documentation.
 #[derive(Debug)]
 pub struct Allocator {
     config: Config,
-    agents: BTreeMap<AgentId, Agent>,
+    /// Agents by slot; `None` for free slots.
+    agents: Vec<Option<Agent>>,
+    free_slots: Vec<AgentIdx>,
+    /// Agent slots in id order: the order of a cycle.
+    agent_slots: BTreeMap<AgentId, AgentIdx>,
     frameworks: HashMap<FrameworkId, Framework>,
+    next_framework: FwIdx,
     usage: HashMap<FrameworkId, Usage>,
     /// Allocated per role, over all frameworks (added or not).
     role_alloc: HashMap<String, Qty>,
@@ -146,8 +256,9 @@ pub struct Allocator {
     /// Roles with at least one offerable framework, by weighted dominant share.
     roles: Sorter<String>,
     /// Per role, its offerable frameworks by dominant share within the role.
-    role_frameworks: HashMap<String, Sorter<FrameworkId>>,
-    filters: Filters,
+    role_frameworks: HashMap<String, RoleFrameworks>,
+    /// Source of `RoleFrameworks::joined` stamps.
+    stamps: u64,
     /// Sum of all agents' totals.
     total: Qty,
     /// The total changed since the shares were computed.
@@ -160,6 +271,10 @@ fn allocatable(config: &Config, r: &Resources) -> bool {
     r.scalar("cpus") >= config.min_allocatable_cpus || r.scalar("mem") >= config.min_allocatable_mem
 }
 
+fn usable_by(r: &Resource, role: &str) -> bool {
+    !r.is_reserved() || r.reservation_role() == role
+}
+
 /// Groups resources by allocation role (`"*"` when unset).
 fn split_roles(r: &Resources) -> BTreeMap<String, Resources> {
     let mut out: BTreeMap<String, Resources> = BTreeMap::new();
@@ -169,50 +284,72 @@ fn split_roles(r: &Resources) -> BTreeMap<String, Resources> {
     out
 }
 
-/// The first framework of `sorter` with no live filter covering `offered` on this agent.
-/// Drops the expired filters it meets.
+/// `usable` (merged, without allocation roles) allocated to `role`. Giving every entry the
+/// same allocation role keeps them distinct, so they need no merging.
+fn offer_of(usable: &Resources, role: &str) -> Resources {
+    Resources(usable.iter().map(|r| r.clone().with_allocation(Some(role))).collect())
+}
+
+/// The first framework of `sorter` with no live filter covering `offered` on this agent,
+/// or, when every one has, the earliest expiry of the filters that refused. Drops the
+/// expired filters it meets.
 fn pick_framework(
-    sorter: &Sorter<FrameworkId>,
-    filters: &mut Filters,
+    sorter: &Sorter<FwKey>,
     agent: &mut Agent,
-    agent_id: &AgentId,
     role: &str,
     offered: &Resources,
     now: Duration,
-) -> Option<FrameworkId> {
-    sorter
-        .order
-        .iter()
-        .map(|(_, fw)| fw)
-        .find(|fw| {
-            let Some(per_agent) = filters.get_mut(*fw) else { return true };
-            let Some(list) = per_agent.get_mut(agent_id) else { return true };
-            list.retain(|f| f.until > now);
-            let refused = list.iter().any(|f| f.role == role && f.resources.contains(offered));
-            if list.is_empty() {
-                per_agent.remove(agent_id);
-                agent.filtered_by.remove(*fw);
-                if per_agent.is_empty() {
-                    filters.remove(*fw);
+) -> Result<FwKey, Duration> {
+    if agent.filters.is_empty() {
+        return sorter.order.first().map(|(_, fw)| fw.clone()).ok_or(Duration::MAX);
+    }
+    // Whether each shared `Refused` met covers the offer, worked out once per agent.
+    let mut covers: Vec<(*const Refused, bool)> = Vec::new();
+    let mut earliest = Duration::MAX;
+    for (_, fw) in &sorter.order {
+        let Some(list) = agent.filters.get_mut(&fw.idx) else { return Ok(fw.clone()) };
+        list.retain(|f| f.until > now);
+        let mut refused_until = None;
+        for f in list.iter() {
+            let ptr = Arc::as_ptr(&f.refused);
+            let covered = match covers.iter().find(|(p, _)| *p == ptr) {
+                Some((_, c)) => *c,
+                None => {
+                    let c = f.refused.role == role && f.refused.resources.contains(offered);
+                    covers.push((ptr, c));
+                    c
                 }
+            };
+            if covered {
+                refused_until = Some(refused_until.map_or(f.until, |u: Duration| u.max(f.until)));
             }
-            !refused
-        })
-        .cloned()
+        }
+        if list.is_empty() {
+            agent.filters.remove(&fw.idx);
+        }
+        match refused_until {
+            None => return Ok(fw.clone()),
+            Some(until) => earliest = earliest.min(until),
+        }
+    }
+    Err(earliest)
 }
 
 impl Allocator {
     pub fn new(config: Config) -> Self {
         Allocator {
             config,
-            agents: BTreeMap::new(),
+            agents: Vec::new(),
+            free_slots: Vec::new(),
+            agent_slots: BTreeMap::new(),
             frameworks: HashMap::new(),
+            next_framework: 0,
             usage: HashMap::new(),
             role_alloc: HashMap::new(),
             weights: HashMap::new(),
             roles: Sorter::default(),
             role_frameworks: HashMap::new(),
-            filters: HashMap::new(),
+            stamps: 0,
             total: [0; 4],
             shares_stale: false,
             last_start: None,
@@ -222,9 +359,17 @@ impl Allocator {
     /// Adds a framework, or resets the settings of a known one.
     pub fn add_framework(&mut self, id: &FrameworkId, roles: &[String], suppressed_roles: &[String], active: bool) {
         self.unlist(id);
+        let (key, filtered_on) = match self.frameworks.remove(id) {
+            Some(known) => (known.key, known.filtered_on),
+            None => {
+                let idx = self.next_framework;
+                self.next_framework = idx.checked_add(1).expect("fewer than 2^32 framework registrations");
+                (FwKey { id: id.clone(), idx }, HandleSet::default())
+            }
+        };
         let roles = roles.iter().cloned().collect();
         let suppressed = suppressed_roles.iter().cloned().collect();
-        self.frameworks.insert(id.clone(), Framework { roles, suppressed, active });
+        self.frameworks.insert(id.clone(), Framework { key, roles, suppressed, active, filtered_on });
         self.list(id);
     }
 
@@ -239,13 +384,13 @@ impl Allocator {
     /// Forgets a framework; what it holds on agents returns to the pool.
     pub fn remove_framework(&mut self, id: &FrameworkId) {
         self.unlist(id);
-        self.frameworks.remove(id);
         self.clear_filters(id, None);
+        self.frameworks.remove(id);
         let Some(usage) = self.usage.remove(id) else { return };
-        for agent_id in &usage.agents {
-            let Some(agent) = self.agents.get_mut(agent_id) else { continue };
+        for slot in &usage.agents {
+            let Some(agent) = self.agents.get_mut(*slot as usize).and_then(Option::as_mut) else { continue };
             if let Some(alloc) = agent.allocations.remove(id) {
-                agent.available.add_all(&alloc.allocated_to(None));
+                agent.gain(&alloc.allocated_to(None));
                 self.untrack(id, &alloc);
             }
         }
@@ -296,41 +441,55 @@ impl Allocator {
         }
         add_qty(&mut self.total, &qty(&total), 1);
         self.shares_stale = true;
-        let (allocations, filtered_by) = (BTreeMap::new(), BTreeSet::new());
-        self.agents.insert(id.clone(), Agent { total, available, allocations, active: true, filtered_by });
+        let agent = Agent {
+            id: id.clone(),
+            total,
+            available,
+            allocations: BTreeMap::new(),
+            active: true,
+            filters: HandleMap::default(),
+            last_refused: None,
+            all_filtered: HashMap::new(),
+        };
+        let slot = match self.free_slots.pop() {
+            Some(slot) => {
+                self.agents[slot as usize] = Some(agent);
+                slot
+            }
+            None => {
+                self.agents.push(Some(agent));
+                AgentIdx::try_from(self.agents.len() - 1).expect("fewer than 2^32 agents")
+            }
+        };
+        self.agent_slots.insert(id.clone(), slot);
         for (fw, role, taken) in grants.into_iter().filter(|g| !g.2.is_empty()) {
-            self.grant(id, fw, &role, &taken.allocated_to(Some(&role)));
+            self.grant(slot, fw, &role, &taken.allocated_to(Some(&role)));
         }
     }
 
-    /// Forgets an agent and everything allocated on it.
+    /// Forgets an agent and everything allocated on it. Frameworks' `filtered_on` may still
+    /// name its slot; clearing a framework's filters skips slots without them.
     pub fn remove_agent(&mut self, id: &AgentId) {
-        let Some(agent) = self.agents.remove(id) else { return };
+        let Some(slot) = self.agent_slots.remove(id) else { return };
+        let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::take) else { return };
+        self.free_slots.push(slot);
         for (fw, alloc) in &agent.allocations {
             self.untrack(fw, alloc);
-            self.forget_usage(fw, id);
-        }
-        for fw in &agent.filtered_by {
-            if let Some(per_agent) = self.filters.get_mut(fw) {
-                per_agent.remove(id);
-                if per_agent.is_empty() {
-                    self.filters.remove(fw);
-                }
-            }
+            self.forget_usage(fw, slot);
         }
         add_qty(&mut self.total, &qty(&agent.total), -1);
         self.shares_stale = true;
     }
 
     pub fn activate_agent(&mut self, id: &AgentId) {
-        if let Some(agent) = self.agents.get_mut(id) {
+        if let Some(agent) = self.agent_mut(id) {
             agent.active = true;
         }
     }
 
     /// No offers from an inactive agent; its allocations stay.
     pub fn deactivate_agent(&mut self, id: &AgentId) {
-        if let Some(agent) = self.agents.get_mut(id) {
+        if let Some(agent) = self.agent_mut(id) {
             agent.active = false;
         }
     }
@@ -348,7 +507,8 @@ impl Allocator {
         now: Duration,
     ) {
         let resources = self.with_default_role(framework_id, resources);
-        let Some(agent) = self.agents.get_mut(agent_id) else { return };
+        let Some(&slot) = self.agent_slots.get(agent_id) else { return };
+        let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
         if let Some(alloc) = agent.allocations.get_mut(framework_id) {
             let mut released = alloc.clone();
             alloc.subtract_all(&resources);
@@ -356,22 +516,34 @@ impl Allocator {
             if alloc.is_empty() {
                 agent.allocations.remove(framework_id);
             }
-            agent.available.add_all(&released.allocated_to(None));
+            agent.gain(&released.allocated_to(None));
             let emptied = !agent.allocations.contains_key(framework_id);
             self.untrack(framework_id, &released);
             if emptied {
-                self.forget_usage(framework_id, agent_id);
+                self.forget_usage(framework_id, slot);
             }
         }
-        let Some(d) = refuse.filter(|d| !d.is_zero() && self.frameworks.contains_key(framework_id)) else {
+        let Some(d) = refuse.filter(|d| !d.is_zero()) else { return };
+        let (Some(fw), Some(agent)) =
+            (self.frameworks.get_mut(framework_id), self.agents.get_mut(slot as usize).and_then(Option::as_mut))
+        else {
             return;
         };
         let until = now.saturating_add(d);
-        let list = self.filters.entry(framework_id.clone()).or_default().entry(agent_id.clone()).or_default();
+        let list = agent.filters.entry(fw.key.idx).or_default();
         list.retain(|f| f.until > now);
-        list.extend(split_roles(&resources).into_iter().map(|(role, resources)| Filter { role, resources, until }));
-        if let Some(agent) = self.agents.get_mut(agent_id) {
-            agent.filtered_by.insert(framework_id.clone());
+        for (role, resources) in split_roles(&resources) {
+            let refused = Refused { role, resources };
+            let refused = match &agent.last_refused {
+                Some(last) if **last == refused => Arc::clone(last),
+                _ => Arc::clone(agent.last_refused.insert(Arc::new(refused))),
+            };
+            list.push(Filter { refused, until });
+        }
+        if list.is_empty() {
+            agent.filters.remove(&fw.key.idx);
+        } else {
+            fw.filtered_on.insert(slot);
         }
     }
 
@@ -379,23 +551,30 @@ impl Allocator {
     /// cycle did. Returns the offers to make.
     pub fn allocate(&mut self, now: Duration) -> Vec<Allocation> {
         let after_last =
-            self.last_start.as_ref().and_then(|l| self.agents.range::<AgentId, _>((Excluded(l), Unbounded)).next());
-        let Some(start) = after_last.or_else(|| self.agents.iter().next()).map(|(k, _)| k.clone()) else {
+            self.last_start.as_ref().and_then(|l| self.agent_slots.range::<AgentId, _>((Excluded(l), Unbounded)).next());
+        let Some(start) = after_last.or_else(|| self.agent_slots.iter().next()).map(|(k, _)| k.clone()) else {
             return Vec::new();
         };
-        let order: Vec<AgentId> =
-            self.agents.range(&start..).chain(self.agents.range(..&start)).map(|(k, _)| k.clone()).collect();
+        let order: Vec<AgentIdx> =
+            self.agent_slots.range(&start..).chain(self.agent_slots.range(..&start)).map(|(_, s)| *s).collect();
         self.last_start = Some(start);
-        self.allocate_agents(&order, now)
+        self.refresh_shares();
+        let mut out = Vec::new();
+        for slot in order {
+            self.allocate_agent(slot, now, &mut out);
+        }
+        out
     }
 
     /// Like [`Allocator::allocate`], over the given agents only, in the given order.
     pub fn allocate_agents(&mut self, agents: &[AgentId], now: Duration) -> Vec<Allocation> {
         self.refresh_shares();
         let mut out = Vec::new();
-        let mut seen = BTreeSet::new();
-        for id in agents.iter().filter(|id| seen.insert(*id)) {
-            self.allocate_agent(id, now, &mut out);
+        let mut seen = HandleSet::default();
+        for slot in agents.iter().filter_map(|id| self.agent_slots.get(id).copied()).collect::<Vec<_>>() {
+            if seen.insert(slot) {
+                self.allocate_agent(slot, now, &mut out);
+            }
         }
         out
     }
@@ -411,35 +590,48 @@ impl Allocator {
     /// Everything allocated to the framework (offered or in use) over all agents.
     pub fn allocated(&self, framework_id: &FrameworkId) -> Resources {
         let mut out = Resources::new();
-        for agent_id in self.usage.get(framework_id).into_iter().flat_map(|u| &u.agents) {
-            out.add_all(&self.allocation_on(framework_id, agent_id));
+        for slot in self.usage.get(framework_id).into_iter().flat_map(|u| &u.agents) {
+            let agent = self.agents.get(*slot as usize).and_then(Option::as_ref);
+            if let Some(alloc) = agent.and_then(|a| a.allocations.get(framework_id)) {
+                out.add_all(alloc);
+            }
         }
         out
     }
 
     /// What the framework holds on one agent (empty if nothing or unknown).
     pub fn allocation_on(&self, framework_id: &FrameworkId, agent_id: &AgentId) -> Resources {
-        self.agents.get(agent_id).and_then(|a| a.allocations.get(framework_id)).cloned().unwrap_or_default()
+        self.agent(agent_id).and_then(|a| a.allocations.get(framework_id)).cloned().unwrap_or_default()
     }
 
     /// The unallocated resources of an agent.
     pub fn available(&self, agent_id: &AgentId) -> Option<Resources> {
-        self.agents.get(agent_id).map(|a| a.available.clone())
+        self.agent(agent_id).map(|a| a.available.clone())
     }
 
     pub fn agent_count(&self) -> usize {
-        self.agents.len()
+        self.agent_slots.len()
     }
 
     pub fn framework_count(&self) -> usize {
         self.frameworks.len()
     }
 
+    fn agent(&self, id: &AgentId) -> Option<&Agent> {
+        let slot = *self.agent_slots.get(id)?;
+        self.agents.get(slot as usize)?.as_ref()
+    }
+
+    fn agent_mut(&mut self, id: &AgentId) -> Option<&mut Agent> {
+        let slot = *self.agent_slots.get(id)?;
+        self.agents.get_mut(slot as usize)?.as_mut()
+    }
+
     /// Offers what the agent has left, role by role in DRF order.
-    fn allocate_agent(&mut self, agent_id: &AgentId, now: Duration, out: &mut Vec<Allocation>) {
+    fn allocate_agent(&mut self, slot: AgentIdx, now: Duration, out: &mut Vec<Allocation>) {
         let mut cursor: Option<(Share, String)> = None;
         loop {
-            let Some(agent) = self.agents.get_mut(agent_id) else { return };
+            let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
             if !agent.active || !allocatable(&self.config, &agent.available) {
                 return;
             }
@@ -449,30 +641,50 @@ impl Allocator {
                 None => self.roles.order.first(),
                 Some(c) => self.roles.order.range((Excluded(c), Unbounded)).next(),
             };
-            let Some(entry) = next.cloned() else { return };
-            let role = entry.1.clone();
-            cursor = Some(entry);
-            let usable = agent.available.usable_by(&role);
-            let Some(sorter) = self.role_frameworks.get(&role) else { continue };
+            let Some(entry) = next else { return };
+            let role = &cursor.insert(entry.clone()).1;
+            let Some(members) = self.role_frameworks.get(role) else { continue };
+            if agent.all_filtered.get(role).is_some_and(|f| f.joined == members.joined && now < f.until) {
+                continue;
+            }
+            let usable = if agent.available.iter().all(|r| usable_by(r, role)) {
+                Cow::Borrowed(&agent.available)
+            } else {
+                Cow::Owned(agent.available.usable_by(role))
+            };
             if !allocatable(&self.config, &usable) {
                 continue;
             }
-            let offered = usable.allocated_to(Some(&role));
-            let Some(fw) = pick_framework(sorter, &mut self.filters, agent, agent_id, &role, &offered, now) else {
-                continue;
+            let offered = offer_of(&usable, role);
+            let fw = match pick_framework(&members.sorter, agent, role, &offered, now) {
+                Ok(fw) => fw,
+                Err(until) => {
+                    agent.all_filtered.insert(role.clone(), AllFiltered { joined: members.joined, until });
+                    continue;
+                }
             };
-            agent.available.subtract_all(&usable);
-            self.grant(agent_id, &fw, &role, &offered);
-            out.push(Allocation { framework_id: fw, agent_id: agent_id.clone(), role, resources: offered });
+            // What the role can use is exactly the entries that go.
+            agent.available.0.retain(|r| !usable_by(r, role));
+            let (agent_id, role) = (agent.id.clone(), role.clone());
+            self.grant(slot, &fw.id, &role, &offered);
+            out.push(Allocation { framework_id: fw.id, agent_id, role, resources: offered });
         }
     }
 
     /// Records `res` (allocation role `role`), already taken from the agent's available.
-    fn grant(&mut self, agent_id: &AgentId, fw: &FrameworkId, role: &str, res: &Resources) {
-        if let Some(agent) = self.agents.get_mut(agent_id) {
-            agent.allocations.entry(fw.clone()).or_default().add_all(res);
+    fn grant(&mut self, slot: AgentIdx, fw: &FrameworkId, role: &str, res: &Resources) {
+        if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
+            match agent.allocations.get_mut(fw) {
+                Some(alloc) => alloc.add_all(res),
+                None => {
+                    agent.allocations.insert(fw.clone(), res.clone());
+                }
+            }
         }
-        self.usage.entry(fw.clone()).or_default().agents.insert(agent_id.clone());
+        match self.usage.get_mut(fw) {
+            Some(usage) => usage.agents.insert(slot),
+            None => self.usage.entry(fw.clone()).or_default().agents.insert(slot),
+        };
         self.track(fw, role, &qty(res), 1);
     }
 
@@ -484,17 +696,23 @@ impl Allocator {
     }
 
     fn track(&mut self, fw: &FrameworkId, role: &str, q: &Qty, sign: i64) {
-        add_qty(self.role_alloc.entry(role.to_string()).or_default(), q, sign);
+        fn add(map: &mut HashMap<String, Qty>, role: &str, q: &Qty, sign: i64) {
+            match map.get_mut(role) {
+                Some(x) => add_qty(x, q, sign),
+                None => add_qty(map.entry(role.to_string()).or_default(), q, sign),
+            }
+        }
+        add(&mut self.role_alloc, role, q, sign);
         if let Some(usage) = self.usage.get_mut(fw) {
-            add_qty(usage.by_role.entry(role.to_string()).or_default(), q, sign);
+            add(&mut usage.by_role, role, q, sign);
         }
         self.reshare(Some(fw), role);
     }
 
     /// The framework no longer holds anything on the agent.
-    fn forget_usage(&mut self, fw: &FrameworkId, agent_id: &AgentId) {
+    fn forget_usage(&mut self, fw: &FrameworkId, slot: AgentIdx) {
         if let Some(usage) = self.usage.get_mut(fw) {
-            usage.agents.remove(agent_id);
+            usage.agents.remove(&slot);
             if usage.agents.is_empty() {
                 self.usage.remove(fw);
             }
@@ -505,12 +723,13 @@ impl Allocator {
     fn reshare(&mut self, fw: Option<&FrameworkId>, role: &str) {
         if self.roles.share.contains_key(role) {
             let weight = self.weights.get(role).copied().unwrap_or(1.0);
-            self.roles.set(role.to_string(), share(self.role_alloc.get(role), &self.total, weight));
+            self.roles.set(&role.to_string(), share(self.role_alloc.get(role), &self.total, weight));
         }
-        let (Some(fw), Some(sorter)) = (fw, self.role_frameworks.get_mut(role)) else { return };
-        if sorter.share.contains_key(fw) {
-            let alloc = self.usage.get(fw).and_then(|u| u.by_role.get(role));
-            sorter.set(fw.clone(), share(alloc, &self.total, 1.0));
+        let Some(key) = fw.and_then(|fw| self.frameworks.get(fw)).map(|f| &f.key) else { return };
+        let Some(members) = self.role_frameworks.get_mut(role) else { return };
+        if members.sorter.share.contains_key(key) {
+            let alloc = self.usage.get(&key.id).and_then(|u| u.by_role.get(role));
+            members.sorter.set(key, share(alloc, &self.total, 1.0));
         }
     }
 
@@ -522,7 +741,7 @@ impl Allocator {
         let listed: Vec<(String, FrameworkId)> = self
             .role_frameworks
             .iter()
-            .flat_map(|(role, s)| s.share.keys().map(move |fw| (role.clone(), fw.clone())))
+            .flat_map(|(role, m)| m.sorter.share.keys().map(move |fw| (role.clone(), fw.id.clone())))
             .collect();
         for (role, fw) in &listed {
             self.reshare(Some(fw), role);
@@ -544,9 +763,9 @@ impl Allocator {
     fn unlist(&mut self, id: &FrameworkId) {
         let Some(fw) = self.frameworks.get(id) else { return };
         for role in &fw.roles {
-            if let Some(sorter) = self.role_frameworks.get_mut(role) {
-                sorter.remove(id);
-                if sorter.share.is_empty() {
+            if let Some(members) = self.role_frameworks.get_mut(role) {
+                members.sorter.remove(&fw.key);
+                if members.sorter.share.is_empty() {
                     self.role_frameworks.remove(role);
                     self.roles.remove(role);
                 }
@@ -557,39 +776,42 @@ impl Allocator {
     /// Puts a framework in the sorters of the roles it can be offered resources for.
     fn list(&mut self, id: &FrameworkId) {
         let Some(fw) = self.frameworks.get(id) else { return };
+        let key = fw.key.clone();
         let roles: Vec<String> = fw.offerable_roles().cloned().collect();
         for role in roles {
             // Placeholder shares, corrected at once by reshare.
             if !self.roles.share.contains_key(&role) {
-                self.roles.set(role.clone(), 0);
+                self.roles.set(&role, 0);
             }
-            self.role_frameworks.entry(role.clone()).or_default().set(id.clone(), 0);
+            self.stamps += 1;
+            let members = self.role_frameworks.entry(role.clone()).or_default();
+            members.joined = self.stamps;
+            members.sorter.set(&key, 0);
             self.reshare(Some(id), &role);
         }
     }
 
     /// Drops a framework's refuse filters for `roles` (all when `None`).
     fn clear_filters(&mut self, id: &FrameworkId, roles: Option<&BTreeSet<String>>) {
-        let Some(per_agent) = self.filters.get_mut(id) else { return };
-        per_agent.retain(|agent_id, list| {
-            list.retain(|f| roles.is_some_and(|r| !r.contains(&f.role)));
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        let idx = fw.key.idx;
+        let agents = &mut self.agents;
+        fw.filtered_on.retain(|slot| {
+            let Some(agent) = agents.get_mut(*slot as usize).and_then(Option::as_mut) else { return false };
+            let Some(list) = agent.filters.get_mut(&idx) else { return false };
+            list.retain(|f| roles.is_some_and(|r| !r.contains(&f.refused.role)));
             if list.is_empty() {
-                if let Some(agent) = self.agents.get_mut(agent_id) {
-                    agent.filtered_by.remove(id);
-                }
+                agent.filters.remove(&idx);
             }
-            !list.is_empty()
+            agent.filters.contains_key(&idx)
         });
-        if per_agent.is_empty() {
-            self.filters.remove(id);
-        }
     }
 
     /// Gives resources without an allocation role the framework's first role, and merges
     /// them (resources straight off the wire may repeat entries or hold unsorted ranges).
     fn with_default_role(&self, id: &FrameworkId, res: &Resources) -> Resources {
         let role = self.frameworks.get(id).and_then(|f| f.roles.first()).map_or("*", String::as_str);
-        let fill = |r: &agora_api::Resource| r.clone().with_allocation(Some(r.allocation_role().unwrap_or(role)));
+        let fill = |r: &Resource| r.clone().with_allocation(Some(r.allocation_role().unwrap_or(role)));
         Resources::from_vec(res.iter().map(fill).collect())
     }
 }
@@ -636,12 +858,15 @@ mod tests {
             let mut by_fw: HashMap<(FrameworkId, String), Qty> = HashMap::new();
             let mut by_role: HashMap<String, Qty> = HashMap::new();
             let mut total = [0; 4];
-            for (id, agent) in &self.agents {
+            assert_eq!(self.agent_slots.len(), self.agents.iter().flatten().count());
+            for (id, slot) in &self.agent_slots {
+                let agent = self.agents[*slot as usize].as_ref().expect("slot in use");
+                assert_eq!(&agent.id, id);
                 add_qty(&mut total, &qty(&agent.total), 1);
                 let mut sum = agent.available.clone();
                 let mut ports = agent.available.ranges_of("ports");
                 for (fw, alloc) in &agent.allocations {
-                    assert!(!alloc.is_empty() && self.usage[fw].agents.contains(id), "{fw} on {id}");
+                    assert!(!alloc.is_empty() && self.usage[fw].agents.contains(slot), "{fw} on {id}");
                     sum.add_all(&alloc.allocated_to(None));
                     ports.extend(alloc.ranges_of("ports"));
                     for (role, part) in split_roles(alloc) {
@@ -652,13 +877,17 @@ mod tests {
                 assert!(sum.contains(&agent.total) && agent.total.contains(&sum), "{id}: {sum}");
                 ports.sort_unstable();
                 assert!(ports.windows(2).all(|w| w[0].1 < w[1].0), "{id}: ports overlap: {ports:?}");
+                for idx in agent.filters.keys() {
+                    let fw = self.frameworks.values().find(|f| f.key.idx == *idx).expect("filters of a known framework");
+                    assert!(fw.filtered_on.contains(slot), "{} filters {id}", fw.key.id);
+                }
             }
             assert_eq!(total, self.total);
             for (role, q) in &self.role_alloc {
                 assert_eq!(*q, by_role.get(role).copied().unwrap_or_default(), "{role}");
             }
             for (fw, usage) in &self.usage {
-                assert!(usage.agents.iter().all(|s| self.agents[s].allocations.contains_key(fw)));
+                assert!(usage.agents.iter().all(|s| self.agents[*s as usize].as_ref().is_some_and(|a| a.allocations.contains_key(fw))));
                 for (role, q) in &usage.by_role {
                     let want = by_fw.get(&(fw.clone(), role.clone())).copied().unwrap_or_default();
                     assert_eq!(*q, want, "{fw} in {role}");
@@ -666,14 +895,44 @@ mod tests {
             }
             let mut offerable = BTreeSet::new();
             for (id, fw) in &self.frameworks {
+                assert_eq!(&fw.key.id, id);
                 offerable.extend(fw.offerable_roles().map(|r| (r.clone(), id.clone())));
             }
-            let listed = self.role_frameworks.iter().flat_map(|(r, s)| s.share.keys().map(|f| (r.clone(), f.clone())));
+            let listed = self
+                .role_frameworks
+                .iter()
+                .flat_map(|(r, m)| m.sorter.share.keys().map(|k| (r.clone(), k.id.clone())));
             assert_eq!(offerable, listed.collect());
             assert_eq!(self.roles.share.keys().collect::<BTreeSet<_>>(), self.role_frameworks.keys().collect());
-            for (fw, per_agent) in &self.filters {
-                assert!(per_agent.keys().all(|s| self.agents[s].filtered_by.contains(fw)));
+        }
+
+        /// (agent, role) pairs where some offerable framework of the role has no live filter
+        /// covering what the agent has for the role: none may be left after a full cycle.
+        /// Looks at every filter, ignoring what `all_filtered` remembers.
+        fn left_unoffered(&self, now: Duration) -> Vec<(AgentId, String)> {
+            let mut out = Vec::new();
+            for agent in self.agents.iter().flatten().filter(|a| a.active) {
+                for (role, members) in &self.role_frameworks {
+                    let usable = agent.available.usable_by(role);
+                    if !allocatable(&self.config, &usable) {
+                        continue;
+                    }
+                    let offered = offer_of(&usable, role);
+                    let refused = |fw: &FwKey| {
+                        agent.filters.get(&fw.idx).into_iter().flatten().any(|f| {
+                            f.until > now && f.refused.role == *role && f.refused.resources.contains(&offered)
+                        })
+                    };
+                    if !members.sorter.share.keys().all(refused) {
+                        out.push((agent.id.clone(), role.clone()));
+                    }
+                }
             }
+            out
+        }
+
+        fn filter_count(&self) -> usize {
+            self.agents.iter().flatten().flat_map(|a| a.filters.values()).map(Vec::len).sum()
         }
     }
 
@@ -742,7 +1001,7 @@ mod tests {
         assert_eq!(got(&other), ["a1>f2"]);
         a.remove_framework(&fid("f2"));
         assert_eq!(got(&a.allocate(secs(5))), ["a1>f1"]);
-        assert!(a.filters.is_empty(), "expired filter dropped");
+        assert_eq!(a.filter_count(), 0, "expired filter dropped");
         a.check();
     }
 
@@ -956,7 +1215,7 @@ mod tests {
             let (f, s) = (|i: u8| fid(&format!("f{i}")), |i: u8| aid(&format!("s{i}")));
             for op in ops {
                 let before: BTreeMap<AgentId, Resources> =
-                    a.agents.iter().map(|(k, v)| (k.clone(), v.available.clone())).collect();
+                    a.agent_slots.keys().map(|k| (k.clone(), a.available(k).unwrap_or_default())).collect();
                 let mut made = Vec::new();
                 match op {
                     Op::AddAgent { agent, cpus, mem, port, reserved, used_by } => {
@@ -970,7 +1229,7 @@ mod tests {
                         a.add_agent(&s(agent), &res(&text), &used);
                     }
                     Op::RemoveAgent(i) => a.remove_agent(&s(i)),
-                    Op::ToggleAgent(i) => match a.agents.get(&s(i)).map(|x| x.active) {
+                    Op::ToggleAgent(i) => match a.agent(&s(i)).map(|x| x.active) {
                         Some(true) => a.deactivate_agent(&s(i)),
                         _ => a.activate_agent(&s(i)),
                     },
@@ -988,6 +1247,8 @@ mod tests {
                     Op::Allocate(dt) => {
                         now += secs(u64::from(dt));
                         made = a.allocate(now);
+                        let left = a.left_unoffered(now);
+                        prop_assert!(left.is_empty(), "not offered after a full cycle: {left:?}");
                     }
                     Op::AllocateAgents(v) => {
                         made = a.allocate_agents(&v.into_iter().map(s).collect::<Vec<_>>(), now);
@@ -1002,7 +1263,7 @@ mod tests {
                 let mut given: BTreeMap<AgentId, Resources> = BTreeMap::new();
                 for x in &made {
                     let fw = &a.frameworks[&x.framework_id];
-                    prop_assert!(fw.offerable_roles().any(|r| *r == x.role) && a.agents[&x.agent_id].active);
+                    prop_assert!(fw.offerable_roles().any(|r| *r == x.role) && a.agent(&x.agent_id).is_some_and(|s| s.active));
                     prop_assert!(x.resources.iter().all(|r| r.allocation_role() == Some(x.role.as_str())));
                     prop_assert!(x.resources.iter().all(|r| !r.is_reserved() || r.reservation_role() == x.role));
                     prop_assert!(allocatable(&a.config, &x.resources));
