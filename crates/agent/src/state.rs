@@ -1068,6 +1068,10 @@ impl State {
         if !shutting_down {
             match &exit.limitation {
                 Some(l) => self.fail_executor_tasks(&fid, &eid, l.reason, &l.message, Some(l)),
+                // The container never ran (a spec the kernel refused, say): say why.
+                None if exit.status.is_none() && exit.message.starts_with("Failed to launch") => {
+                    self.fail_executor_tasks(&fid, &eid, Reason::ReasonContainerLaunchFailed, &exit.message, None)
+                }
                 None => {
                     self.fail_executor_tasks(&fid, &eid, Reason::ReasonExecutorTerminated, "Executor terminated", None)
                 }

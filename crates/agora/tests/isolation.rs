@@ -292,7 +292,11 @@ fn cgroup_children(root: &str) -> usize {
     std::fs::read_dir("/sys/fs/cgroup")
         .unwrap()
         .flatten()
-        .map(|h| std::fs::read_dir(h.path().join(root)).map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count()).unwrap_or(0))
+        .map(|h| {
+            std::fs::read_dir(h.path().join(root))
+                .map(|rd| rd.flatten().filter(|e| e.path().is_dir()).count())
+                .unwrap_or(0)
+        })
         .sum()
 }
 
@@ -300,7 +304,12 @@ fn cgroup_children(root: &str) -> usize {
 async fn a_thousand_lifecycles_leak_nothing() {
     assert!(is_root());
     let root = format!("agora-it-{}", &uuid::Uuid::new_v4().to_string()[..8]);
-    let c = Cluster::start(1, &[], &["--cgroups-root", &root, "--resources", "cpus:6;mem:8192;disk:100;ports:[31000-32000]"]).await;
+    let c = Cluster::start(
+        1,
+        &[],
+        &["--cgroups-root", &root, "--resources", "cpus:6;mem:8192;disk:100;ports:[31000-32000]"],
+    )
+    .await;
     let agent_pid = c.agents[0].pid();
     let mounts = || std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count();
     let fds = || std::fs::read_dir(format!("/proc/{agent_pid}/fd")).unwrap().count();
@@ -322,7 +331,11 @@ async fn a_thousand_lifecycles_leak_nothing() {
                 fw.s.launch(vec![offer.id.clone()], infos, 0.0).await.unwrap();
             }
         } else if let Some(u) = ev.update {
-            assert!(!matches!(u.status.state, TaskState::Failed | TaskState::Error | TaskState::Lost), "{:?}", u.status);
+            assert!(
+                !matches!(u.status.state, TaskState::Failed | TaskState::Error | TaskState::Lost),
+                "{:?}",
+                u.status
+            );
             if u.status.state == TaskState::Finished {
                 done += 1;
             }
@@ -339,4 +352,38 @@ async fn a_thousand_lifecycles_leak_nothing() {
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let _ = std::fs::remove_dir(h.path().join(&root));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rlimits_and_capabilities_from_container_info() {
+    assert!(is_root());
+    let iso = format!("{},posix/rlimits", agora_containerizer_default());
+    let c = Cluster::start(1, &[], &["--isolation", &iso]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("limits", true, 0.0)).await;
+    let offer = one_offer(&mut fw).await;
+    let mut t1 = task_info("rl", &offer.agent_id, CommandInfo::shell("ulimit -n; ulimit -Hn"), 0.1, 64.0);
+    t1.container = Some(
+        serde_json::json!({"type": "MESOS", "rlimit_info": {"rlimits": [{"type": "RLMT_NOFILE", "soft": 64, "hard": 128}]}}),
+    );
+    let mut t2 = task_info("nocaps", &offer.agent_id, CommandInfo::shell("grep CapBnd /proc/self/status"), 0.1, 64.0);
+    t2.container =
+        Some(serde_json::json!({"type": "MESOS", "linux_info": {"bounding_capabilities": {"capabilities": []}}}));
+    // An rlimit the kernel refuses: a hard NOFILE above fs.nr_open.
+    let mut t3 = task_info("refused", &offer.agent_id, CommandInfo::shell("true"), 0.1, 64.0);
+    t3.container = Some(
+        serde_json::json!({"type": "MESOS", "rlimit_info": {"rlimits": [{"type": "RLMT_NOFILE", "soft": 1024, "hard": 1u64 << 40}]}}),
+    );
+    fw.s.launch(vec![offer.id.clone()], vec![t1, t2, t3], 0.0).await.unwrap();
+    fw.until_state("rl", TaskState::Finished, T).await;
+    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id.value, "rl", "stdout"), "64\n128\n");
+    fw.until_state("nocaps", TaskState::Finished, T).await;
+    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id.value, "nocaps", "stdout"), "CapBnd:\t0000000000000000\n");
+    let end = fw.until_state("refused", TaskState::Failed, T).await;
+    let last = end.last().unwrap();
+    assert_eq!(last.reason, Some(Reason::ReasonContainerLaunchFailed), "{last:?}");
+    assert!(last.message.clone().unwrap_or_default().contains("setrlimit"), "{last:?}");
+}
+
+fn agora_containerizer_default() -> &'static str {
+    "cgroups/cpu,cgroups/mem,cgroups/pids,namespaces/pid,namespaces/ipc,filesystem/linux,linux/capabilities,linux/nnp,linux/seccomp"
 }

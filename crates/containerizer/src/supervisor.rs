@@ -288,8 +288,11 @@ fn prepare(spec: &Spec) -> Result<Setup, String> {
     })
 }
 
+/// Where the child leaves the reason its setup failed (only errno crosses exec's pipe).
+pub const LAUNCH_ERROR: &str = "launch-error";
+
 #[allow(unsafe_code)]
-fn spawn(spec: &Spec, setup: Setup) -> std::io::Result<std::process::Child> {
+fn spawn(spec: &Spec, setup: Setup, dir: &Path) -> std::io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt as _;
     let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
     let mut cmd = if spec.shell {
@@ -310,7 +313,14 @@ fn spawn(spec: &Spec, setup: Setup) -> std::io::Result<std::process::Child> {
     // so no lock can be held by another thread across the fork; the closure only makes
     // system calls and allocates, and reports failure through the returned error.
     unsafe {
-        cmd.pre_exec(move || container_setup(&setup));
+        // Opened before fork: the child's mounts may hide this path (close-on-exec).
+        let error_file = std::fs::File::create(dir.join(LAUNCH_ERROR))?;
+        cmd.pre_exec(move || {
+            container_setup(&setup).inspect_err(|e| {
+                use std::io::Write as _;
+                let _ = (&error_file).write_all(e.to_string().as_bytes());
+            })
+        });
     }
     cmd.spawn()
 }
@@ -350,11 +360,15 @@ pub fn run(dir: &Path) -> i32 {
             return 1;
         }
     }
-    let mut child = match spawn(&spec, setup) {
+    let mut child = match spawn(&spec, setup, dir) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("supervisor: cannot start {:?}: {e}", spec.argv);
-            exited(None, None, format!("Failed to launch container: {e}"));
+            let why = std::fs::read_to_string(dir.join(LAUNCH_ERROR))
+                .ok()
+                .filter(|w| !w.is_empty())
+                .unwrap_or_else(|| e.to_string());
+            eprintln!("supervisor: cannot start {:?}: {why}", spec.argv);
+            exited(None, None, format!("Failed to launch container: {why}"));
             return 1;
         }
     };
