@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 #![recursion_limit = "256"]
 
+pub mod checkpoint;
 pub mod http;
 pub mod link;
 pub mod resources;
@@ -52,6 +53,14 @@ pub struct AgentConfig {
     pub cgroups_pids_max: u64,
     /// `--switch-user`: run tasks as their user (CommandInfo.user, else FrameworkInfo.user).
     pub switch_user: bool,
+    /// `--recover`: `reconnect` to checkpointed executors, or `cleanup` (kill them, exit).
+    pub recover: RecoverMode,
+    /// `--strict`: an unreadable checkpoint stops the agent (else what can be read is recovered).
+    pub strict: bool,
+    /// `--reconfiguration-policy`: how resources and attributes may differ from the checkpoint.
+    pub reconfiguration_policy: ReconfigurationPolicy,
+    /// `--executor-reregistration-timeout`: how long recovered executors have to re-subscribe.
+    pub executor_reregistration_timeout: Duration,
     pub flags: Vec<(String, String)>,
 }
 
@@ -75,13 +84,37 @@ impl Default for AgentConfig {
             cgroups_enable_cfs: false,
             cgroups_pids_max: 4096,
             switch_user: true,
+            recover: RecoverMode::Reconnect,
+            strict: true,
+            reconfiguration_policy: ReconfigurationPolicy::Equal,
+            executor_reregistration_timeout: Duration::from_secs(2),
             flags: Vec::new(),
         }
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecoverMode {
+    Reconnect,
+    Cleanup,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReconfigurationPolicy {
+    /// Resources and attributes must be exactly the checkpointed ones.
+    Equal,
+    /// They may grow, never shrink or change.
+    Additive,
+}
+
 #[derive(Debug, Error)]
 pub enum AgentError {
+    #[error("recovery failed: {0} (start with --strict=false to recover what can be read, or remove the checkpoint)")]
+    Recovery(#[from] checkpoint::CheckpointError),
+    #[error("{0}")]
+    Reconfiguration(String),
+    #[error("--recover=cleanup: destroyed {0} containers and removed the checkpoint")]
+    CleanedUp(usize),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
     #[error("cannot create work dir {path}: {source}")]
@@ -124,11 +157,55 @@ fn make_containerizer(config: &AgentConfig) -> Result<Arc<dyn agora_containerize
         enable_cfs: config.cgroups_enable_cfs,
         pids_max: config.cgroups_pids_max,
     })?;
-    let orphans = linux.cleanup_orphans();
-    if orphans > 0 {
-        tracing::info!(orphans, "destroyed containers left by a previous run");
-    }
     Ok(Arc::new(linux))
+}
+
+/// Reads the checkpoint and decides what of it stands: a reboot or `--recover=cleanup`
+/// discards it, a changed configuration is checked against the reconfiguration policy.
+fn recover(
+    config: &AgentConfig,
+    info: &AgentInfo,
+    containerizer: &dyn agora_containerizer::Containerizer,
+) -> Result<checkpoint::Recovered, AgentError> {
+    let ckpt = checkpoint::Checkpoints::new(&config.work_dir);
+    let r = ckpt.recover(config.strict)?;
+    for e in &r.errors {
+        tracing::warn!(error = %e, "skipped an unreadable checkpoint (--strict=false)");
+    }
+    let Some(old) = r.agent_info.clone() else { return Ok(r) };
+    if config.recover == RecoverMode::Cleanup {
+        let n = containerizer.cleanup_orphans();
+        ckpt.remove_all();
+        return Err(AgentError::CleanedUp(n));
+    }
+    if r.boot_id.as_deref() != Some(checkpoint::current_boot_id().as_str()) {
+        tracing::warn!("the host rebooted since the checkpoint: registering as a new agent");
+        ckpt.remove_all();
+        return Ok(checkpoint::Recovered::default());
+    }
+    let (old_res, new_res) = (Resources::from_vec(old.resources.clone()), Resources::from_vec(info.resources.clone()));
+    let same_res = old_res.contains(&new_res) && new_res.contains(&old_res);
+    let same_attrs = old.attributes == info.attributes;
+    let ok = match config.reconfiguration_policy {
+        ReconfigurationPolicy::Equal => same_res && same_attrs && old.hostname == info.hostname,
+        ReconfigurationPolicy::Additive => {
+            new_res.contains(&old_res)
+                && old.attributes.iter().all(|a| info.attributes.contains(a))
+                && old.hostname == info.hostname
+        }
+    };
+    if !ok {
+        return Err(AgentError::Reconfiguration(format!(
+            "the agent's configuration changed since its checkpoint (resources {old_res} -> {new_res}, {} -> {} attributes) \
+             and --reconfiguration-policy={:?} does not allow it; restart with the old --resources/--attributes, \
+             use --reconfiguration-policy=additive for growth, or remove {} to start as a new agent",
+            old.attributes.len(),
+            info.attributes.len(),
+            config.reconfiguration_policy,
+            ckpt.root().display()
+        )));
+    }
+    Ok(r)
 }
 
 impl Agent {
@@ -160,9 +237,11 @@ impl Agent {
         };
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
         let containerizer = make_containerizer(&config)?;
-        let (handle, actor) = state::spawn(config.clone(), info, containerizer, out_tx);
+        let recovered = recover(&config, &info, containerizer.as_ref())?;
+        let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel();
+        let (handle, actor) = state::spawn(config.clone(), info, containerizer, out_tx, recovered, recovery_tx);
         let reconnect = Arc::new(tokio::sync::Notify::new());
-        let link_task = tokio::spawn(link::run(config.clone(), handle.clone(), reconnect.clone()));
+        let link_task = tokio::spawn(link::run(config.clone(), handle.clone(), reconnect.clone(), recovery_rx));
         let out_task = tokio::spawn(link::outbound(config.clone(), out_rx, reconnect));
         let server = tokio::spawn(agora_http::serve(listener, http::handler(handle.clone(), config.clone())));
         tracing::info!(%addr, resources = %total, master = %config.master, "agent started");

@@ -19,7 +19,14 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(r as f64 / 1000.0)
 }
 
-pub async fn run(config: AgentConfig, handle: Handle, reconnect: Arc<Notify>) {
+pub async fn run(
+    config: AgentConfig,
+    handle: Handle,
+    reconnect: Arc<Notify>,
+    recovered: tokio::sync::oneshot::Receiver<()>,
+) {
+    // Register only once recovery is complete, so the report is the truth.
+    let _ = recovered.await;
     let client = Client::new();
     let url = format!("{}{}", base_url(&config.master), AGENT_PATH);
     let mut backoff = config.registration_backoff_factor;

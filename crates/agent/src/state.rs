@@ -1,6 +1,7 @@
 //! The agent's state and the one task that owns it: frameworks, executors, tasks, and the
 //! status update manager that delivers every update to the master at least once, in order
 //! per task, until the framework acknowledges it.
+use crate::checkpoint::{Checkpoints, ExecutorRecord, Recovered, UpdateRecord};
 use crate::AgentConfig;
 use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
 use agora_api::executor as exec;
@@ -85,6 +86,8 @@ pub enum Msg {
         container_id: ContainerId,
     },
     /// Destroy every container and answer once they have all ended (or the deadline passed).
+    /// The executor re-registration window after a restart has closed.
+    RecoveryDone,
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -129,6 +132,8 @@ struct Executor {
     tasks: BTreeMap<TaskId, AgentTask>,
     completed: Vec<AgentTask>,
     pid: u32,
+    /// Taken over from a previous agent run; must re-subscribe within the window.
+    recovered: bool,
 }
 
 impl Executor {
@@ -171,6 +176,10 @@ pub(crate) struct State {
     start_time: f64,
     started: Instant,
     counters: Counters,
+    checkpoints: Checkpoints,
+    /// Set until recovered executors had their chance to re-subscribe; fired to let the
+    /// master link register.
+    recovery: Option<oneshot::Sender<()>>,
     /// When each live task's RUN_TASK arrived, for the launch latency figures.
     launch_times: HashMap<(FrameworkId, TaskId), Instant>,
     /// Recent RUN_TASK -> TASK_RUNNING and RUN_TASK -> terminal latencies (ms).
@@ -205,10 +214,13 @@ pub(crate) fn spawn(
     agent_info: AgentInfo,
     containerizer: Arc<dyn Containerizer>,
     out: mpsc::UnboundedSender<AgentToMaster>,
+    recovered: Recovered,
+    recovery_done: oneshot::Sender<()>,
 ) -> (Handle, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
-    let st = State {
+    let checkpoints = Checkpoints::new(&config.work_dir);
+    let mut st = State {
         config,
         self_tx: tx.clone(),
         out,
@@ -228,8 +240,13 @@ pub(crate) fn spawn(
         launch_times: HashMap::new(),
         to_running_ms: VecDeque::new(),
         to_exit_ms: VecDeque::new(),
+        checkpoints,
+        recovery: Some(recovery_done),
     };
-    let task = tokio::spawn(run(st, rx, exits_rx));
+    let task = tokio::spawn(async move {
+        st.restore(recovered);
+        run(st, rx, exits_rx).await
+    });
     (Handle { tx }, task)
 }
 
@@ -279,6 +296,11 @@ impl State {
                 self.agent_info.id = Some(agent_id.clone());
                 self.agent_id = Some(agent_id);
                 self.session_id = Some(session_id);
+                if first {
+                    if let Err(e) = self.checkpoints.write_agent(&self.agent_info) {
+                        tracing::error!(error = %e, "cannot checkpoint the agent's id");
+                    }
+                }
                 // Everything not yet acknowledged goes out again now.
                 for s in self.streams.values_mut() {
                     s.next_retry = Some(Instant::now());
@@ -351,12 +373,126 @@ impl State {
                     let _ = tx.send(Msg::ShutdownDeadline);
                 });
             }
+            Msg::RecoveryDone => self.recovery_done(),
             Msg::ShutdownDeadline => {
                 if let Some(r) = self.shutdown.take() {
                     tracing::warn!("containers still running at the shutdown deadline");
                     let _ = r.send(());
                 }
             }
+        }
+    }
+
+    /// Rebuilds the state a previous agent run checkpointed and takes its containers back.
+    fn restore(&mut self, r: Recovered) {
+        if let Some(id) = r.agent_info.as_ref().and_then(|a| a.id.clone()) {
+            self.agent_info.id = Some(id.clone());
+            self.agent_id = Some(id);
+        }
+        let mut recovered_executors = 0;
+        for f in r.frameworks {
+            let Some(fid) = f.info.id.clone() else { continue };
+            let mut fw = Framework {
+                info: f.info,
+                executors: BTreeMap::new(),
+                completed_executors: VecDeque::new(),
+                shutting_down: false,
+            };
+            for ex in f.executors {
+                let rec = ex.record;
+                let eid = rec.executor_info.executor_id.clone();
+                let mut e = Executor {
+                    info: rec.executor_info,
+                    container_id: rec.container_id.clone(),
+                    directory: rec.directory,
+                    is_command: rec.is_command,
+                    state: ExecState::Registering,
+                    stream: None,
+                    queued: vec![],
+                    tasks: BTreeMap::new(),
+                    completed: vec![],
+                    pid: rec.pid,
+                    recovered: true,
+                };
+                for t in ex.tasks {
+                    let tid = t.info.task_id.clone();
+                    if !t.pending.is_empty() {
+                        let base = self.config.status_update_retry_interval;
+                        self.streams.insert(
+                            (fid.clone(), tid.clone()),
+                            UpdateStream { pending: t.pending.into_iter().collect(), next_retry: None, backoff: base },
+                        );
+                    }
+                    match t.updates.last().map(|s| s.state) {
+                        // Never reached the executor as far as we know: launch it when it comes.
+                        None => e.queued.push(t.info),
+                        Some(state) => {
+                            let at = AgentTask { info: t.info, state, statuses: t.updates };
+                            if state.is_terminal() && !self.streams.contains_key(&(fid.clone(), tid.clone())) {
+                                e.completed.push(at);
+                            } else {
+                                e.tasks.insert(tid, at);
+                            }
+                        }
+                    }
+                }
+                self.containers.insert(rec.container_id.clone(), (fid.clone(), eid.clone()));
+                if !self.containerizer.recover(&rec.container_id, rec.pid, self.exits_tx.clone()) {
+                    let _ = self.exits_tx.send(ContainerExit {
+                        container_id: rec.container_id.clone(),
+                        status: None,
+                        message: "the container is gone after an agent restart".into(),
+                        limitation: None,
+                    });
+                }
+                recovered_executors += 1;
+                fw.executors.insert(eid, e);
+            }
+            self.frameworks.insert(fid, fw);
+        }
+        let orphans = self.containerizer.cleanup_orphans();
+        if recovered_executors > 0 || orphans > 0 {
+            tracing::info!(
+                recovered_executors,
+                orphans,
+                "recovered checkpointed executors; destroyed orphaned containers"
+            );
+        }
+        if recovered_executors == 0 {
+            self.recovery_done();
+        } else {
+            let tx = self.self_tx.clone();
+            let window = self.config.executor_reregistration_timeout;
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                let _ = tx.send(Msg::RecoveryDone);
+            });
+        }
+    }
+
+    /// Executors that did not re-subscribe in time are destroyed; then the agent registers.
+    fn recovery_done(&mut self) {
+        let mut late = Vec::new();
+        for (fid, fw) in &self.frameworks {
+            for (eid, e) in &fw.executors {
+                if e.recovered && e.state == ExecState::Registering {
+                    late.push((fid.clone(), eid.clone(), e.container_id.clone()));
+                }
+            }
+        }
+        for (fid, eid, cid) in late {
+            tracing::warn!(framework_id = %fid, executor_id = %eid, "executor did not re-subscribe after the agent restart; destroying it");
+            self.fail_executor_tasks(
+                &fid,
+                &eid,
+                Reason::ReasonExecutorReregistrationTimeout,
+                "Executor did not re-register after the agent restarted",
+                None,
+            );
+            self.containerizer.destroy(&cid);
+        }
+        if let Some(done) = self.recovery.take() {
+            let _ = done.send(());
         }
     }
 
@@ -527,11 +663,14 @@ impl State {
         match existing {
             Some(ExecState::Registering) => {
                 if let Some(e) = fw.executors.get_mut(&eid) {
-                    e.queued.push(task);
+                    e.queued.push(task.clone());
                 }
+                self.checkpoint_task(&framework_info, &eid, &task);
                 return;
             }
             Some(ExecState::Running) => {
+                self.checkpoint_task(&framework_info, &eid, &task);
+                let Some(fw) = self.frameworks.get_mut(&fid) else { return };
                 if let Some(e) = fw.executors.get_mut(&eid) {
                     let mut ev = exec::Event::of(exec::EventType::Launch);
                     ev.launch = Some(exec::LaunchEvent { task: task.clone() });
@@ -556,7 +695,7 @@ impl State {
                 if pa {
                     s.state = TaskState::Dropped;
                 }
-                self.enqueue_update(&fid, s);
+                self.enqueue_update(&fid, None, s);
                 return;
             }
             None => {}
@@ -647,10 +786,28 @@ impl State {
             tasks: BTreeMap::new(),
             completed: vec![],
             pid: 0,
+            recovered: false,
         };
         match self.containerizer.launch(spec, self.exits_tx.clone()) {
             Ok(pid) => {
                 executor.pid = pid;
+                if framework_info.checkpoint {
+                    let rec = ExecutorRecord {
+                        executor_info: executor.info.clone(),
+                        is_command,
+                        container_id: cid.clone(),
+                        directory: directory.clone(),
+                        pid,
+                    };
+                    let written = self
+                        .checkpoints
+                        .write_framework(&framework_info)
+                        .and_then(|_| self.checkpoints.write_executor(&fid, &rec))
+                        .and_then(|_| self.checkpoints.write_task(&fid, &eid, &task));
+                    if let Err(e) = written {
+                        tracing::error!(error = %e, "cannot checkpoint the executor");
+                    }
+                }
                 let _ = latest_symlink(&directory);
                 tracing::info!(executor_id = %eid, container_id = %cid, pid, "executor launched");
                 self.containers.insert(cid.clone(), (fid.clone(), eid.clone()));
@@ -674,7 +831,16 @@ impl State {
                     Some(Reason::ReasonContainerLaunchFailed),
                     e.to_string(),
                 );
-                self.enqueue_update(&fid, s);
+                self.enqueue_update(&fid, None, s);
+            }
+        }
+    }
+
+    fn checkpoint_task(&self, framework_info: &FrameworkInfo, eid: &ExecutorId, task: &TaskInfo) {
+        let Some(fid) = &framework_info.id else { return };
+        if framework_info.checkpoint {
+            if let Err(e) = self.checkpoints.write_task(fid, eid, task) {
+                tracing::error!(error = %e, "cannot checkpoint a task");
             }
         }
     }
@@ -788,7 +954,7 @@ impl State {
                     None,
                     "Cannot find task to kill",
                 );
-                self.enqueue_update(fid, s);
+                self.enqueue_update(fid, None, s);
             }
             return;
         };
@@ -800,7 +966,7 @@ impl State {
                 Some(Reason::ReasonTaskKilledDuringLaunch),
                 "Task killed before it was launched",
             );
-            self.enqueue_update(fid, s);
+            self.enqueue_update(fid, Some(&eid), s);
             let empty = self.executor(fid, &eid).map(|e| e.queued.is_empty() && e.tasks.is_empty()).unwrap_or(false);
             if empty {
                 self.shutdown_executor(fid, &eid);
@@ -860,6 +1026,7 @@ impl State {
             })
             .unwrap_or(false);
         if done {
+            self.checkpoints.remove_framework(fid);
             if let Some(mut fw) = self.frameworks.remove(fid) {
                 let execs: Vec<Executor> = std::mem::take(&mut fw.executors).into_values().collect();
                 fw.completed_executors.extend(execs);
@@ -912,12 +1079,22 @@ impl State {
             container_id: Some(e.container_id.clone()),
         });
         e.send(&ev);
+        // Tasks the executor says it already has (it re-subscribed after an agent restart)
+        // are not launched twice.
+        let has: Vec<TaskId> = call
+            .subscribe
+            .as_ref()
+            .map(|s| s.unacknowledged_tasks.iter().map(|t| t.task_id.clone()).collect())
+            .unwrap_or_default();
         let queued = std::mem::take(&mut e.queued);
         for t in queued {
+            let known = has.contains(&t.task_id);
             let mut ev = exec::Event::of(exec::EventType::Launch);
             ev.launch = Some(exec::LaunchEvent { task: t.clone() });
             e.tasks.insert(t.task_id.clone(), AgentTask { info: t, state: TaskState::Staging, statuses: vec![] });
-            e.send(&ev);
+            if !known {
+                e.send(&ev);
+            }
         }
         // Updates the executor still holds (it re-subscribed): take what we do not have.
         if let Some(sub) = call.subscribe {
@@ -1027,9 +1204,6 @@ impl State {
         let mut rec = status.clone();
         rec.data = None;
         task.statuses.push(rec);
-        let mut ack = exec::Event::of(exec::EventType::Acknowledged);
-        ack.acknowledged = Some(exec::AcknowledgedEvent { task_id: tid.clone(), uuid });
-        e.send(&ack);
         match status.state {
             TaskState::Finished => self.counters.tasks_finished += 1,
             TaskState::Failed => self.counters.tasks_failed += 1,
@@ -1037,11 +1211,17 @@ impl State {
             TaskState::Lost => self.counters.tasks_lost += 1,
             _ => {}
         }
-        if status.state == TaskState::Killing && !killing_capable {
-            // Frameworks without TASK_KILLING_STATE never see it, so never acknowledge it.
-            return Ok(());
+        // Frameworks without TASK_KILLING_STATE never see TASK_KILLING, so it is never
+        // queued for them. Everything else is checkpointed before the executor hears
+        // ACKNOWLEDGED: the executor may then forget it.
+        if status.state != TaskState::Killing || killing_capable {
+            self.enqueue_update(fid, Some(eid), status);
         }
-        self.enqueue_update(fid, status);
+        let mut ack = exec::Event::of(exec::EventType::Acknowledged);
+        ack.acknowledged = Some(exec::AcknowledgedEvent { task_id: tid, uuid });
+        if let Some(e) = self.executor_mut(fid, eid) {
+            e.send(&ack);
+        }
         Ok(())
     }
 
@@ -1130,7 +1310,7 @@ impl State {
         }
         for s in updates {
             self.counters.tasks_failed += 1;
-            self.enqueue_update(fid, s);
+            self.enqueue_update(fid, Some(eid), s);
         }
     }
 
@@ -1143,6 +1323,7 @@ impl State {
         let Some(fw) = self.frameworks.get_mut(fid) else { return };
         let done = fw.executors.get(eid).map(|e| e.state == ExecState::Terminated).unwrap_or(false);
         if done && !pending {
+            self.checkpoints.remove_executor(fid, eid);
             if let Some(mut e) = fw.executors.remove(eid) {
                 let tasks: Vec<AgentTask> = std::mem::take(&mut e.tasks).into_values().collect();
                 e.completed.extend(tasks);
@@ -1175,9 +1356,19 @@ impl State {
         }
     }
 
-    fn enqueue_update(&mut self, fid: &FrameworkId, status: TaskStatus) {
+    /// Takes an update into the status update manager: checkpointed first (for
+    /// checkpointing frameworks), then forwarded when it is at the head of its task's queue.
+    fn enqueue_update(&mut self, fid: &FrameworkId, eid: Option<&ExecutorId>, status: TaskStatus) {
         let key = (fid.clone(), status.task_id.clone());
         self.record_latency(&key, status.state);
+        let checkpoint = self.frameworks.get(fid).map(|f| f.info.checkpoint).unwrap_or(false);
+        if let (true, Some(eid)) = (checkpoint, eid) {
+            if let Err(e) =
+                self.checkpoints.append_update(fid, eid, &status.task_id, &UpdateRecord::Update(status.clone()))
+            {
+                tracing::error!(error = %e, "cannot checkpoint a status update");
+            }
+        }
         let base = self.config.status_update_retry_interval;
         let s = self.streams.entry(key.clone()).or_insert_with(|| UpdateStream {
             pending: VecDeque::new(),
@@ -1249,6 +1440,21 @@ impl State {
         }
         let acked = s.pending.pop_front();
         s.backoff = base;
+        let checkpoint = self.frameworks.get(fid).map(|f| f.info.checkpoint).unwrap_or(false);
+        if checkpoint {
+            let eid = self.frameworks.get(fid).and_then(|f| {
+                f.executors
+                    .iter()
+                    .find(|(_, e)| e.tasks.contains_key(tid) || e.completed.iter().any(|t| &t.info.task_id == tid))
+                    .map(|(id, _)| id.clone())
+            });
+            if let Some(eid) = eid {
+                if let Err(e) = self.checkpoints.append_update(fid, &eid, tid, &UpdateRecord::Ack(uuid.clone())) {
+                    tracing::error!(error = %e, "cannot checkpoint an acknowledgement");
+                }
+            }
+        }
+        let Some(s) = self.streams.get_mut(&key) else { return };
         if s.pending.is_empty() {
             self.streams.remove(&key);
             if acked.map(|a| a.state.is_terminal()).unwrap_or(false) {

@@ -189,6 +189,18 @@ struct AgentArgs {
     /// Run tasks as their user (CommandInfo.user, else FrameworkInfo.user).
     #[arg(long, env = "AGORA_SWITCH_USER", default_value_t = true, action = clap::ArgAction::Set)]
     switch_user: bool,
+    /// After a restart: `reconnect` to checkpointed executors, or `cleanup` (kill them and exit).
+    #[arg(long, env = "AGORA_RECOVER", default_value = "reconnect", value_parser = ["reconnect", "cleanup"])]
+    recover: String,
+    /// Stop on an unreadable checkpoint (false: recover what can be read).
+    #[arg(long, env = "AGORA_STRICT", default_value_t = true, action = clap::ArgAction::Set)]
+    strict: bool,
+    /// How resources and attributes may differ from the checkpoint: `equal` or `additive`.
+    #[arg(long, env = "AGORA_RECONFIGURATION_POLICY", default_value = "equal", value_parser = ["equal", "additive"])]
+    reconfiguration_policy: String,
+    /// How long executors have to re-subscribe after an agent restart.
+    #[arg(long, env = "AGORA_EXECUTOR_REREGISTRATION_TIMEOUT", default_value = "2secs", value_parser = parse_duration)]
+    executor_reregistration_timeout: Duration,
 }
 
 impl AgentArgs {
@@ -222,6 +234,18 @@ impl AgentArgs {
             cgroups_enable_cfs: self.cgroups_enable_cfs,
             cgroups_pids_max: self.cgroups_pids_max,
             switch_user: self.switch_user,
+            recover: if self.recover == "cleanup" {
+                agora_agent::RecoverMode::Cleanup
+            } else {
+                agora_agent::RecoverMode::Reconnect
+            },
+            strict: self.strict,
+            reconfiguration_policy: if self.reconfiguration_policy == "additive" {
+                agora_agent::ReconfigurationPolicy::Additive
+            } else {
+                agora_agent::ReconfigurationPolicy::Equal
+            },
+            executor_reregistration_timeout: self.executor_reregistration_timeout.min(Duration::from_secs(15)),
             flags,
         })
     }
@@ -339,7 +363,14 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
         Command::Agent { list: Some(ListCommand::List(l)), .. } => list(View::Agents, l).await,
         Command::Agent { list: None, args } => {
             init_tracing("info");
-            let a = Agent::start(args.config()?).await?;
+            let a = match Agent::start(args.config()?).await {
+                Ok(a) => a,
+                Err(e @ agora_agent::AgentError::CleanedUp(_)) => {
+                    println!("{e}");
+                    return Ok(0);
+                }
+                Err(e) => return Err(e.into()),
+            };
             println!("agora agent listening on {}", a.addr);
             wait_for_shutdown().await;
             a.shutdown().await;

@@ -122,4 +122,14 @@ pub trait Containerizer: Send + Sync {
     fn usage(&self, _id: &ContainerId) -> Option<ContainerStats> {
         None
     }
+    /// Takes back a container a previous agent run started (after a restart): its end will
+    /// be reported on `exits` like any other. `false` when nothing of it is left.
+    /// `pid` is what `launch` returned for it.
+    fn recover(&self, _id: &ContainerId, _pid: u32, _exits: mpsc::UnboundedSender<ContainerExit>) -> bool {
+        false
+    }
+    /// Kills and forgets containers a previous run left that nobody recovered.
+    fn cleanup_orphans(&self) -> usize {
+        0
+    }
 }

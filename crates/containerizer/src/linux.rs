@@ -99,13 +99,18 @@ impl LinuxContainerizer {
         format!("{}/{}", self.config.cgroups_root, id.value)
     }
 
-    /// Kills and removes what a previous agent run left behind: containers whose runtime
-    /// directories remain (no checkpoint claims them yet). Returns how many were cleaned.
-    pub fn cleanup_orphans(&self) -> usize {
+    /// Kills and removes what a previous agent run left behind that no checkpoint claims:
+    /// containers whose runtime directories remain but are not being recovered. Returns how
+    /// many were cleaned.
+    pub fn destroy_orphans(&self) -> usize {
         let Ok(rd) = std::fs::read_dir(&self.config.runtime_dir) else { return 0 };
+        let claimed: Vec<ContainerId> = self.containers();
         let mut n = 0;
         for e in rd.flatten() {
             let id = ContainerId::new(e.file_name().to_string_lossy().into_owned());
+            if claimed.contains(&id) {
+                continue;
+            }
             tracing::info!(container_id = %id, "destroying an orphaned container");
             let cgroup = self.cgroup_of(&id);
             Self::kill_container(self.cgroups.as_deref(), &cgroup, &e.path());
@@ -273,7 +278,119 @@ fn chown_to(path: &Path, user: &Option<String>) {
     }
 }
 
+/// What is needed to report a container's end and clean up after it.
+struct Finisher {
+    id: ContainerId,
+    dir: PathBuf,
+    cgroup: String,
+    exits: mpsc::UnboundedSender<ContainerExit>,
+    running: Arc<Mutex<HashMap<ContainerId, Running>>>,
+    cgroups: Option<Arc<Cgroups>>,
+    mem_isolated: bool,
+}
+
+impl Finisher {
+    /// Reads the supervisor's record, notes an OOM kill, removes the cgroups and the runtime
+    /// directory, and reports the exit.
+    async fn finish(self) {
+        let Finisher { id, dir, cgroup, exits, running, cgroups, mem_isolated } = self;
+        let rec: Option<supervisor::Exited> = crate::fsutil::read_json(&dir.join(supervisor::EXITED)).ok().flatten();
+        let (status, message) = match rec {
+            Some(r) => (r.status, r.message),
+            None => (None, "the supervisor ended without recording the container's exit".to_string()),
+        };
+        let mem_limit = running.lock().ok().and_then(|m| m.get(&id).and_then(|r| r.mem_limit_mb));
+        let limitation = tokio::task::spawn_blocking(move || {
+            let cg = cgroups?;
+            let oom = mem_isolated && cg.oom_killed(&cgroup).unwrap_or(false);
+            if let Err(e) = cg.destroy(&cgroup) {
+                tracing::warn!(%cgroup, error = %e, "cannot destroy cgroup");
+            }
+            oom.then(|| memory_limitation(mem_limit))
+        })
+        .await
+        .ok()
+        .flatten();
+        let _ = std::fs::remove_dir_all(&dir);
+        if let Ok(mut m) = running.lock() {
+            m.remove(&id);
+        }
+        let _ = exits.send(ContainerExit { container_id: id, status, message, limitation });
+    }
+}
+
+/// Whether `pid` is alive and is the supervisor of the container in `dir` (not a reused pid).
+fn supervisor_alive(pid: u32, dir: &Path) -> bool {
+    match std::fs::read(format!("/proc/{pid}/cmdline")) {
+        Ok(c) => {
+            let c = String::from_utf8_lossy(&c);
+            c.contains("supervisor") && c.contains(&*dir.to_string_lossy())
+        }
+        Err(_) => false,
+    }
+}
+
+impl LinuxContainerizer {
+    fn finisher(
+        &self,
+        id: ContainerId,
+        dir: PathBuf,
+        cgroup: String,
+        exits: mpsc::UnboundedSender<ContainerExit>,
+    ) -> Finisher {
+        Finisher {
+            id,
+            dir,
+            cgroup,
+            exits,
+            running: self.running.clone(),
+            cgroups: self.cgroups.clone(),
+            mem_isolated: self.config.isolation.cgroups_mem,
+        }
+    }
+}
+
 impl Containerizer for LinuxContainerizer {
+    fn cleanup_orphans(&self) -> usize {
+        self.destroy_orphans()
+    }
+
+    fn recover(&self, id: &ContainerId, _pid: u32, exits: mpsc::UnboundedSender<ContainerExit>) -> bool {
+        let dir = self.config.runtime_dir.join(&id.value);
+        if !dir.is_dir() {
+            return false;
+        }
+        let cgroup = self.cgroup_of(id);
+        let started: Option<supervisor::Started> =
+            crate::fsutil::read_json(&dir.join(supervisor::STARTED)).ok().flatten();
+        if let Ok(mut m) = self.running.lock() {
+            m.insert(
+                id.clone(),
+                Running { cgroup: cgroup.clone(), dir: dir.clone(), mem_limit_mb: None, cpus_limit: None },
+            );
+        }
+        let done = self.finisher(id.clone(), dir.clone(), cgroup, exits);
+        tokio::spawn(async move {
+            // Not our child any more: watch for the supervisor's record or its death.
+            loop {
+                if dir.join(supervisor::EXITED).exists() {
+                    break;
+                }
+                match &started {
+                    Some(s) if supervisor_alive(s.supervisor_pid, &dir) => {}
+                    _ => {
+                        // Gone without a record; give a racing write a moment.
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        break;
+                    }
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            done.finish().await;
+        });
+        true
+    }
+
     fn launch(&self, spec: LaunchSpec, exits: mpsc::UnboundedSender<ContainerExit>) -> Result<u32, ContainerizerError> {
         let id = spec.container_id.clone();
         let ids = id.value.clone();
@@ -372,36 +489,10 @@ impl Containerizer for LinuxContainerizer {
                 },
             );
         }
-        let running = self.running.clone();
-        let cgroups = self.cgroups.clone();
-        let mem_isolated = self.config.isolation.cgroups_mem;
+        let done = self.finisher(id, dir, cgroup, exits);
         tokio::spawn(async move {
             let _ = child.wait().await;
-            let rec: Option<supervisor::Exited> =
-                crate::fsutil::read_json(&dir.join(supervisor::EXITED)).ok().flatten();
-            let (status, message) = match rec {
-                Some(r) => (r.status, r.message),
-                None => (None, "the supervisor ended without recording the container's exit".to_string()),
-            };
-            let mem_limit = running.lock().ok().and_then(|m| m.get(&id).and_then(|r| r.mem_limit_mb));
-            let cg = cgroups.clone();
-            let cgroup2 = cgroup.clone();
-            let limitation = tokio::task::spawn_blocking(move || {
-                let cg = cg?;
-                let oom = mem_isolated && cg.oom_killed(&cgroup2).unwrap_or(false);
-                if let Err(e) = cg.destroy(&cgroup2) {
-                    tracing::warn!(cgroup = %cgroup2, error = %e, "cannot destroy cgroup");
-                }
-                oom.then(|| memory_limitation(mem_limit))
-            })
-            .await
-            .ok()
-            .flatten();
-            let _ = std::fs::remove_dir_all(&dir);
-            if let Ok(mut m) = running.lock() {
-                m.remove(&id);
-            }
-            let _ = exits.send(ContainerExit { container_id: id, status, message, limitation });
+            done.finish().await;
         });
         Ok(pid)
     }

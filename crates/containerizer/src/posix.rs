@@ -156,6 +156,31 @@ impl Containerizer for PosixContainerizer {
         }
     }
 
+    fn recover(&self, id: &ContainerId, pid: u32, exits: mpsc::UnboundedSender<ContainerExit>) -> bool {
+        let alive = pid > 0 && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok();
+        if !alive {
+            return false;
+        }
+        if let Ok(mut m) = self.pids.lock() {
+            m.insert(id.clone(), pid as i32);
+        }
+        let pids = self.pids.clone();
+        let cid = id.clone();
+        tokio::spawn(async move {
+            // Not our child: poll until it is gone. Its exit status is not ours to learn.
+            while nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            let _ = tokio::task::spawn_blocking(move || kill_session(pid as i32)).await;
+            if let Ok(mut m) = pids.lock() {
+                m.remove(&cid);
+            }
+            let message = "ended while the agent was away".to_string();
+            let _ = exits.send(ContainerExit { container_id: cid, status: None, message, limitation: None });
+        });
+        true
+    }
+
     fn containers(&self) -> Vec<ContainerId> {
         self.pids.lock().map(|m| m.keys().cloned().collect()).unwrap_or_default()
     }

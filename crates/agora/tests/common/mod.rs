@@ -86,6 +86,8 @@ pub struct Cluster {
     pub master: Proc,
     pub agents: Vec<Proc>,
     agent_args: Vec<String>,
+    /// The command line each agent was started with (for restarts).
+    agent_cmds: Vec<Vec<String>>,
 }
 
 impl Drop for Cluster {
@@ -112,7 +114,7 @@ impl Cluster {
         args.extend(s(FAST_MASTER));
         args.extend(s(master_args));
         let master = spawn_daemon(&args, &dir.join("master.log"));
-        let mut c = Cluster { dir, master, agents: vec![], agent_args: s(agent_args) };
+        let mut c = Cluster { dir, master, agents: vec![], agent_args: s(agent_args), agent_cmds: vec![] };
         for _ in 0..agents {
             c.add_agent();
         }
@@ -130,8 +132,75 @@ impl Cluster {
         }
         args.extend(self.agent_args.clone());
         let p = spawn_daemon(&args, &self.dir.join(format!("agent{i}.log")));
+        // A restart comes back on the same port: executors know the agent by its address.
+        let port = p.addr.rsplit(':').next().unwrap_or("0").to_string();
+        if let Some(pos) = args.iter().position(|a| a == "--port") {
+            args[pos + 1] = port;
+        }
         self.agents.push(p);
+        self.agent_cmds.push(args);
         i
+    }
+
+    /// SIGKILLs agent `i` (its containers live on) without waiting for anything else.
+    pub fn crash_agent(&mut self, i: usize) {
+        let p = &mut self.agents[i];
+        p.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = p.child.wait();
+    }
+
+    /// Starts agent `i` again with the same command line (and `extra` flags); returns
+    /// whether it started (a refusal is in its log).
+    pub fn restart_agent(&mut self, i: usize, extra: &[&str]) -> Result<(), String> {
+        let mut args = self.agent_cmds[i].clone();
+        // `--flag value` pairs replace the flag's earlier value; `--flag=value` is appended.
+        let mut k = 0;
+        while k < extra.len() {
+            let flag = extra[k];
+            if !flag.contains('=') && k + 1 < extra.len() {
+                match args.iter().position(|a| a == flag) {
+                    Some(pos) => args[pos + 1] = extra[k + 1].to_string(),
+                    None => args.extend(s(&[flag, extra[k + 1]])),
+                }
+                k += 2;
+            } else {
+                args.push(flag.to_string());
+                k += 1;
+            }
+        }
+        let log = self.dir.join(format!("agent{i}.log"));
+        let out = std::fs::OpenOptions::new().append(true).create(true).open(&log).expect("log");
+        let err = out.try_clone().expect("log");
+        let child = Command::new(BIN)
+            .args(&args)
+            .env("AGORA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("spawn agent");
+        let mut p = Proc { child, log: log.clone(), addr: self.agents[i].addr.clone() };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let marker = std::fs::read_to_string(&log).unwrap_or_default().matches(" listening on ").count();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.matches(" listening on ").count() > marker {
+                break;
+            }
+            if let Ok(Some(_)) = p.child.try_wait() {
+                let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join("\n");
+                std::mem::forget(p);
+                return Err(tail);
+            }
+            if Instant::now() > deadline {
+                let tail: Vec<&str> = text.lines().rev().take(30).collect();
+                panic!("agent did not restart:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let old = std::mem::replace(&mut self.agents[i], p);
+        std::mem::forget(old);
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {
