@@ -130,10 +130,10 @@ async fn kill_9_the_agent_and_every_task_lives_on() {
     for i in 0..5 {
         fw.s.kill(TaskId::new(format!("t{i}")), None).await.unwrap();
     }
-    for i in 0..5 {
+    for (i, pid) in pids.iter().enumerate().take(5) {
         fw.until_state(&format!("t{i}"), TaskState::Killed, T).await;
-        let dead = wait_until(T, || async { (!alive(pids[i])).then_some(()) }).await;
-        assert!(dead.is_some());
+        let dead = wait_until(T, || async { (!alive(*pid)).then_some(()) }).await;
+        assert!(dead.is_some(), "killed task {i} (pid {pid}) is still alive");
     }
 }
 
