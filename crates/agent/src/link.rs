@@ -1,17 +1,42 @@
 //! The agent's connection to the master.
 //!
-//! [`run`] registers (or re-registers, with everything the agent runs) and feeds the master's
-//! messages to the actor; when the stream ends it reconnects with a randomised, growing
-//! backoff. [`outbound`] POSTs the agent's calls in order; a 403 (stale session) makes the
-//! link re-register at once.
+//! [`run`] finds the leading master, registers (or re-registers, with everything the agent
+//! runs) and feeds the master's messages to the actor; when the stream ends it looks for the
+//! leader again and reconnects with a randomised, growing backoff, which starts over when the
+//! leader changes. [`outbound`] POSTs the agent's calls in order to the current leader; a 403
+//! (stale session), 307 or 503 (not the leader) makes the link re-register at once.
+//!
+//! `--master` is one master, a list, or `etcd://...` (see `agora_registry::detector`).
 use crate::state::{Handle, Msg};
 use crate::AgentConfig;
 use agora_api::agent_proto::{AgentToMaster, MasterToAgent, AGENT_PATH};
 use agora_http::http::StatusCode;
 use agora_http::{base_url, Client, ClientError};
-use std::sync::Arc;
+use agora_registry::detector::Detector;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
+
+/// One detector per `--master` value in this process: the registration loop and the
+/// outbound queue must talk to the same leader.
+fn detector(master: &str) -> Result<Arc<Detector>, String> {
+    static DETECTORS: OnceLock<Mutex<HashMap<String, Arc<Detector>>>> = OnceLock::new();
+    let map = DETECTORS.get_or_init(Default::default);
+    let mut map = map.lock().map_err(|_| "detector table poisoned".to_string())?;
+    if let Some(d) = map.get(master) {
+        return Ok(d.clone());
+    }
+    let d = Arc::new(Detector::new(master)?);
+    map.insert(master.to_string(), d.clone());
+    Ok(d)
+}
+
+/// Whether a failed call says "not the leader" (307 to it, 503 none elected yet).
+fn not_leader(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status { status, .. }
+        if *status == StatusCode::TEMPORARY_REDIRECT || *status == StatusCode::SERVICE_UNAVAILABLE)
+}
 
 fn jitter(max: Duration) -> Duration {
     // Spread reconnects of many agents; the uuid is a cheap source of randomness.
@@ -27,20 +52,54 @@ pub async fn run(
 ) {
     // Register only once recovery is complete, so the report is the truth.
     let _ = recovered.await;
+    let detector = match detector(&config.master) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot find the master");
+            return;
+        }
+    };
     let client = Client::new();
-    let url = format!("{}{}", base_url(&config.master), AGENT_PATH);
-    let mut backoff = config.registration_backoff_factor;
-    let max_backoff = Duration::from_secs(60);
+    let factor = config.registration_backoff_factor;
+    let mut backoff = factor;
+    // With several masters the leader can move: look again at least every 2 s.
+    let max_backoff = if detector.is_ha() { Duration::from_secs(2).max(factor) } else { Duration::from_secs(60) };
+    let mut leader_seen: Option<String> = None;
     loop {
+        let Some(leader) = detector.leader().await else {
+            tracing::warn!(master = %config.master, "no leading master found");
+            let wait = jitter(backoff);
+            backoff = (backoff * 2).min(max_backoff);
+            tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+            continue;
+        };
+        if leader_seen.as_deref() != Some(leader.as_str()) {
+            if leader_seen.is_some() {
+                tracing::info!(%leader, "new leading master");
+            }
+            leader_seen = Some(leader.clone());
+            backoff = factor;
+        }
+        let url = format!("{}{}", base_url(&leader), AGENT_PATH);
         let Some(call) = handle.ask(|reply| Msg::RegistrationCall { reply }).await else { return };
         let reregister = matches!(call, AgentToMaster::Reregister { .. });
         match client.subscribe(&url, &[], &call, Duration::from_secs(10)).await {
+            Err(e) if not_leader(&e) => {
+                // Ask it where the leader is; the next round goes there.
+                tracing::info!(%leader, error = %e, "not the leading master");
+                match detector.ask(&leader).await {
+                    Some(l) if l != leader => detector.remember(&l),
+                    _ => detector.forget(),
+                }
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the master");
                 if let ClientError::Status { status, body, .. } = &e {
                     if *status == StatusCode::BAD_REQUEST {
                         tracing::error!(%body, "the master refused this agent's registration");
                     }
+                } else {
+                    detector.forget();
                 }
             }
             Ok(mut stream) => {
@@ -82,6 +141,8 @@ pub async fn run(
                     }
                 }
                 let _ = handle.tx.send(Msg::Disconnected);
+                // The master may have died or stepped down: look for the leader again.
+                detector.forget();
             }
         }
         let wait = jitter(backoff);
@@ -92,12 +153,29 @@ pub async fn run(
 
 pub async fn outbound(config: AgentConfig, mut rx: mpsc::UnboundedReceiver<AgentToMaster>, reconnect: Arc<Notify>) {
     let client = Client::new();
-    let url = format!("{}{}", base_url(&config.master), AGENT_PATH);
+    let detector = match detector(&config.master) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot find the master");
+            return;
+        }
+    };
     while let Some(call) = rx.recv().await {
+        // Calls go to the master the registration loop found last; whatever cannot be
+        // delivered is retried by its owner (status updates until acknowledged).
+        let Some(leader) = detector.current() else {
+            tracing::debug!("no leading master known; call dropped");
+            continue;
+        };
+        let url = format!("{}{}", base_url(&leader), AGENT_PATH);
         match client.call(&url, &[], &call, Duration::from_secs(10)).await {
             Ok(_) => {}
             Err(ClientError::Status { status, body, .. }) if status == StatusCode::FORBIDDEN => {
                 tracing::info!(%body, "master refused a call");
+                reconnect.notify_one();
+            }
+            Err(e) if not_leader(&e) => {
+                tracing::info!(error = %e, "the master no longer leads");
                 reconnect.notify_one();
             }
             Err(e) => tracing::debug!(error = %e, "call to the master failed (retried by its owner if it matters)"),

@@ -63,7 +63,7 @@ enum ListCommand {
 
 #[derive(Args, Clone)]
 struct ListArgs {
-    /// The master, host:port.
+    /// The master: host:port, several (h1:5050,h2:5050) or etcd://h1:2379,h2:2379[/prefix].
     #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
     master: String,
     /// Print JSON instead of a table.
@@ -116,6 +116,29 @@ struct MasterArgs {
     /// Interval of HEARTBEAT events on framework subscriptions.
     #[arg(long, env = "AGORA_FRAMEWORK_HEARTBEAT_INTERVAL", default_value = "15secs", value_parser = parse_duration)]
     framework_heartbeat_interval: Duration,
+    /// After an election (or a restart), how long agents of the registry have to re-register
+    /// before they are marked unreachable.
+    #[arg(long, env = "AGORA_AGENT_REREGISTER_TIMEOUT", default_value = "10mins", value_parser = parse_duration)]
+    agent_reregister_timeout: Duration,
+    /// etcd endpoints for the registry and leader election (several masters, one leader):
+    /// 'http://h1:2379,http://h2:2379'. Without it the registry is embedded under --work-dir.
+    #[arg(long, env = "AGORA_ETCD", value_parser = parse_etcd)]
+    etcd: Option<EtcdEndpoints>,
+    /// Prefix of every key Agora keeps in etcd.
+    #[arg(long, env = "AGORA_ETCD_PREFIX", default_value = "/agora")]
+    etcd_prefix: String,
+    /// TTL of the leader's etcd lease: a dead leader is replaced within about this long
+    /// (whole seconds, at least 2).
+    #[arg(long, env = "AGORA_ETCD_LEASE_TTL", default_value = "3secs", value_parser = parse_duration)]
+    etcd_lease_ttl: Duration,
+}
+
+/// `--etcd http://h1:2379,http://h2:2379`.
+#[derive(Clone, Debug)]
+struct EtcdEndpoints(Vec<String>);
+
+fn parse_etcd(s: &str) -> Result<EtcdEndpoints, String> {
+    agora_registry::etcd::parse_endpoints(s).map(EtcdEndpoints).map_err(|e| e.to_string())
 }
 
 impl MasterArgs {
@@ -128,6 +151,11 @@ impl MasterArgs {
             ("allocation_interval".into(), format!("{:?}", self.allocation_interval)),
             ("agent_ping_timeout".into(), format!("{:?}", self.agent_ping_timeout)),
             ("max_agent_ping_timeouts".into(), self.max_agent_ping_timeouts.to_string()),
+            ("agent_reregister_timeout".into(), format!("{:?}", self.agent_reregister_timeout)),
+            ("registry".into(), if self.etcd.is_some() { "etcd" } else { "embedded" }.into()),
+            ("etcd".into(), self.etcd.as_ref().map(|e| e.0.join(",")).unwrap_or_default()),
+            ("etcd_prefix".into(), self.etcd_prefix.clone()),
+            ("etcd_lease_ttl".into(), format!("{:?}", self.etcd_lease_ttl)),
         ];
         MasterConfig {
             ip: self.ip.clone(),
@@ -139,6 +167,12 @@ impl MasterArgs {
             max_agent_ping_timeouts: self.max_agent_ping_timeouts,
             heartbeat_interval: self.framework_heartbeat_interval,
             weights: self.weights.clone().map(|w| w.0).unwrap_or_default(),
+            agent_reregister_timeout: self.agent_reregister_timeout,
+            etcd: self.etcd.as_ref().map(|e| agora_master::EtcdConfig {
+                endpoints: e.0.clone(),
+                prefix: self.etcd_prefix.clone(),
+                lease_ttl: Duration::from_secs(self.etcd_lease_ttl.as_secs_f64().ceil().max(2.0) as u64),
+            }),
             flags,
             ..MasterConfig::default()
         }
@@ -147,7 +181,7 @@ impl MasterArgs {
 
 #[derive(Args, Clone)]
 struct AgentArgs {
-    /// The master, host:port.
+    /// The master: host:port, several (h1:5050,h2:5050) or etcd://h1:2379,h2:2379[/prefix].
     #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
     master: String,
     #[arg(long, env = "AGORA_IP", default_value = "127.0.0.1")]
@@ -269,7 +303,7 @@ struct DevArgs {
 
 #[derive(Args, Clone)]
 struct RunArgs {
-    /// The master, host:port.
+    /// The master: host:port, several (h1:5050,h2:5050) or etcd://h1:2379,h2:2379[/prefix].
     #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
     master: String,
     #[arg(long, env = "AGORA_CPUS", default_value_t = 0.5)]
@@ -460,5 +494,24 @@ mod tests {
         let Command::Master(m) = cli.command else { panic!("not master") };
         assert_eq!(m.config().weights, vec![("web".to_string(), 2.0), ("batch".to_string(), 0.5)]);
         assert!(Cli::try_parse_from(["agora", "master", "--weights", "web=-1"]).is_err());
+        let cli = Cli::try_parse_from([
+            "agora",
+            "master",
+            "--etcd",
+            "http://127.0.0.1:2379,127.0.0.1:2381",
+            "--etcd-lease-ttl",
+            "500ms",
+            "--agent-reregister-timeout",
+            "5secs",
+        ])
+        .unwrap();
+        let Command::Master(m) = cli.command else { panic!("not master") };
+        let c = m.config();
+        let etcd = c.etcd.expect("etcd config");
+        assert_eq!(etcd.endpoints, vec!["http://127.0.0.1:2379", "http://127.0.0.1:2381"]);
+        assert_eq!(etcd.prefix, "/agora");
+        assert_eq!(etcd.lease_ttl, Duration::from_secs(2), "etcd leases are whole seconds, at least 2");
+        assert_eq!(c.agent_reregister_timeout, Duration::from_secs(5));
+        assert!(Cli::try_parse_from(["agora", "master", "--etcd", "https://x:1"]).is_err());
     }
 }

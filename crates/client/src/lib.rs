@@ -1,6 +1,10 @@
 //! The client side of Agora, speaking only the public wire API (the api crate's types over
 //! HTTP): a small Mesos v1 scheduler client ([`Scheduler`]), `agora run` ([`run`]), and the
 //! operator views behind `agora agent|framework|task list` ([`views`]).
+//!
+//! Everywhere a master is named it may be one `host:port`, several
+//! (`h1:5050,h2:5050,h3:5050`) or `etcd://h1:2379,...[/prefix]`: [`leading_master`] finds
+//! the one that leads, and a 307 from a master that does not is followed.
 #![forbid(unsafe_code)]
 
 pub mod run;
@@ -22,6 +26,21 @@ pub enum SchedulerError {
     Decode(String),
     #[error("the master answered the subscription with an error: {0}")]
     Refused(String),
+    #[error("no leading master found for '{0}'")]
+    NoLeader(String),
+}
+
+/// The leading master's `host:port` for a `--master` value (see the crate docs).
+pub async fn leading_master(master: &str) -> Result<String, SchedulerError> {
+    let d = agora_registry::detector::Detector::new(master).map_err(SchedulerError::Refused)?;
+    d.leader().await.ok_or_else(|| SchedulerError::NoLeader(master.to_string()))
+}
+
+/// Whether an error says the master does not lead (307) or no leader is ready (503).
+fn not_leader(e: &ClientError) -> bool {
+    matches!(e, ClientError::Status { status, .. }
+        if *status == agora_http::http::StatusCode::TEMPORARY_REDIRECT
+            || *status == agora_http::http::StatusCode::SERVICE_UNAVAILABLE)
 }
 
 /// A subscribed framework: the event stream plus the ids every call needs.
@@ -34,14 +53,28 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    /// SUBSCRIBEs (or re-subscribes when `info.id` is set) and waits for SUBSCRIBED.
+    /// Finds the leading master, SUBSCRIBEs (or re-subscribes when `info.id` is set) and
+    /// waits for SUBSCRIBED. A master that does not lead is asked where the leader is (its
+    /// 307), a few times at most.
     pub async fn subscribe(master: &str, info: FrameworkInfo) -> Result<Scheduler, SchedulerError> {
         let client = Client::new();
-        let url = format!("{}/api/v1/scheduler", base_url(master));
+        let detector = agora_registry::detector::Detector::new(master).map_err(SchedulerError::Refused)?;
+        let mut leader = detector.leader().await.ok_or_else(|| SchedulerError::NoLeader(master.to_string()))?;
         let mut call = Call::new(CallType::Subscribe, info.id.clone());
         call.subscribe =
             Some(sched::Subscribe { framework_info: info, suppressed_roles: vec![], offer_constraints: None });
-        let mut stream = client.subscribe(&url, &[], &call, Duration::from_secs(10)).await?;
+        let mut hops = 0;
+        let (url, mut stream) = loop {
+            let url = format!("{}/api/v1/scheduler", base_url(&leader));
+            match client.subscribe(&url, &[], &call, Duration::from_secs(10)).await {
+                Ok(s) => break (url, s),
+                Err(e) if not_leader(&e) && hops < 3 => {
+                    hops += 1;
+                    leader = detector.ask(&leader).await.ok_or(SchedulerError::Http(e))?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         let stream_id =
             stream.headers.get("Mesos-Stream-Id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         let first = stream.next().await.ok_or(SchedulerError::Closed)??;

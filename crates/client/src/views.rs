@@ -19,7 +19,10 @@ pub async fn show(master: &str, view: View, json: bool) -> Result<String, Client
         View::Frameworks => CallType::GetFrameworks,
         View::Tasks => CallType::GetTasks,
     };
-    let url = format!("{}/api/v1", base_url(master));
+    let leader = crate::leading_master(master)
+        .await
+        .map_err(|e| ClientError::Request { url: master.to_string(), why: e.to_string() })?;
+    let url = format!("{}/api/v1", base_url(&leader));
     let reply = Client::new().call(&url, &[], &Call { kind, teardown: None }, Duration::from_secs(10)).await?;
     let resp: Response = serde_json::from_slice(&reply.body)
         .map_err(|e| ClientError::Stream { url: url.clone(), why: format!("bad operator response: {e}") })?;

@@ -1,6 +1,9 @@
 //! The master's HTTP front end: routing (longest prefix, `/master` process prefix, `.json`
-//! aliases), request validation, and translation into actor messages.
-use crate::state::{ApiError, CallReply, Handle, Msg, Query};
+//! aliases), request validation, and translation into actor messages. A master that does not
+//! lead answers what only the leader can answer with 307 to the leader (`Location:
+//! //host:port/path?query`, protocol-relative as in Mesos) or 503 when it knows of none;
+//! `/health`, `/version`, `/flags`, `/metrics/snapshot` and `/redirect` work on every master.
+use crate::state::{ApiError, CallReply, Handle, Msg, Query, Role};
 use agora_api::agent_proto::AgentToMaster;
 use agora_api::{operator, scheduler};
 use agora_http::http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -47,6 +50,39 @@ pub fn route(path: &str) -> Option<&'static str> {
         .filter(|r| p == **r || (p.starts_with(**r) && p.as_bytes().get(r.len()) == Some(&b'/')))
         .max_by_key(|r| r.len())
         .copied()
+}
+
+/// Routes only the leader answers.
+const LEADER_ONLY: &[&str] = &[
+    "/api/v1/scheduler",
+    "/api/v1",
+    "/agora/v1/agent",
+    "/state",
+    "/state-summary",
+    "/slaves",
+    "/frameworks",
+    "/tasks",
+    "/roles",
+    "/teardown",
+];
+
+/// 307 to `//leader{suffix}`, or 503 when no leader is known.
+fn redirect(h: &Handle, suffix: &str) -> Response<Body> {
+    let role = h.role.borrow().clone();
+    let leader = match role {
+        Role::Leading => h.master_info.clone(),
+        Role::Following(Some(l)) => l,
+        Role::Following(None) => return agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected"),
+        Role::Recovering => {
+            return agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "Master has not finished recovery")
+        }
+    };
+    let loc = format!("//{}{suffix}", agora_registry::master_addr(&leader));
+    let mut resp = agora_http::empty(StatusCode::TEMPORARY_REDIRECT);
+    if let Ok(v) = HeaderValue::from_str(&loc) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 pub fn handler(h: Handle) -> agora_http::Handler {
@@ -124,6 +160,13 @@ async fn dispatch(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
     let Some(r) = route(&path) else {
         return agora_http::text(StatusCode::NOT_FOUND, format!("No route for '{path}'"));
     };
+    if LEADER_ONLY.contains(&r) && *h.role.borrow() != Role::Leading {
+        let suffix = match req.uri().query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        return redirect(h, &suffix);
+    }
     match r {
         "/api/v1/scheduler" => scheduler_api(h, req).await,
         "/api/v1" => operator_api(h, req).await,
@@ -131,13 +174,13 @@ async fn dispatch(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
         "/health" => agora_http::empty(StatusCode::OK),
         "/version" => json_or_jsonp(&crate::legacy::version_json(), &q),
         "/redirect" => {
-            let mut resp = agora_http::empty(StatusCode::TEMPORARY_REDIRECT);
-            let addr = h.master_info.address.as_ref();
-            let loc = format!("//{}:{}", addr.and_then(|a| a.hostname.clone()).unwrap_or_default(), h.master_info.port);
-            if let Ok(v) = HeaderValue::from_str(&loc) {
-                resp.headers_mut().insert(header::LOCATION, v);
+            // `/redirect/...` would redirect in a loop: Mesos answers 404.
+            let p = path.trim_end_matches('/');
+            if p == "/redirect" || p == "/master/redirect" {
+                redirect(h, "")
+            } else {
+                agora_http::text(StatusCode::NOT_FOUND, format!("No route for '{path}'"))
             }
-            resp
         }
         "/flags" => {
             let flags: serde_json::Map<String, serde_json::Value> =

@@ -31,7 +31,7 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
         Query::StateSummary => state_summary(st),
         Query::Slaves => json!({
             "slaves": st.agents.values().map(|a| agent_json(st, a)).collect::<Vec<_>>(),
-            "recovered_slaves": [],
+            "recovered_slaves": recovered_slaves(st),
         }),
         Query::Frameworks { framework_id } => {
             let keep = |f: &&Framework| framework_id.as_ref().map(|id| f.id().value == *id).unwrap_or(true);
@@ -86,7 +86,7 @@ fn framework_json(st: &State, f: &Framework) -> Value {
         "capabilities": f.info.capabilities.iter().map(|c| c.kind.clone()).collect::<Vec<_>>(),
         "active": f.active,
         "connected": f.connected(),
-        "recovered": false,
+        "recovered": f.recovered,
         "registered_time": f.registered_time,
         "unregistered_time": f.unregistered_time.unwrap_or(0.0),
         "used_resources": st.used_by(&id).to_legacy_map(),
@@ -121,12 +121,17 @@ fn framework_json(st: &State, f: &Framework) -> Value {
     v
 }
 
-fn agent_json(st: &State, a: &crate::state::Agent) -> Value {
-    let id = a.id();
+fn attributes_json(attributes: &[Attribute]) -> Value {
     let mut attrs = serde_json::Map::new();
-    for at in &a.info.attributes {
+    for at in attributes {
         attrs.insert(at.name.clone(), at.legacy_value());
     }
+    Value::Object(attrs)
+}
+
+fn agent_json(st: &State, a: &crate::state::Agent) -> Value {
+    let id = a.id();
+    let attrs = attributes_json(&a.info.attributes);
     let mut reserved = serde_json::Map::new();
     let mut unreserved = Resources::new();
     for r in a.total.iter() {
@@ -244,7 +249,7 @@ fn state_json(st: &State) -> Value {
         "build_time": 0.0,
         "build_user": "agora",
         "start_time": st.start_time,
-        "elected_time": st.start_time,
+        "elected_time": st.elected_time,
         "id": st.master_info.id,
         "pid": st.master_info.pid,
         "hostname": hostname,
@@ -256,7 +261,7 @@ fn state_json(st: &State) -> Value {
         "leader_info": st.master_info,
         "flags": flags,
         "slaves": st.agents.values().map(|a| agent_json(st, a)).collect::<Vec<_>>(),
-        "recovered_slaves": [],
+        "recovered_slaves": recovered_slaves(st),
         "frameworks": st.frameworks.values().map(|f| framework_json(st, f)).collect::<Vec<_>>(),
         "completed_frameworks": st.completed_frameworks.iter().map(|f| framework_json(st, f)).collect::<Vec<_>>(),
         "orphan_tasks": [],
@@ -311,7 +316,8 @@ fn metrics(st: &State) -> Value {
     let count = |s: TaskState| live.iter().filter(|t| t.task.state == s).count();
     let c = &st.counters;
     json!({
-        "master/elected": 1,
+        "master/elected": u8::from(st.role == crate::state::Role::Leading),
+        "master/slaves_recovered": st.recovered_agents.len(),
         "master/uptime_secs": st.uptime(),
         "master/slaves_active": st.agents.values().filter(|a| a.active && a.connected()).count(),
         "master/slaves_inactive": st.agents.values().filter(|a| !(a.active && a.connected())).count(),
@@ -379,7 +385,7 @@ fn roles(st: &State) -> Value {
     }
     json!({
         "roles": roles.into_iter().map(|(name, (fws, res))| json!({
-            "weight": st.config.weights.iter().find(|(r, _)| *r == name).map(|(_, w)| *w).unwrap_or(1.0),
+            "weight": st.weights.get(&name).copied().unwrap_or(1.0),
             "name": name, "frameworks": fws, "resources": res.to_legacy_map(),
         })).collect::<Vec<_>>()
     })
@@ -404,7 +410,7 @@ fn framework_entry(st: &State, f: &Framework) -> FrameworkEntry {
         framework_info: f.info.clone(),
         active: f.active,
         connected: f.connected(),
-        recovered: false,
+        recovered: f.recovered,
         registered_time: Some(DurationInfo::from_secs_f64(f.registered_time)),
         unregistered_time: f.unregistered_time.map(DurationInfo::from_secs_f64),
         offers: f.offers.iter().filter_map(|o| st.offers.get(o)).map(|o| o.offer.clone()).collect(),
@@ -441,8 +447,26 @@ pub(crate) fn get_agents(st: &State) -> GetAgents {
                 }
             })
             .collect(),
-        recovered_agents: vec![],
+        recovered_agents: st.recovered_agents.values().map(|r| r.info.clone()).collect(),
     }
+}
+
+/// Agents in the registry that have not re-registered since this master was elected.
+fn recovered_slaves(st: &State) -> Vec<Value> {
+    st.recovered_agents
+        .iter()
+        .map(|(id, r)| {
+            json!({
+                "id": id.value,
+                "hostname": r.info.hostname,
+                "port": r.info.port,
+                "pid": r.pid,
+                "version": r.version,
+                "resources": Resources::from_vec(r.info.resources.clone()).to_legacy_map(),
+                "attributes": attributes_json(&r.info.attributes),
+            })
+        })
+        .collect()
 }
 
 pub(crate) fn get_executors(st: &State) -> GetExecutors {

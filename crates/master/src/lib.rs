@@ -2,11 +2,13 @@
 //!
 //! One task (the actor in [`state`]) owns all master state; the HTTP front end in [`http`]
 //! parses and validates requests and sends the actor messages. Offers come from the pure
-//! allocator crate, driven on a timer and on events.
+//! allocator crate, driven on a timer and on events. [`leader`] decides when this master
+//! leads: at once with the embedded registry, by election on etcd with `--etcd`.
 #![forbid(unsafe_code)]
 #![recursion_limit = "256"]
 
 pub mod http;
+pub mod leader;
 pub mod legacy;
 pub mod state;
 
@@ -37,8 +39,25 @@ pub struct MasterConfig {
     pub max_completed_frameworks: usize,
     /// Role weights for DRF (Mesos `--weights role=2,other=1`); unnamed roles weigh 1.
     pub weights: Vec<(String, f64)>,
+    /// How long a newly elected master waits for the registry's agents to re-register
+    /// before it marks the missing ones unreachable (Mesos `--agent_reregister_timeout`, 10 min).
+    pub agent_reregister_timeout: Duration,
+    /// Registry and leader election in etcd (HA); `None`: the embedded registry under
+    /// `work_dir`, always leading.
+    pub etcd: Option<EtcdConfig>,
     /// The flags as given, for `/flags` and GET_FLAGS.
     pub flags: Vec<(String, String)>,
+}
+
+/// `--etcd`, `--etcd-prefix`, `--etcd-lease-ttl`.
+#[derive(Clone, Debug)]
+pub struct EtcdConfig {
+    /// Base URLs, `http://host:port`.
+    pub endpoints: Vec<String>,
+    /// Every key lives under this prefix (`/agora`).
+    pub prefix: String,
+    /// TTL of the leader's lease: a dead leader is replaced within about this long.
+    pub lease_ttl: Duration,
 }
 
 /// Parses `--weights`: `role1=2.5,role2=1`.
@@ -69,6 +88,8 @@ impl Default for MasterConfig {
             max_completed_tasks_per_framework: 1000,
             max_completed_frameworks: 50,
             weights: Vec::new(),
+            agent_reregister_timeout: Duration::from_secs(600),
+            etcd: None,
             flags: Vec::new(),
         }
     }
@@ -82,6 +103,10 @@ pub enum MasterError {
     WorkDir { path: PathBuf, source: std::io::Error },
     #[error("invalid address '{0}'")]
     Address(String),
+    #[error("cannot recover the registry: {0}")]
+    Registry(#[from] agora_registry::RegistryError),
+    #[error("the master did not start leading")]
+    NotLeading,
 }
 
 /// A running master.
@@ -90,6 +115,7 @@ pub struct Master {
     pub id: String,
     server: tokio::task::JoinHandle<()>,
     actor: tokio::task::JoinHandle<()>,
+    driver: tokio::task::JoinHandle<()>,
 }
 
 impl Master {
@@ -101,16 +127,38 @@ impl Master {
         let listener =
             TcpListener::bind(&bind).await.map_err(|source| MasterError::Bind { addr: bind.clone(), source })?;
         let addr = listener.local_addr().map_err(|source| MasterError::Bind { addr: bind, source })?;
-        let (handle, actor) = state::spawn(config, addr);
+        let (handle, actor) = state::spawn(config.clone(), addr);
         let id = handle.master_id.clone();
+        let driver = match &config.etcd {
+            None => {
+                // A single master leads from the start: its registry is read before it serves.
+                let dir = config.work_dir.join("registry");
+                let mut store = agora_registry::EmbeddedStore::new(&dir);
+                let registry = agora_registry::Store::recover(&mut store).await?;
+                let driver = tokio::spawn(leader::embedded(dir, handle.tx.clone(), Some((store, registry))));
+                let mut role = handle.role.clone();
+                let leading = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    role.wait_for(|r| *r == state::Role::Leading),
+                )
+                .await;
+                if !matches!(leading, Ok(Ok(_))) {
+                    driver.abort();
+                    return Err(MasterError::NotLeading);
+                }
+                driver
+            }
+            Some(etcd) => tokio::spawn(leader::etcd(etcd.clone(), handle.master_info.clone(), handle.tx.clone())),
+        };
         let server = tokio::spawn(agora_http::serve(listener, http::handler(handle)));
         tracing::info!(master_id = %id, %addr, "master started");
-        Ok(Master { addr, id, server, actor })
+        Ok(Master { addr, id, server, actor, driver })
     }
 
     /// Stops serving and drops all state.
     pub fn stop(&self) {
         self.server.abort();
+        self.driver.abort();
         self.actor.abort();
     }
 }

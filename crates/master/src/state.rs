@@ -3,6 +3,13 @@
 //! Every HTTP request becomes a [`Msg`]; the actor applies it to [`State`] and replies on a
 //! oneshot channel. Timers (allocation, agent pings, heartbeats, failover timeouts) are
 //! messages too, so nothing else ever touches the state.
+//!
+//! The actor acts only while it leads ([`Role::Leading`]). Leadership comes and goes as
+//! [`Leadership`] messages from the driver in `crate::leader`: on election the actor
+//! rebuilds its state from the registry (recovered agents wait to re-register, recovered
+//! frameworks to re-subscribe); on losing it, it drops everything, which closes every
+//! stream. Registry changes go to a [`Writer`] in order; agent admission and framework
+//! registration are acknowledged only once their write is durable.
 use crate::MasterConfig;
 use agora_allocator::{Allocation, Allocator};
 use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
@@ -10,11 +17,12 @@ use agora_api::json::to_ascii_json;
 use agora_api::scheduler::{self as sched, Call, CallType, Event};
 use agora_api::*;
 use agora_http::http::StatusCode;
+use agora_registry::{AgentRecord, Op, Registry, RegistryError, Writer};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 /// An error answered to an API caller: Mesos's status code and a readable message.
@@ -31,6 +39,44 @@ impl ApiError {
     pub fn forbidden(m: impl Into<String>) -> Self {
         ApiError { status: StatusCode::FORBIDDEN, message: m.into() }
     }
+    pub fn unavailable(m: impl Into<String>) -> Self {
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, message: m.into() }
+    }
+}
+
+/// Who this master is in the cluster. The HTTP layer reads it (through a watch channel the
+/// actor alone writes) to redirect or refuse calls that only a leader answers.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Role {
+    /// Leading and serving.
+    Leading,
+    /// Elected, reading the registry: 503 until done.
+    Recovering,
+    /// Not leading: 307 to the leader when one is known, else 503.
+    Following(Option<MasterInfo>),
+}
+
+/// What a registry write acknowledges once it is durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ack {
+    None,
+    /// REGISTERED / REREGISTERED goes to the agent.
+    Agent(AgentId),
+    /// SUBSCRIBED goes to the framework.
+    Framework(FrameworkId),
+}
+
+/// Messages from the leadership driver (`crate::leader`).
+pub enum Leadership {
+    /// Elected for `term`; the registry is being read.
+    Recovering { term: u64 },
+    /// The registry of `term` is read; the actor leads, writing through `writer`. A message
+    /// on `abdicate` gives the leadership up (after a failed registry write).
+    Elected { term: u64, registry: Registry, writer: Writer<Ack>, abdicate: mpsc::UnboundedSender<()> },
+    /// Leadership of `term` is over.
+    Lost { term: u64 },
+    /// Not leading; the leader if known.
+    Following(Option<MasterInfo>),
 }
 
 /// What a successful scheduler call answers.
@@ -92,6 +138,17 @@ pub enum Msg {
         framework_id: FrameworkId,
         generation: u64,
     },
+    Leadership(Leadership),
+    /// A registry write of `term` completed.
+    RegistryWritten {
+        term: u64,
+        acks: Vec<Ack>,
+        result: Result<(), RegistryError>,
+    },
+    /// `--agent-reregister-timeout` after the election of `term`.
+    ReregisterTimeout {
+        term: u64,
+    },
 }
 
 /// The HTTP layer's handle on the actor.
@@ -102,6 +159,7 @@ pub struct Handle {
     pub master_info: MasterInfo,
     pub flags: std::sync::Arc<Vec<(String, String)>>,
     pub start_time: f64,
+    pub role: watch::Receiver<Role>,
 }
 
 impl Handle {
@@ -139,6 +197,8 @@ pub(crate) struct Framework {
     pub info: FrameworkInfo,
     stream: Option<Stream>,
     pub active: bool,
+    /// Known from the registry or an agent's report, not (yet) re-subscribed.
+    pub recovered: bool,
     pub registered_time: f64,
     pub reregistered_time: Option<f64>,
     pub unregistered_time: Option<f64>,
@@ -211,6 +271,33 @@ pub(crate) struct UnreachableAgent {
     pub time: f64,
 }
 
+/// An agent whose admission (or re-admission) is being written to the registry.
+enum PendingAgent {
+    Register {
+        info: AgentInfo,
+        pid: String,
+        version: String,
+        total: Resources,
+        tx: mpsc::UnboundedSender<Bytes>,
+    },
+    Reregister {
+        info: AgentInfo,
+        version: String,
+        frameworks: Vec<FrameworkInfo>,
+        executors: Vec<ExecutorReport>,
+        tasks: Vec<Task>,
+        tx: mpsc::UnboundedSender<Bytes>,
+    },
+}
+
+/// A framework whose registration is being written to the registry.
+struct PendingFramework {
+    info: FrameworkInfo,
+    suppressed_roles: Vec<String>,
+    stream_id: String,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
 #[derive(Default)]
 pub(crate) struct Counters {
     pub tasks_finished: u64,
@@ -251,6 +338,20 @@ pub(crate) struct State {
     /// Whether a full allocation is wanted soon (a framework arrived or revived).
     full_allocation: bool,
     pub counters: Counters,
+    /// Role weights in force (the registry's, overridden by `--weights`).
+    pub weights: BTreeMap<String, f64>,
+    pub role: Role,
+    role_tx: watch::Sender<Role>,
+    /// The current (or last) term of leadership.
+    term: u64,
+    registry: Option<Writer<Ack>>,
+    abdicate: Option<mpsc::UnboundedSender<()>>,
+    pub elected_time: Option<f64>,
+    /// Agents in the registry that have not re-registered since this master was elected.
+    pub recovered_agents: BTreeMap<AgentId, AgentRecord>,
+    pub gone_agents: BTreeMap<AgentId, f64>,
+    pending_agents: HashMap<AgentId, PendingAgent>,
+    pending_frameworks: HashMap<FrameworkId, PendingFramework>,
 }
 
 pub fn now_secs() -> f64 {
@@ -263,6 +364,14 @@ fn ip_to_u32_nbo(ip: &str) -> u32 {
         Ok(a) => u32::from_le_bytes(a.octets()),
         Err(_) => 0,
     }
+}
+
+fn new_allocator(weights: &[(String, f64)]) -> Allocator {
+    let mut allocator = Allocator::new(agora_allocator::Config::default());
+    for (role, w) in weights {
+        allocator.set_weight(role, *w);
+    }
+    allocator
 }
 
 /// Starts the actor; returns the handle for the HTTP layer and the task.
@@ -282,17 +391,17 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let start_time = now_secs();
+    let (role_tx, role_rx) = watch::channel(Role::Following(None));
     let handle = Handle {
         tx: tx.clone(),
         master_id,
         master_info: master_info.clone(),
         flags: std::sync::Arc::new(config.flags.clone()),
         start_time,
+        role: role_rx,
     };
-    let mut allocator = Allocator::new(agora_allocator::Config::default());
-    for (role, w) in &config.weights {
-        allocator.set_weight(role, *w);
-    }
+    let allocator = new_allocator(&config.weights);
+    let weights = config.weights.iter().cloned().collect();
     let state = State {
         config,
         master_info,
@@ -311,6 +420,17 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         dirty_agents: HashSet::new(),
         full_allocation: false,
         counters: Counters::default(),
+        weights,
+        role: Role::Following(None),
+        role_tx,
+        term: 0,
+        registry: None,
+        abdicate: None,
+        elected_time: None,
+        recovered_agents: BTreeMap::new(),
+        gone_agents: BTreeMap::new(),
+        pending_agents: HashMap::new(),
+        pending_frameworks: HashMap::new(),
     };
     let task = tokio::spawn(run(state, rx));
     (handle, task)
@@ -410,30 +530,62 @@ impl State {
         self.started.elapsed()
     }
 
+    /// Why a call cannot be served, when this master does not lead (the HTTP layer redirects
+    /// before asking; this covers the race with a change of leadership).
+    fn not_leading(&self) -> Option<ApiError> {
+        match &self.role {
+            Role::Leading => None,
+            Role::Recovering => Some(ApiError::unavailable("Master has not finished recovery")),
+            Role::Following(_) => Some(ApiError::unavailable("Not the leading master")),
+        }
+    }
+
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Subscribe { call, tx, reply } => {
-                let r = self.subscribe(call, tx);
+                let r = match self.not_leading() {
+                    Some(e) => Err(e),
+                    None => self.subscribe(call, tx),
+                };
                 let _ = reply.send(r);
             }
             Msg::Scheduler { call, stream_id, reply } => {
-                let r = self.scheduler_call(call, stream_id);
+                let r = match self.not_leading() {
+                    Some(e) => Err(e),
+                    None => self.scheduler_call(call, stream_id),
+                };
                 if r.is_err() {
                     self.counters.invalid_calls += 1;
                 }
                 let _ = reply.send(r);
             }
             Msg::AgentSubscribe { call, tx, reply } => {
-                let r = self.agent_subscribe(call, tx);
+                let r = match self.not_leading() {
+                    Some(e) => Err(e),
+                    None => self.agent_subscribe(call, tx),
+                };
                 let _ = reply.send(r);
             }
             Msg::AgentCall { call, reply } => {
-                let r = self.agent_call(call);
+                let r = match self.not_leading() {
+                    Some(e) => Err(e),
+                    None => self.agent_call(call),
+                };
                 let _ = reply.send(r);
             }
             Msg::Operator { call, reply } => {
-                let r = self.operator_call(call);
+                let r = match self.not_leading() {
+                    Some(e) => Err(e),
+                    None => self.operator_call(call),
+                };
                 let _ = reply.send(r);
+            }
+            Msg::Leadership(l) => self.leadership(l),
+            Msg::RegistryWritten { term, acks, result } => self.registry_written(term, acks, result),
+            Msg::ReregisterTimeout { term } => {
+                if term == self.term && self.role == Role::Leading {
+                    self.reregister_timeout();
+                }
             }
             Msg::Query { query, reply } => {
                 let v = crate::legacy::render(self, &query);
@@ -468,6 +620,231 @@ impl State {
         }
     }
 
+    // ---------------------------------------------------------------- leadership
+
+    fn set_role(&mut self, role: Role) {
+        if self.role != role {
+            tracing::info!(?role, "role changed");
+            self.role = role.clone();
+            self.role_tx.send_replace(role);
+        }
+    }
+
+    fn leadership(&mut self, l: Leadership) {
+        match l {
+            Leadership::Recovering { term } => {
+                if self.role == Role::Leading || self.role == Role::Recovering {
+                    self.step_down("a new term began");
+                }
+                self.term = term;
+                self.set_role(Role::Recovering);
+            }
+            Leadership::Elected { term, registry, writer, abdicate } => {
+                if term != self.term || self.role != Role::Recovering {
+                    tracing::info!(term, "ignoring the registry of a term that is over");
+                    return;
+                }
+                self.registry = Some(writer);
+                self.abdicate = Some(abdicate);
+                self.recover(registry);
+            }
+            Leadership::Lost { term } => {
+                if term == self.term && (self.role == Role::Leading || self.role == Role::Recovering) {
+                    self.step_down("leadership lost");
+                }
+            }
+            Leadership::Following(leader) => {
+                if let Role::Following(_) = self.role {
+                    self.set_role(Role::Following(leader));
+                }
+            }
+        }
+    }
+
+    /// Takes over from the registry: recovered agents wait (up to
+    /// `--agent-reregister-timeout`) to re-register, recovered frameworks to re-subscribe.
+    fn recover(&mut self, registry: Registry) {
+        let now = now_secs();
+        let mut weights = registry.weights.clone();
+        for (role, w) in &self.config.weights {
+            weights.insert(role.clone(), *w);
+        }
+        for (role, w) in &weights {
+            self.allocator.set_weight(role, *w);
+        }
+        if weights != registry.weights {
+            self.submit(vec![Op::SetWeights { weights: weights.clone() }], Ack::None);
+        }
+        self.weights = weights;
+        for (id, record) in registry.agents {
+            self.recovered_agents.insert(AgentId::new(id), record);
+        }
+        for (id, time) in registry.unreachable {
+            self.unreachable_agents.insert(AgentId::new(id), UnreachableAgent { time });
+        }
+        for (id, time) in registry.gone {
+            self.gone_agents.insert(AgentId::new(id), time);
+        }
+        let frameworks = registry.frameworks.len();
+        for (id, mut info) in registry.frameworks {
+            let fid = FrameworkId::new(id);
+            info.id = Some(fid.clone());
+            self.insert_recovered_framework(fid, info, now);
+        }
+        self.elected_time = Some(now);
+        let term = self.term;
+        let tx = self.self_tx.clone();
+        let wait = self.config.agent_reregister_timeout;
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let _ = tx.send(Msg::ReregisterTimeout { term });
+        });
+        tracing::info!(
+            term,
+            agents = self.recovered_agents.len(),
+            unreachable = self.unreachable_agents.len(),
+            frameworks,
+            "elected: registry recovered; waiting for agents to re-register"
+        );
+        self.set_role(Role::Leading);
+    }
+
+    /// A framework known from the registry or an agent's report: disconnected until its
+    /// scheduler re-subscribes.
+    fn insert_recovered_framework(&mut self, fid: FrameworkId, info: FrameworkInfo, now: f64) {
+        let roles = info.effective_roles();
+        self.frameworks.insert(
+            fid.clone(),
+            Framework {
+                info,
+                stream: None,
+                active: false,
+                recovered: true,
+                registered_time: now,
+                reregistered_time: None,
+                unregistered_time: Some(now),
+                failover_generation: 0,
+                offers: HashSet::new(),
+                tasks: HashMap::new(),
+                unreachable_tasks: HashMap::new(),
+                completed_tasks: VecDeque::new(),
+                executors: HashMap::new(),
+                suppressed_roles: vec![],
+            },
+        );
+        self.allocator.add_framework(&fid, &roles, &[], false);
+    }
+
+    /// Stops acting as the leader: every stream is closed (by dropping it), every offer and
+    /// pending acknowledgement dropped, the registry writer abandoned. Id counters survive so
+    /// that ids are never reused if this master is elected again.
+    fn step_down(&mut self, why: &str) {
+        tracing::warn!(term = self.term, why, "stepping down");
+        self.registry = None;
+        self.abdicate = None;
+        self.frameworks.clear();
+        self.completed_frameworks.clear();
+        self.agents.clear();
+        self.unreachable_agents.clear();
+        self.recovered_agents.clear();
+        self.gone_agents.clear();
+        self.offers.clear();
+        self.pending_agents.clear();
+        self.pending_frameworks.clear();
+        self.dirty_agents.clear();
+        self.full_allocation = false;
+        self.elected_time = None;
+        self.weights = self.config.weights.iter().cloned().collect();
+        self.allocator = new_allocator(&self.config.weights);
+        self.set_role(Role::Following(None));
+    }
+
+    /// Queues registry changes; `ack` comes back in a `RegistryWritten` once they are durable.
+    fn submit(&mut self, ops: Vec<Op>, ack: Ack) {
+        match &self.registry {
+            Some(w) => {
+                if !w.submit(ops, ack) {
+                    tracing::warn!("the registry writer has stopped; the change is dropped");
+                }
+            }
+            None => tracing::warn!("registry change while not leading; dropped"),
+        }
+    }
+
+    fn registry_written(&mut self, term: u64, acks: Vec<Ack>, result: Result<(), RegistryError>) {
+        if term != self.term || self.role != Role::Leading {
+            return;
+        }
+        if let Err(e) = result {
+            // Mesos aborts when its registry cannot be written; Agora steps down (and asks
+            // the driver to give the leadership up), which is the same for everyone else.
+            tracing::error!(error = %e, "registry write failed");
+            if let Some(a) = self.abdicate.take() {
+                let _ = a.send(());
+            }
+            self.step_down("the registry cannot be written");
+            return;
+        }
+        for ack in acks {
+            match ack {
+                Ack::None => {}
+                Ack::Agent(id) => match self.pending_agents.remove(&id) {
+                    Some(PendingAgent::Register { info, pid, version, total, tx }) => {
+                        self.admit_agent(info, pid, version, total, tx)
+                    }
+                    Some(PendingAgent::Reregister { info, version, frameworks, executors, tasks, tx }) => {
+                        self.readmit_agent(info, version, frameworks, executors, tasks, tx)
+                    }
+                    None => {}
+                },
+                Ack::Framework(id) => {
+                    if let Some(p) = self.pending_frameworks.remove(&id) {
+                        self.add_framework(id, p.info, p.suppressed_roles, p.tx, p.stream_id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Agents that did not come back in time are unreachable; frameworks that did not
+    /// re-subscribe start their failover timeouts.
+    fn reregister_timeout(&mut self) {
+        let now = now_secs();
+        let missing: Vec<AgentId> = self.recovered_agents.keys().cloned().collect();
+        if !missing.is_empty() {
+            tracing::warn!(agents = missing.len(), "agents did not re-register in time; marking them unreachable");
+        }
+        let mut ops = Vec::with_capacity(missing.len());
+        for id in missing {
+            self.recovered_agents.remove(&id);
+            self.counters.agents_unreachable += 1;
+            self.unreachable_agents.insert(id.clone(), UnreachableAgent { time: now });
+            ops.push(Op::MarkUnreachable { agent_id: id.value, time: now });
+        }
+        if !ops.is_empty() {
+            self.submit(ops, Ack::None);
+        }
+        let idle: Vec<FrameworkId> =
+            self.frameworks.iter().filter(|(_, f)| f.recovered && !f.connected()).map(|(id, _)| id.clone()).collect();
+        for id in idle {
+            self.start_failover_timer(&id);
+        }
+    }
+
+    fn start_failover_timer(&mut self, id: &FrameworkId) {
+        let Some(fw) = self.frameworks.get_mut(id) else { return };
+        fw.failover_generation += 1;
+        let generation = fw.failover_generation;
+        let timeout = fw.info.failover_timeout;
+        let self_tx = self.self_tx.clone();
+        let framework_id = id.clone();
+        let delay = Duration::from_secs_f64(timeout.clamp(0.0, 365.0 * 86400.0));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = self_tx.send(Msg::FailoverTimeout { framework_id, generation });
+        });
+    }
+
     // ---------------------------------------------------------------- frameworks
 
     fn subscribe(&mut self, call: Call, tx: mpsc::UnboundedSender<Bytes>) -> Result<String, ApiError> {
@@ -499,7 +876,6 @@ impl State {
             _ => {}
         }
         let stream_id = uuid::Uuid::new_v4().to_string();
-        let now = now_secs();
         let id = match info.id.clone() {
             Some(id) => {
                 if self.completed_frameworks.iter().any(|f| f.info.id.as_ref() == Some(&id)) {
@@ -517,6 +893,33 @@ impl State {
                 id
             }
         };
+        if self.frameworks.contains_key(&id) {
+            self.add_framework(id, info, sub.suppressed_roles, tx, stream_id.clone());
+        } else {
+            // A new framework (or one this master never heard of): SUBSCRIBED once the
+            // registry has it. A second SUBSCRIBE meanwhile replaces the first (its stream ends).
+            let pending = PendingFramework {
+                info: info.clone(),
+                suppressed_roles: sub.suppressed_roles,
+                stream_id: stream_id.clone(),
+                tx,
+            };
+            self.pending_frameworks.insert(id.clone(), pending);
+            self.submit(vec![Op::PutFramework { framework: info }], Ack::Framework(id));
+        }
+        Ok(stream_id)
+    }
+
+    /// Attaches a (re-)subscribed framework's stream and sends SUBSCRIBED.
+    fn add_framework(
+        &mut self,
+        id: FrameworkId,
+        mut info: FrameworkInfo,
+        suppressed_roles: Vec<String>,
+        tx: mpsc::UnboundedSender<Bytes>,
+        stream_id: String,
+    ) {
+        let now = now_secs();
         let span = tracing::info_span!("subscribe", framework_id = %id);
         let _e = span.enter();
         let watch = watch_stream(
@@ -540,17 +943,22 @@ impl State {
             info.user = fw.info.user.clone();
             info.checkpoint = fw.info.checkpoint;
             info.id = Some(id.clone());
+            let write = fw.recovered || fw.info != info;
             fw.info = info.clone();
             fw.stream = Some(stream);
             fw.active = true;
+            fw.recovered = false;
             fw.failover_generation += 1;
             fw.reregistered_time = Some(now);
             fw.unregistered_time = None;
-            fw.suppressed_roles = sub.suppressed_roles.clone();
+            fw.suppressed_roles = suppressed_roles.clone();
             fw.send(&subscribed);
             tracing::info!("framework re-subscribed");
+            if write {
+                self.submit(vec![Op::PutFramework { framework: info.clone() }], Ack::None);
+            }
             self.rescind_framework_offers(&id, false);
-            self.allocator.update_framework(&id, &roles, &sub.suppressed_roles);
+            self.allocator.update_framework(&id, &roles, &suppressed_roles);
             self.allocator.activate_framework(&id);
             let update = MasterToAgent::UpdateFramework { framework_info: info };
             let agents: Vec<AgentId> = self.framework_agents(&id);
@@ -564,6 +972,7 @@ impl State {
                 info: info.clone(),
                 stream: Some(stream),
                 active: true,
+                recovered: false,
                 registered_time: now,
                 reregistered_time: None,
                 unregistered_time: None,
@@ -573,15 +982,14 @@ impl State {
                 unreachable_tasks: HashMap::new(),
                 completed_tasks: VecDeque::new(),
                 executors: HashMap::new(),
-                suppressed_roles: sub.suppressed_roles.clone(),
+                suppressed_roles: suppressed_roles.clone(),
             };
             fw.send(&subscribed);
             tracing::info!(name = %info.name, roles = ?roles, "framework subscribed");
             self.frameworks.insert(id.clone(), fw);
-            self.allocator.add_framework(&id, &roles, &sub.suppressed_roles, true);
+            self.allocator.add_framework(&id, &roles, &suppressed_roles, true);
         }
         self.full_allocation = true;
-        Ok(stream_id)
     }
 
     /// Agents on which the framework has tasks.
@@ -617,6 +1025,7 @@ impl State {
     fn remove_framework(&mut self, id: &FrameworkId) {
         let Some(mut fw) = self.frameworks.remove(id) else { return };
         self.counters.frameworks_removed += 1;
+        self.submit(vec![Op::RemoveFramework { framework_id: id.value.clone() }], Ack::None);
         // Offers go back first, then the allocator forgets the framework entirely.
         let offer_ids: Vec<OfferId> = fw.offers.drain().collect();
         for oid in offer_ids {
@@ -835,6 +1244,7 @@ impl State {
         info.id = Some(fid.clone());
         let roles = info.effective_roles();
         let old_roles = fw.info.effective_roles();
+        let changed = fw.info != info;
         fw.info = info.clone();
         fw.suppressed_roles = u.suppressed_roles.clone();
         // Offers made to roles the framework left are rescinded.
@@ -856,6 +1266,9 @@ impl State {
         self.allocator.update_framework(fid, &roles, &u.suppressed_roles);
         if roles != old_roles {
             self.full_allocation = true;
+        }
+        if changed {
+            self.submit(vec![Op::PutFramework { framework: info.clone() }], Ack::None);
         }
         for a in self.framework_agents(fid) {
             if let Some(agent) = self.agents.get_mut(&a) {
@@ -1203,6 +1616,12 @@ impl State {
                     continue;
                 }
                 let (state, msg, time) = match &rt.agent_id {
+                    // The agent has not re-registered since this master was elected: its
+                    // report will tell; answering now could contradict it (Mesos is silent too).
+                    Some(a) if self.recovered_agents.contains_key(a) => continue,
+                    Some(a) if self.gone_agents.contains_key(a) => {
+                        (TaskState::GoneByOperator, "Reconciliation: Task is gone", None)
+                    }
                     Some(a) if self.agents.contains_key(a) => {
                         (TaskState::Gone, "Reconciliation: Task is unknown to the agent", None)
                     }
@@ -1227,7 +1646,6 @@ impl State {
     // ---------------------------------------------------------------- agents
 
     fn agent_subscribe(&mut self, call: AgentToMaster, tx: mpsc::UnboundedSender<Bytes>) -> Result<(), ApiError> {
-        let now = now_secs();
         match call {
             AgentToMaster::Register { mut agent_info, version } => {
                 if agent_info.hostname.is_empty() {
@@ -1238,43 +1656,14 @@ impl State {
                     r.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
                 }
                 let pid = format!("slave(1)@{}:{}", agent_info.hostname, agent_info.port);
-                // An agent that restarted without its checkpoint registers afresh: the old
-                // incarnation at the same address is gone.
-                let stale: Vec<AgentId> = self.agents.values().filter(|a| a.pid == pid).map(|a| a.id()).collect();
-                for old in stale {
-                    tracing::info!(agent_id = %old, "agent at {pid} registered again without its id; removing the old one");
-                    self.remove_agent(&old, TaskState::Gone, Reason::ReasonAgentRestarted, "Agent restarted");
-                }
                 let id = AgentId::new(format!("{}-S{}", self.master_info.id, self.next_agent));
                 self.next_agent += 1;
                 agent_info.id = Some(id.clone());
-                let session_id = uuid::Uuid::new_v4().to_string();
-                let stream = self.agent_stream(&id, &session_id, tx);
-                let mut agent = Agent {
-                    info: agent_info,
-                    pid,
-                    version,
-                    session_id: session_id.clone(),
-                    stream: Some(stream),
-                    active: true,
-                    registered_time: now,
-                    reregistered_time: None,
-                    total: total.clone(),
-                    missed_pings: 0,
-                    awaiting_pong: false,
-                    tasks: HashSet::new(),
-                    offers: HashSet::new(),
-                };
-                agent.send(&MasterToAgent::Registered {
-                    agent_id: id.clone(),
-                    session_id,
-                    master_info: self.master_info.clone(),
-                });
-                tracing::info!(agent_id = %id, resources = %total, "agent registered");
-                self.agents.insert(id.clone(), agent);
-                self.counters.agents_registered += 1;
-                self.allocator.add_agent(&id, &total, &[]);
-                self.dirty_agents.insert(id);
+                // REGISTERED once the registry has admitted the agent.
+                let record = AgentRecord { info: agent_info.clone(), pid: pid.clone(), version: version.clone() };
+                self.pending_agents
+                    .insert(id.clone(), PendingAgent::Register { info: agent_info, pid, version, total, tx });
+                self.submit(vec![Op::AdmitAgent { agent: record }], Ack::Agent(id));
                 Ok(())
             }
             AgentToMaster::Reregister { agent_info, version, frameworks, executors, tasks } => {
@@ -1282,6 +1671,61 @@ impl State {
             }
             _ => Err(ApiError::bad_request("Expecting REGISTER or REREGISTER")),
         }
+    }
+
+    /// Completes a registration once the registry has the agent.
+    fn admit_agent(
+        &mut self,
+        agent_info: AgentInfo,
+        pid: String,
+        version: String,
+        total: Resources,
+        tx: mpsc::UnboundedSender<Bytes>,
+    ) {
+        let now = now_secs();
+        let id = agent_info.id.clone().unwrap_or_default();
+        // An agent that restarted without its checkpoint registers afresh: the old
+        // incarnation at the same address is gone.
+        let stale: Vec<AgentId> =
+            self.agents.values().filter(|a| a.pid == pid && a.id() != id).map(|a| a.id()).collect();
+        for old in stale {
+            tracing::info!(agent_id = %old, "agent at {pid} registered again without its id; removing the old one");
+            self.remove_agent(&old, TaskState::Gone, Reason::ReasonAgentRestarted, "Agent restarted");
+        }
+        let stale: Vec<AgentId> =
+            self.recovered_agents.iter().filter(|(_, r)| r.pid == pid).map(|(id, _)| id.clone()).collect();
+        for old in stale {
+            tracing::info!(agent_id = %old, "recovered agent at {pid} registered again without its id; removing it");
+            self.recovered_agents.remove(&old);
+            self.submit(vec![Op::RemoveAgent { agent_id: old.value }], Ack::None);
+        }
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let stream = self.agent_stream(&id, &session_id, tx);
+        let mut agent = Agent {
+            info: agent_info,
+            pid,
+            version,
+            session_id: session_id.clone(),
+            stream: Some(stream),
+            active: true,
+            registered_time: now,
+            reregistered_time: None,
+            total: total.clone(),
+            missed_pings: 0,
+            awaiting_pong: false,
+            tasks: HashSet::new(),
+            offers: HashSet::new(),
+        };
+        agent.send(&MasterToAgent::Registered {
+            agent_id: id.clone(),
+            session_id,
+            master_info: self.master_info.clone(),
+        });
+        tracing::info!(agent_id = %id, resources = %total, "agent registered");
+        self.agents.insert(id.clone(), agent);
+        self.counters.agents_registered += 1;
+        self.allocator.add_agent(&id, &total, &[]);
+        self.dirty_agents.insert(id);
     }
 
     fn agent_stream(&self, id: &AgentId, session_id: &str, tx: mpsc::UnboundedSender<Bytes>) -> Stream {
@@ -1295,7 +1739,7 @@ impl State {
 
     fn agent_reregister(
         &mut self,
-        mut agent_info: AgentInfo,
+        agent_info: AgentInfo,
         version: String,
         frameworks: Vec<FrameworkInfo>,
         executors: Vec<ExecutorReport>,
@@ -1307,11 +1751,47 @@ impl State {
         for r in total.iter() {
             r.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
         }
+        if self.gone_agents.contains_key(&id) {
+            return Err(ApiError::forbidden(format!("Agent {id} has been marked gone")));
+        }
+        // The registry needs a write unless it holds this agent as it is now.
+        let pid = format!("slave(1)@{}:{}", agent_info.hostname, agent_info.port);
+        let same = |info: &AgentInfo, p: &str, v: &str| *info == agent_info && p == pid && v == version;
+        let unchanged = match (self.agents.get(&id), self.recovered_agents.get(&id)) {
+            (Some(a), _) => same(&a.info, &a.pid, &a.version),
+            (None, Some(r)) => same(&r.info, &r.pid, &r.version),
+            (None, None) => false,
+        };
+        if unchanged {
+            self.readmit_agent(agent_info, version, frameworks, executors, tasks, tx);
+        } else {
+            // Unknown, unreachable, or changed: REREGISTERED once the registry has it.
+            let record = AgentRecord { info: agent_info.clone(), pid, version: version.clone() };
+            let pending = PendingAgent::Reregister { info: agent_info, version, frameworks, executors, tasks, tx };
+            self.pending_agents.insert(id.clone(), pending);
+            self.submit(vec![Op::AdmitAgent { agent: record }], Ack::Agent(id));
+        }
+        Ok(())
+    }
+
+    /// Completes a re-registration: the agent is rebuilt from its report.
+    fn readmit_agent(
+        &mut self,
+        mut agent_info: AgentInfo,
+        version: String,
+        frameworks: Vec<FrameworkInfo>,
+        executors: Vec<ExecutorReport>,
+        tasks: Vec<Task>,
+        tx: mpsc::UnboundedSender<Bytes>,
+    ) {
+        let id = agent_info.id.clone().unwrap_or_default();
+        let total = Resources::from_vec(agent_info.resources.clone());
         let now = now_secs();
         let span = tracing::info_span!("reregister", agent_id = %id);
         let _e = span.enter();
         // Take the agent out of whatever state it was in; it is rebuilt from its report.
         let was_unreachable = self.unreachable_agents.remove(&id).is_some();
+        let was_recovered = self.recovered_agents.remove(&id).is_some();
         let previous = self.agents.remove(&id);
         if let Some(prev) = &previous {
             for oid in prev.offers.clone() {
@@ -1353,25 +1833,7 @@ impl State {
             {
                 continue;
             }
-            self.frameworks.insert(
-                fid.clone(),
-                Framework {
-                    info: fi.clone(),
-                    stream: None,
-                    active: false,
-                    registered_time: now,
-                    reregistered_time: None,
-                    unregistered_time: Some(now),
-                    failover_generation: 0,
-                    offers: HashSet::new(),
-                    tasks: HashMap::new(),
-                    unreachable_tasks: HashMap::new(),
-                    completed_tasks: VecDeque::new(),
-                    executors: HashMap::new(),
-                    suppressed_roles: vec![],
-                },
-            );
-            self.allocator.add_framework(&fid, &fi.effective_roles(), &[], false);
+            self.insert_recovered_framework(fid, fi, now);
         }
         for e in executors {
             if let Some(fw) = self.frameworks.get_mut(&e.framework_id) {
@@ -1468,12 +1930,11 @@ impl State {
         }
         self.agents.insert(id.clone(), agent);
         self.counters.agents_reregistered += 1;
-        tracing::info!(was_unreachable, "agent re-registered");
+        tracing::info!(was_unreachable, was_recovered, "agent re-registered");
         for (fid, s) in notify {
             self.send_status(&fid, s);
         }
         self.dirty_agents.insert(id);
-        Ok(())
     }
 
     fn check_session(&self, agent_id: &AgentId, session_id: &str) -> Result<(), ApiError> {
@@ -1618,6 +2079,7 @@ impl State {
         self.deactivate_agent(id);
         let Some(agent) = self.agents.remove(id) else { return };
         self.allocator.remove_agent(id);
+        self.submit(vec![Op::RemoveAgent { agent_id: id.value.clone() }], Ack::None);
         for (fid, tid) in agent.tasks {
             let Some(fw) = self.frameworks.get_mut(&fid) else { continue };
             if let Some(mut t) = fw.tasks.remove(&tid) {
@@ -1646,6 +2108,7 @@ impl State {
         self.counters.agents_unreachable += 1;
         self.allocator.remove_agent(id);
         let now = now_secs();
+        self.submit(vec![Op::MarkUnreachable { agent_id: id.value.clone(), time: now }], Ack::None);
         for (fid, tid) in &agent.tasks {
             let Some(fw) = self.frameworks.get_mut(fid) else { continue };
             let Some(mut t) = fw.tasks.remove(tid) else { continue };
@@ -1800,7 +2263,7 @@ impl State {
                 r.get_master = Some(operator::GetMaster {
                     master_info: self.master_info.clone(),
                     start_time: Some(self.start_time),
-                    elected_time: Some(self.start_time),
+                    elected_time: self.elected_time,
                 })
             }
             T::GetFlags => {
