@@ -62,8 +62,8 @@ pub async fn run(
     let client = Client::new();
     let factor = config.registration_backoff_factor;
     let mut backoff = factor;
-    // With several masters the leader can move: look again at least every 2 s.
-    let max_backoff = if detector.is_ha() { Duration::from_secs(2).max(factor) } else { Duration::from_secs(60) };
+    // With several masters the leader can move: look again at least every second.
+    let max_backoff = if detector.is_ha() { Duration::from_secs(1).max(factor) } else { Duration::from_secs(60) };
     let mut leader_seen: Option<String> = None;
     loop {
         let Some(leader) = detector.leader().await else {
