@@ -218,8 +218,11 @@ impl Checkpoints {
             let path = fdir.join("framework.json");
             let info = match read_json::<FrameworkInfo>(&path) {
                 Ok(Some(i)) if i.id.is_some() => i,
-                Ok(_) => {
-                    soft(CheckpointError::Corrupt { path, why: "missing or without an id".into() }, &mut out)?;
+                // The directory is made before its record: a crash in between leaves a
+                // directory without one, which is an unfinished launch, not corruption.
+                Ok(None) => continue,
+                Ok(Some(_)) => {
+                    soft(CheckpointError::Corrupt { path, why: "no framework id".into() }, &mut out)?;
                     continue;
                 }
                 Err(e) => {
@@ -232,10 +235,7 @@ impl Checkpoints {
                 let path = edir.join("executor.json");
                 let record = match read_json::<ExecutorRecord>(&path) {
                     Ok(Some(r)) => r,
-                    Ok(None) => {
-                        soft(CheckpointError::Corrupt { path, why: "missing".into() }, &mut out)?;
-                        continue;
-                    }
+                    Ok(None) => continue,
                     Err(e) => {
                         soft(CheckpointError::Corrupt { path, why: e.to_string() }, &mut out)?;
                         continue;
@@ -246,10 +246,7 @@ impl Checkpoints {
                     let path = tdir.join("task.json");
                     let info = match read_json::<TaskInfo>(&path) {
                         Ok(Some(t)) => t,
-                        Ok(None) => {
-                            soft(CheckpointError::Corrupt { path, why: "missing".into() }, &mut out)?;
-                            continue;
-                        }
+                        Ok(None) => continue,
                         Err(e) => {
                             soft(CheckpointError::Corrupt { path, why: e.to_string() }, &mut out)?;
                             continue;

@@ -480,6 +480,21 @@ impl State {
                 }
             }
         }
+        // An executor left without any task (the agent died between starting it and
+        // recording the task) has nothing to do: shut it down.
+        let mut idle = Vec::new();
+        for (fid, fw) in &self.frameworks {
+            for (eid, e) in &fw.executors {
+                let live = !e.queued.is_empty() || e.tasks.values().any(|t| !t.state.is_terminal());
+                if e.recovered && e.state == ExecState::Running && !live {
+                    idle.push((fid.clone(), eid.clone()));
+                }
+            }
+        }
+        for (fid, eid) in idle {
+            tracing::info!(framework_id = %fid, executor_id = %eid, "recovered executor has no task; shutting it down");
+            self.shutdown_executor(&fid, &eid);
+        }
         for (fid, eid, cid) in late {
             tracing::warn!(framework_id = %fid, executor_id = %eid, "executor did not re-subscribe after the agent restart; destroying it");
             self.fail_executor_tasks(
@@ -524,10 +539,9 @@ impl State {
             }
             frameworks.push(fw.info.clone());
             for e in fw.executors.values() {
-                if e.state == ExecState::Terminated {
-                    continue;
-                }
-                if !e.is_command {
+                // A terminated executor's tasks are still reported while their last updates
+                // wait for acknowledgement; otherwise the master would call them gone.
+                if !e.is_command && e.state != ExecState::Terminated {
                     executors.push(ExecutorReport { framework_id: fid.clone(), executor_info: e.info.clone() });
                 }
                 for t in e.queued.iter() {
@@ -799,11 +813,14 @@ impl State {
                         directory: directory.clone(),
                         pid,
                     };
+                    // The executor record last: without it recovery ignores the rest, so a
+                    // crash in between leaves an orphan container (destroyed), never an
+                    // executor without its task.
                     let written = self
                         .checkpoints
                         .write_framework(&framework_info)
-                        .and_then(|_| self.checkpoints.write_executor(&fid, &rec))
-                        .and_then(|_| self.checkpoints.write_task(&fid, &eid, &task));
+                        .and_then(|_| self.checkpoints.write_task(&fid, &eid, &task))
+                        .and_then(|_| self.checkpoints.write_executor(&fid, &rec));
                     if let Err(e) = written {
                         tracing::error!(error = %e, "cannot checkpoint the executor");
                     }
@@ -930,9 +947,10 @@ impl State {
         };
         let mut found: Option<ExecutorId> = None;
         let mut was_queued = false;
+        let mut queued_info: Option<TaskInfo> = None;
         for (eid, e) in fw.executors.iter_mut() {
             if let Some(i) = e.queued.iter().position(|t| &t.task_id == tid) {
-                e.queued.remove(i);
+                queued_info = Some(e.queued.remove(i));
                 found = Some(eid.clone());
                 was_queued = true;
                 break;
@@ -966,11 +984,28 @@ impl State {
                 Some(Reason::ReasonTaskKilledDuringLaunch),
                 "Task killed before it was launched",
             );
+            // Tracked like any task until its KILLED is acknowledged, so a second kill is
+            // recognised.
+            if let Some(e) = self.executor_mut(fid, &eid) {
+                if let Some(info) = queued_info.take() {
+                    e.tasks
+                        .insert(tid.clone(), AgentTask { info, state: TaskState::Killed, statuses: vec![s.clone()] });
+                }
+            }
             self.enqueue_update(fid, Some(&eid), s);
-            let empty = self.executor(fid, &eid).map(|e| e.queued.is_empty() && e.tasks.is_empty()).unwrap_or(false);
-            if empty {
+            let live = self
+                .executor(fid, &eid)
+                .map(|e| !e.queued.is_empty() || e.tasks.values().any(|t| !t.state.is_terminal()))
+                .unwrap_or(false);
+            if !live {
                 self.shutdown_executor(fid, &eid);
             }
+            return;
+        }
+        let terminal =
+            self.executor(fid, &eid).and_then(|e| e.tasks.get(tid)).map(|t| t.state.is_terminal()).unwrap_or(false);
+        if terminal {
+            // Already ended; its final update is on its way.
             return;
         }
         if let Some(e) = self.executor_mut(fid, &eid) {

@@ -113,10 +113,24 @@ impl LinuxContainerizer {
             }
             tracing::info!(container_id = %id, "destroying an orphaned container");
             let cgroup = self.cgroup_of(&id);
-            Self::kill_container(self.cgroups.as_deref(), &cgroup, &e.path());
-            if let Some(cg) = &self.cgroups {
-                if let Err(err) = cg.destroy(&cgroup) {
-                    tracing::warn!(container_id = %id, error = %err, "cannot remove an orphaned cgroup");
+            // Its supervisor may still be starting it: stop the supervisor first, then kill
+            // the cgroup until it can be removed (a child may join it late, between fork
+            // and exec).
+            kill_supervisors_of(&e.path());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                Self::kill_container(self.cgroups.as_deref(), &cgroup, &e.path());
+                let removed = match &self.cgroups {
+                    Some(cg) => cg.destroy(&cgroup),
+                    None => Ok(()),
+                };
+                match removed {
+                    Ok(()) => break,
+                    Err(err) if std::time::Instant::now() > deadline => {
+                        tracing::warn!(container_id = %id, error = %err, "cannot remove an orphaned cgroup");
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
                 }
             }
             let _ = std::fs::remove_dir_all(e.path());
@@ -316,6 +330,18 @@ impl Finisher {
             m.remove(&id);
         }
         let _ = exits.send(ContainerExit { container_id: id, status, message, limitation });
+    }
+}
+
+/// SIGKILLs every supervisor process whose command line names this runtime directory.
+fn kill_supervisors_of(dir: &Path) {
+    let needle = dir.to_string_lossy().into_owned();
+    let Ok(rd) = std::fs::read_dir("/proc") else { return };
+    for e in rd.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if supervisor_alive(pid as u32, Path::new(&needle)) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 

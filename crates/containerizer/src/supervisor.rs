@@ -325,6 +325,26 @@ fn spawn(spec: &Spec, setup: Setup, dir: &Path) -> std::io::Result<std::process:
     cmd.spawn()
 }
 
+/// Waits for the supervisor's remaining children. With a PID namespace they are all dying
+/// (the kernel killed them with init) and are waited for; otherwise orphans that outlive
+/// init (double-forked daemons) are left to the cgroup kill and only reaped briefly.
+fn reap_orphans(pid_ns: bool) {
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(if pid_ns { 10 } else { 1 });
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if std::time::Instant::now() > deadline {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Ok(_) => {}
+            Err(_) => return, // ECHILD: nobody left
+        }
+    }
+}
+
 /// The supervisor's main: returns its exit code.
 pub fn run(dir: &Path) -> i32 {
     let exited = |status: Option<i32>, signal: Option<i32>, message: String| {
@@ -353,6 +373,10 @@ pub fn run(dir: &Path) -> i32 {
             return 1;
         }
     };
+    // Orphans of the container are re-parented here, not to the host's init.
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("supervisor: cannot become a subreaper: {e}");
+    }
     if spec.new_pid_ns {
         // The next child is PID 1 of a new PID namespace; the supervisor stays outside.
         if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
@@ -379,6 +403,9 @@ pub fn run(dir: &Path) -> i32 {
         let _ = child.kill();
     }
     let status = child.wait();
+    // The container's orphans (and, with a PID namespace, every process the kernel kills
+    // when init dies) come to the supervisor: reap them so the cgroups can be removed.
+    reap_orphans(spec.new_pid_ns);
     use std::os::unix::process::ExitStatusExt as _;
     match status {
         Ok(s) => match (s.code(), s.signal()) {

@@ -152,6 +152,18 @@ impl Cluster {
     /// Starts agent `i` again with the same command line (and `extra` flags); returns
     /// whether it started (a refusal is in its log).
     pub fn restart_agent(&mut self, i: usize, extra: &[&str]) -> Result<(), String> {
+        // The old port can be briefly held by another socket (an ephemeral source port of a
+        // connection elsewhere): retry that case only.
+        for _ in 0..25 {
+            match self.restart_agent_once(i, extra) {
+                Err(e) if e.contains("Address already in use") => std::thread::sleep(Duration::from_millis(200)),
+                other => return other,
+            }
+        }
+        self.restart_agent_once(i, extra)
+    }
+
+    fn restart_agent_once(&mut self, i: usize, extra: &[&str]) -> Result<(), String> {
         let mut args = self.agent_cmds[i].clone();
         // `--flag value` pairs replace the flag's earlier value; `--flag=value` is appended.
         let mut k = 0;
