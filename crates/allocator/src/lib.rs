@@ -21,7 +21,7 @@
 #![forbid(unsafe_code)]
 
 use agora_api::{AgentId, FrameworkId, Resource, Resources};
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::ops::Bound::{Excluded, Unbounded};
@@ -81,7 +81,8 @@ type AgentIdx = u32;
 /// A framework's handle, never reused: small keys for the refuse filters of every agent.
 type FwIdx = u32;
 
-/// Hashes the small integer handles above by one multiplication, instead of SipHash.
+/// Hashes the small integer handles above (and pointers) by one multiplication, instead of
+/// SipHash.
 #[derive(Default)]
 struct HandleHasher(u64);
 
@@ -100,12 +101,15 @@ impl Hasher for HandleHasher {
         self.write_u64(u64::from(n));
     }
 
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
     fn write_u64(&mut self, n: u64) {
         self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     }
 }
 
-type HandleMap<V> = HashMap<u32, V, BuildHasherDefault<HandleHasher>>;
 type HandleSet = HashSet<u32, BuildHasherDefault<HandleHasher>>;
 
 /// Members kept in (share, key) order; updating one costs O(log n).
@@ -122,18 +126,22 @@ impl<K> Default for Sorter<K> {
 }
 
 impl<K: Ord + Hash + Clone> Sorter<K> {
-    fn set(&mut self, key: &K, share: Share) {
+    fn set<Q>(&mut self, key: &Q, share: Share)
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
         match self.share.get_mut(key) {
             Some(old) if *old == share => return,
             Some(old) => {
-                self.order.remove(&(*old, key.clone()));
+                self.order.remove(&(*old, key.to_owned()));
                 *old = share;
             }
             None => {
-                self.share.insert(key.clone(), share);
+                self.share.insert(key.to_owned(), share);
             }
         }
-        self.order.insert((share, key.clone()));
+        self.order.insert((share, key.to_owned()));
     }
 
     fn remove(&mut self, key: &K) {
@@ -154,6 +162,8 @@ struct FwKey {
 #[derive(Debug, Default)]
 struct RoleFrameworks {
     sorter: Sorter<FwKey>,
+    /// The same frameworks by handle.
+    handles: HandleSet,
     /// Stamp of the last time a framework joined: a framework can be offered resources that
     /// every earlier member had refused.
     joined: u64,
@@ -170,6 +180,7 @@ struct Refused {
 
 #[derive(Debug)]
 struct Filter {
+    framework: FwIdx,
     refused: Arc<Refused>,
     until: Duration,
 }
@@ -193,8 +204,10 @@ struct Agent {
     /// Per framework, with allocation roles.
     allocations: BTreeMap<FrameworkId, Resources>,
     active: bool,
-    /// Refuse filters per framework handle.
-    filters: HandleMap<Vec<Filter>>,
+    /// Refuse filters, ordered by framework handle: one block of memory to scan.
+    filters: Vec<Filter>,
+    /// No filter expires before this.
+    filters_expire: Duration,
     /// The last refused resources recorded, to share with the next framework refusing them.
     last_refused: Option<Arc<Refused>>,
     /// Per role. Cleared whenever `available` grows.
@@ -202,11 +215,36 @@ struct Agent {
 }
 
 impl Agent {
-    /// Resources came back: filters may no longer cover what the agent has.
-    fn gain(&mut self, resources: &Resources) {
-        if !resources.is_empty() {
-            self.available.add_all(resources);
-            self.all_filtered.clear();
+    /// Where the framework's filters are in `filters`.
+    fn filters_of(&self, fw: FwIdx) -> std::ops::Range<usize> {
+        let start = self.filters.partition_point(|f| f.framework < fw);
+        start..start + self.filters[start..].partition_point(|f| f.framework == fw)
+    }
+
+    /// Drops the filters expired at `now`, if any.
+    fn expire_filters(&mut self, now: Duration) {
+        if now >= self.filters_expire {
+            self.filters.retain(|f| f.until > now);
+            self.filters_expire = self.filters.iter().map(|f| f.until).min().unwrap_or(Duration::MAX);
+        }
+    }
+
+    /// Resources (with allocation roles) came back: filters may no longer cover what the
+    /// agent has.
+    fn gain(&mut self, resources: Resources) {
+        if resources.is_empty() {
+            return;
+        }
+        self.all_filtered.clear();
+        let resources = match single_role(&resources) {
+            // Clearing one allocation role from merged resources keeps them distinct.
+            Some(_) => Resources(resources.into_vec().into_iter().map(|r| r.with_allocation(None)).collect()),
+            None => resources.allocated_to(None),
+        };
+        if self.available.is_empty() {
+            self.available = resources;
+        } else {
+            self.available.add_all(&resources);
         }
     }
 }
@@ -275,6 +313,12 @@ fn usable_by(r: &Resource, role: &str) -> bool {
     !r.is_reserved() || r.reservation_role() == role
 }
 
+/// The allocation role (`"*"` when unset) when all resources share one.
+fn single_role(r: &Resources) -> Option<&str> {
+    let role = r.iter().next()?.allocation_role().unwrap_or("*");
+    r.iter().all(|x| x.allocation_role().unwrap_or("*") == role).then_some(role)
+}
+
 /// Groups resources by allocation role (`"*"` when unset).
 fn split_roles(r: &Resources) -> BTreeMap<String, Resources> {
     let mut out: BTreeMap<String, Resources> = BTreeMap::new();
@@ -284,50 +328,60 @@ fn split_roles(r: &Resources) -> BTreeMap<String, Resources> {
     out
 }
 
-/// `usable` (merged, without allocation roles) allocated to `role`. Giving every entry the
-/// same allocation role keeps them distinct, so they need no merging.
+/// `usable` (merged, without allocation roles) allocated to `role`, as in `allocate_agent`.
 fn offer_of(usable: &Resources, role: &str) -> Resources {
     Resources(usable.iter().map(|r| r.clone().with_allocation(Some(role))).collect())
 }
 
-/// The first framework of `sorter` with no live filter covering `offered` on this agent,
-/// or, when every one has, the earliest expiry of the filters that refused. Drops the
-/// expired filters it meets.
+/// Whether refuse filters cover an offer, worked out once per shared [`Refused`].
+struct Covers<'a> {
+    role: &'a str,
+    offered: &'a Resources,
+    known: HashMap<usize, bool, BuildHasherDefault<HandleHasher>>,
+}
+
+impl Covers<'_> {
+    fn check(&mut self, f: &Filter) -> bool {
+        let (role, offered) = (self.role, self.offered);
+        let key = Arc::as_ptr(&f.refused) as usize;
+        *self.known.entry(key).or_insert_with(|| f.refused.role == role && f.refused.resources.contains(offered))
+    }
+}
+
+/// The first framework of `members`, in DRF order, with no live filter covering `offered`
+/// on this agent or, when every one has, the earliest expiry of the filters that refused.
+/// Drops the expired filters.
 fn pick_framework(
-    sorter: &Sorter<FwKey>,
+    members: &RoleFrameworks,
     agent: &mut Agent,
     role: &str,
     offered: &Resources,
     now: Duration,
 ) -> Result<FwKey, Duration> {
-    if agent.filters.is_empty() {
-        return sorter.order.first().map(|(_, fw)| fw.clone()).ok_or(Duration::MAX);
-    }
-    // Whether each shared `Refused` met covers the offer, worked out once per agent.
-    let mut covers: Vec<(*const Refused, bool)> = Vec::new();
-    let mut earliest = Duration::MAX;
-    for (_, fw) in &sorter.order {
-        let Some(list) = agent.filters.get_mut(&fw.idx) else { return Ok(fw.clone()) };
-        list.retain(|f| f.until > now);
-        let mut refused_until = None;
-        for f in list.iter() {
-            let ptr = Arc::as_ptr(&f.refused);
-            let covered = match covers.iter().find(|(p, _)| *p == ptr) {
-                Some((_, c)) => *c,
-                None => {
-                    let c = f.refused.role == role && f.refused.resources.contains(offered);
-                    covers.push((ptr, c));
-                    c
-                }
-            };
-            if covered {
-                refused_until = Some(refused_until.map_or(f.until, |u: Duration| u.max(f.until)));
+    agent.expire_filters(now);
+    let mut covers = Covers { role, offered, known: HashMap::default() };
+    // Unless most of the agent's filters are other roles' (then members are looked up one
+    // by one), one pass over them, one block of memory, tells whether every member refused:
+    // the common case once offers get declined.
+    if agent.filters.len() <= 4 * members.handles.len() {
+        let (mut refusing, mut earliest) = (0, Duration::MAX);
+        for block in agent.filters.chunk_by(|a, b| a.framework == b.framework) {
+            if !members.handles.contains(&block[0].framework) {
+                continue;
+            }
+            if let Some(until) = block.iter().filter(|f| covers.check(f)).map(|f| f.until).max() {
+                refusing += 1;
+                earliest = earliest.min(until);
             }
         }
-        if list.is_empty() {
-            agent.filters.remove(&fw.idx);
+        if refusing == members.handles.len() {
+            return Err(earliest);
         }
-        match refused_until {
+    }
+    let mut earliest = Duration::MAX;
+    for (_, fw) in &members.sorter.order {
+        let range = agent.filters_of(fw.idx);
+        match agent.filters[range].iter().filter(|f| covers.check(f)).map(|f| f.until).max() {
             None => return Ok(fw.clone()),
             Some(until) => earliest = earliest.min(until),
         }
@@ -390,8 +444,10 @@ impl Allocator {
         for slot in &usage.agents {
             let Some(agent) = self.agents.get_mut(*slot as usize).and_then(Option::as_mut) else { continue };
             if let Some(alloc) = agent.allocations.remove(id) {
-                agent.gain(&alloc.allocated_to(None));
                 self.untrack(id, &alloc);
+                if let Some(agent) = self.agents.get_mut(*slot as usize).and_then(Option::as_mut) {
+                    agent.gain(alloc);
+                }
             }
         }
     }
@@ -447,7 +503,8 @@ impl Allocator {
             available,
             allocations: BTreeMap::new(),
             active: true,
-            filters: HandleMap::default(),
+            filters: Vec::new(),
+            filters_expire: Duration::MAX,
             last_refused: None,
             all_filtered: HashMap::new(),
         };
@@ -506,19 +563,35 @@ impl Allocator {
         refuse: Option<Duration>,
         now: Duration,
     ) {
-        let resources = self.with_default_role(framework_id, resources);
         let Some(&slot) = self.agent_slots.get(agent_id) else { return };
         let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
-        if let Some(alloc) = agent.allocations.get_mut(framework_id) {
+        // A declined or rescinded offer comes back whole, as the allocator made it: no need
+        // to merge it or work out what was held.
+        let whole = agent.allocations.get(framework_id).is_some_and(|held| held == resources);
+        let resources = match whole {
+            true => Cow::Borrowed(resources),
+            false => Cow::Owned(self.with_default_role(framework_id, resources)),
+        };
+        let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
+        if whole {
+            let held = agent.allocations.remove(framework_id).unwrap_or_default();
+            self.untrack(framework_id, &held);
+            if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
+                agent.gain(held);
+            }
+            self.forget_usage(framework_id, slot);
+        } else if let Some(alloc) = agent.allocations.get_mut(framework_id) {
             let mut released = alloc.clone();
             alloc.subtract_all(&resources);
             released.subtract_all(alloc);
             if alloc.is_empty() {
                 agent.allocations.remove(framework_id);
             }
-            agent.gain(&released.allocated_to(None));
             let emptied = !agent.allocations.contains_key(framework_id);
             self.untrack(framework_id, &released);
+            if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
+                agent.gain(released);
+            }
             if emptied {
                 self.forget_usage(framework_id, slot);
             }
@@ -530,19 +603,20 @@ impl Allocator {
             return;
         };
         let until = now.saturating_add(d);
-        let list = agent.filters.entry(fw.key.idx).or_default();
-        list.retain(|f| f.until > now);
+        agent.expire_filters(now);
+        agent.filters_expire = agent.filters_expire.min(until);
+        let at = agent.filters_of(fw.key.idx).end;
+        let mut added = Vec::new();
         for (role, resources) in split_roles(&resources) {
             let refused = Refused { role, resources };
             let refused = match &agent.last_refused {
                 Some(last) if **last == refused => Arc::clone(last),
                 _ => Arc::clone(agent.last_refused.insert(Arc::new(refused))),
             };
-            list.push(Filter { refused, until });
+            added.push(Filter { framework: fw.key.idx, refused, until });
         }
-        if list.is_empty() {
-            agent.filters.remove(&fw.key.idx);
-        } else {
+        if !added.is_empty() {
+            agent.filters.splice(at..at, added);
             fw.filtered_on.insert(slot);
         }
     }
@@ -550,8 +624,10 @@ impl Allocator {
     /// Runs one allocation cycle over all agents, starting one agent further than the last
     /// cycle did. Returns the offers to make.
     pub fn allocate(&mut self, now: Duration) -> Vec<Allocation> {
-        let after_last =
-            self.last_start.as_ref().and_then(|l| self.agent_slots.range::<AgentId, _>((Excluded(l), Unbounded)).next());
+        let after_last = self
+            .last_start
+            .as_ref()
+            .and_then(|l| self.agent_slots.range::<AgentId, _>((Excluded(l), Unbounded)).next());
         let Some(start) = after_last.or_else(|| self.agent_slots.iter().next()).map(|(k, _)| k.clone()) else {
             return Vec::new();
         };
@@ -559,7 +635,7 @@ impl Allocator {
             self.agent_slots.range(&start..).chain(self.agent_slots.range(..&start)).map(|(_, s)| *s).collect();
         self.last_start = Some(start);
         self.refresh_shares();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(order.len());
         for slot in order {
             self.allocate_agent(slot, now, &mut out);
         }
@@ -647,24 +723,37 @@ impl Allocator {
             if agent.all_filtered.get(role).is_some_and(|f| f.joined == members.joined && now < f.until) {
                 continue;
             }
-            let usable = if agent.available.iter().all(|r| usable_by(r, role)) {
-                Cow::Borrowed(&agent.available)
-            } else {
-                Cow::Owned(agent.available.usable_by(role))
-            };
+            let all_usable = agent.available.iter().all(|r| usable_by(r, role));
+            let usable =
+                if all_usable { Cow::Borrowed(&agent.available) } else { Cow::Owned(agent.available.usable_by(role)) };
             if !allocatable(&self.config, &usable) {
                 continue;
             }
-            let offered = offer_of(&usable, role);
-            let fw = match pick_framework(&members.sorter, agent, role, &offered, now) {
-                Ok(fw) => fw,
-                Err(until) => {
-                    agent.all_filtered.insert(role.clone(), AllFiltered { joined: members.joined, until });
-                    continue;
+            let fw = if agent.filters.is_empty() {
+                members.sorter.order.first().map(|(_, fw)| fw.clone())
+            } else {
+                let offered = offer_of(&usable, role);
+                match pick_framework(members, agent, role, &offered, now) {
+                    Ok(fw) => Some(fw),
+                    Err(until) => {
+                        agent.all_filtered.insert(role.clone(), AllFiltered { joined: members.joined, until });
+                        None
+                    }
                 }
             };
-            // What the role can use is exactly the entries that go.
-            agent.available.0.retain(|r| !usable_by(r, role));
+            let Some(fw) = fw else { continue };
+            // What the role can use is exactly the entries that go: move them.
+            let taken = if all_usable {
+                std::mem::take(&mut agent.available.0)
+            } else {
+                let (taken, kept) =
+                    std::mem::take(&mut agent.available.0).into_iter().partition(|r| usable_by(r, role));
+                agent.available.0 = kept;
+                taken
+            };
+            // Giving every entry of the (merged) resources the same allocation role keeps
+            // them distinct: no merging needed.
+            let offered = Resources(taken.into_iter().map(|r| r.with_allocation(Some(role))).collect());
             let (agent_id, role) = (agent.id.clone(), role.clone());
             self.grant(slot, &fw.id, &role, &offered);
             out.push(Allocation { framework_id: fw.id, agent_id, role, resources: offered });
@@ -690,6 +779,9 @@ impl Allocator {
 
     /// Takes allocated resources (of any roles) off the share accounting.
     fn untrack(&mut self, fw: &FrameworkId, res: &Resources) {
+        if let Some(role) = single_role(res) {
+            return self.track(fw, role, &qty(res), -1);
+        }
         for (role, part) in split_roles(res) {
             self.track(fw, &role, &qty(&part), -1);
         }
@@ -723,7 +815,7 @@ impl Allocator {
     fn reshare(&mut self, fw: Option<&FrameworkId>, role: &str) {
         if self.roles.share.contains_key(role) {
             let weight = self.weights.get(role).copied().unwrap_or(1.0);
-            self.roles.set(&role.to_string(), share(self.role_alloc.get(role), &self.total, weight));
+            self.roles.set(role, share(self.role_alloc.get(role), &self.total, weight));
         }
         let Some(key) = fw.and_then(|fw| self.frameworks.get(fw)).map(|f| &f.key) else { return };
         let Some(members) = self.role_frameworks.get_mut(role) else { return };
@@ -765,6 +857,7 @@ impl Allocator {
         for role in &fw.roles {
             if let Some(members) = self.role_frameworks.get_mut(role) {
                 members.sorter.remove(&fw.key);
+                members.handles.remove(&fw.key.idx);
                 if members.sorter.share.is_empty() {
                     self.role_frameworks.remove(role);
                     self.roles.remove(role);
@@ -787,6 +880,7 @@ impl Allocator {
             let members = self.role_frameworks.entry(role.clone()).or_default();
             members.joined = self.stamps;
             members.sorter.set(&key, 0);
+            members.handles.insert(key.idx);
             self.reshare(Some(id), &role);
         }
     }
@@ -798,12 +892,15 @@ impl Allocator {
         let agents = &mut self.agents;
         fw.filtered_on.retain(|slot| {
             let Some(agent) = agents.get_mut(*slot as usize).and_then(Option::as_mut) else { return false };
-            let Some(list) = agent.filters.get_mut(&idx) else { return false };
-            list.retain(|f| roles.is_some_and(|r| !r.contains(&f.refused.role)));
-            if list.is_empty() {
-                agent.filters.remove(&idx);
-            }
-            agent.filters.contains_key(&idx)
+            let range = agent.filters_of(idx);
+            let kept: Vec<Filter> = agent
+                .filters
+                .drain(range.clone())
+                .filter(|f| roles.is_some_and(|r| !r.contains(&f.refused.role)))
+                .collect();
+            let any = !kept.is_empty();
+            agent.filters.splice(range.start..range.start, kept);
+            any
         });
     }
 
@@ -877,8 +974,9 @@ mod tests {
                 assert!(sum.contains(&agent.total) && agent.total.contains(&sum), "{id}: {sum}");
                 ports.sort_unstable();
                 assert!(ports.windows(2).all(|w| w[0].1 < w[1].0), "{id}: ports overlap: {ports:?}");
-                for idx in agent.filters.keys() {
-                    let fw = self.frameworks.values().find(|f| f.key.idx == *idx).expect("filters of a known framework");
+                assert!(agent.filters.windows(2).all(|w| w[0].framework <= w[1].framework), "{id}: filter order");
+                for f in &agent.filters {
+                    let fw = self.frameworks.values().find(|x| x.key.idx == f.framework).expect("a known framework");
                     assert!(fw.filtered_on.contains(slot), "{} filters {id}", fw.key.id);
                 }
             }
@@ -887,7 +985,10 @@ mod tests {
                 assert_eq!(*q, by_role.get(role).copied().unwrap_or_default(), "{role}");
             }
             for (fw, usage) in &self.usage {
-                assert!(usage.agents.iter().all(|s| self.agents[*s as usize].as_ref().is_some_and(|a| a.allocations.contains_key(fw))));
+                assert!(usage
+                    .agents
+                    .iter()
+                    .all(|s| self.agents[*s as usize].as_ref().is_some_and(|a| a.allocations.contains_key(fw))));
                 for (role, q) in &usage.by_role {
                     let want = by_fw.get(&(fw.clone(), role.clone())).copied().unwrap_or_default();
                     assert_eq!(*q, want, "{fw} in {role}");
@@ -898,10 +999,8 @@ mod tests {
                 assert_eq!(&fw.key.id, id);
                 offerable.extend(fw.offerable_roles().map(|r| (r.clone(), id.clone())));
             }
-            let listed = self
-                .role_frameworks
-                .iter()
-                .flat_map(|(r, m)| m.sorter.share.keys().map(|k| (r.clone(), k.id.clone())));
+            let listed =
+                self.role_frameworks.iter().flat_map(|(r, m)| m.sorter.share.keys().map(|k| (r.clone(), k.id.clone())));
             assert_eq!(offerable, listed.collect());
             assert_eq!(self.roles.share.keys().collect::<BTreeSet<_>>(), self.role_frameworks.keys().collect());
         }
@@ -919,8 +1018,11 @@ mod tests {
                     }
                     let offered = offer_of(&usable, role);
                     let refused = |fw: &FwKey| {
-                        agent.filters.get(&fw.idx).into_iter().flatten().any(|f| {
-                            f.until > now && f.refused.role == *role && f.refused.resources.contains(&offered)
+                        agent.filters.iter().any(|f| {
+                            f.framework == fw.idx
+                                && f.until > now
+                                && f.refused.role == *role
+                                && f.refused.resources.contains(&offered)
                         })
                     };
                     if !members.sorter.share.keys().all(refused) {
@@ -932,7 +1034,7 @@ mod tests {
         }
 
         fn filter_count(&self) -> usize {
-            self.agents.iter().flatten().flat_map(|a| a.filters.values()).map(Vec::len).sum()
+            self.agents.iter().flatten().map(|a| a.filters.len()).sum()
         }
     }
 

@@ -22,6 +22,11 @@ pub fn used(role: &str) -> Resources {
     Resources::parse(&text).expect("valid resources").allocated_to(Some(role))
 }
 
+/// The id of agent `i` of a [`Cluster`].
+pub fn agent_id(i: usize) -> AgentId {
+    AgentId::new(format!("agent{i}"))
+}
+
 /// How the frameworks are spread over roles.
 #[derive(Clone, Copy, Debug)]
 pub enum Roles {
@@ -51,7 +56,7 @@ impl Cluster {
         }
         let total = Resources::parse(AGENT).expect("valid resources");
         let used: Vec<Resources> = (0..frameworks.len().min(agents)).map(|i| used(&role_of(i))).collect();
-        let agents: Vec<AgentId> = (0..agents).map(|i| AgentId::new(format!("agent{i}"))).collect();
+        let agents: Vec<AgentId> = (0..agents).map(agent_id).collect();
         for (i, agent) in agents.iter().enumerate() {
             let f = i % frameworks.len();
             allocator.add_agent(agent, &total, &[(frameworks[f].clone(), used[f].clone())]);
