@@ -177,9 +177,10 @@ pub(crate) struct State {
     started: Instant,
     counters: Counters,
     checkpoints: Checkpoints,
-    /// Set until recovered executors had their chance to re-subscribe; fired to let the
-    /// master link register.
+    /// Fired when the checkpointed state is rebuilt: the master link may register.
     recovery: Option<oneshot::Sender<()>>,
+    /// True while recovered executors still have their window to re-subscribe.
+    recovering: bool,
     /// When each live task's RUN_TASK arrived, for the launch latency figures.
     launch_times: HashMap<(FrameworkId, TaskId), Instant>,
     /// Recent RUN_TASK -> TASK_RUNNING and RUN_TASK -> terminal latencies (ms).
@@ -242,6 +243,7 @@ pub(crate) fn spawn(
         to_exit_ms: VecDeque::new(),
         checkpoints,
         recovery: Some(recovery_done),
+        recovering: true,
     };
     let task = tokio::spawn(async move {
         st.restore(recovered);
@@ -458,6 +460,12 @@ impl State {
                 "recovered checkpointed executors; destroyed orphaned containers"
             );
         }
+        // The state is rebuilt from the checkpoint and the containers are ours again: the
+        // agent can re-register now; executors re-subscribe in the background, and those
+        // that do not within the window are destroyed (their tasks' updates follow).
+        if let Some(gate) = self.recovery.take() {
+            let _ = gate.send(());
+        }
         if recovered_executors == 0 {
             self.recovery_done();
         } else {
@@ -470,8 +478,27 @@ impl State {
         }
     }
 
+    /// Recovery ends early once every recovered executor has re-subscribed or ended.
+    fn maybe_recovered(&mut self) {
+        if !self.recovering {
+            return;
+        }
+        let waiting = self
+            .frameworks
+            .values()
+            .flat_map(|f| f.executors.values())
+            .any(|e| e.recovered && e.state == ExecState::Registering);
+        if !waiting {
+            self.recovery_done();
+        }
+    }
+
     /// Executors that did not re-subscribe in time are destroyed; then the agent registers.
     fn recovery_done(&mut self) {
+        if !self.recovering {
+            return;
+        }
+        self.recovering = false;
         let mut late = Vec::new();
         for (fid, fw) in &self.frameworks {
             for (eid, e) in &fw.executors {
@@ -505,9 +532,6 @@ impl State {
                 None,
             );
             self.containerizer.destroy(&cid);
-        }
-        if let Some(done) = self.recovery.take() {
-            let _ = done.send(());
         }
     }
 
@@ -1123,13 +1147,20 @@ impl State {
             .unwrap_or_default();
         let queued = std::mem::take(&mut e.queued);
         for t in queued {
-            let known = has.contains(&t.task_id);
-            let mut ev = exec::Event::of(exec::EventType::Launch);
-            ev.launch = Some(exec::LaunchEvent { task: t.clone() });
             e.tasks.insert(t.task_id.clone(), AgentTask { info: t, state: TaskState::Staging, statuses: vec![] });
-            if !known {
-                e.send(&ev);
-            }
+        }
+        // Every task the executor has not reported on and does not claim to hold is sent
+        // (again): a LAUNCH on an earlier subscription may never have been read.
+        let launches: Vec<TaskInfo> = e
+            .tasks
+            .values()
+            .filter(|t| t.statuses.is_empty() && t.state == TaskState::Staging && !has.contains(&t.info.task_id))
+            .map(|t| t.info.clone())
+            .collect();
+        for task in launches {
+            let mut ev = exec::Event::of(exec::EventType::Launch);
+            ev.launch = Some(exec::LaunchEvent { task });
+            e.send(&ev);
         }
         // Updates the executor still holds (it re-subscribed): take what we do not have.
         if let Some(sub) = call.subscribe {
@@ -1137,6 +1168,7 @@ impl State {
                 let _ = self.executor_update(&fid, &eid, u.status);
             }
         }
+        self.maybe_recovered();
         Ok(())
     }
 
@@ -1271,6 +1303,7 @@ impl State {
     fn container_exited(&mut self, exit: ContainerExit) {
         self.container_ended(exit);
         self.maybe_shutdown_done();
+        self.maybe_recovered();
     }
 
     fn container_ended(&mut self, exit: ContainerExit) {
