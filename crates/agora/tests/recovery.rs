@@ -236,3 +236,29 @@ fn common_process_running(cmdline: &str) -> bool {
         parts == want
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_reboot_the_agent_is_a_new_agent() {
+    let mut c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, checkpointing("rebooted", true)).await;
+    launch_running(&mut fw, &[("before".into(), "exec sleep 1002".into())]).await;
+    let old_id = c.state().await["slaves"][0]["id"].as_str().unwrap().to_string();
+    c.crash_agent(0);
+    // A reboot changes the host's boot id (and kills every process; the orphaned container
+    // is what a reboot would not leave, and the new agent must clean it up).
+    std::fs::write(c.dir.join("agent0/meta/boot_id"), "00000000-0000-0000-0000-000000000000").unwrap();
+    c.restart_agent(0, &[]).unwrap();
+    let s = fw.update("before", T).await.expect("the old task is reported gone");
+    assert_eq!(s.state, TaskState::Gone);
+    assert_eq!(s.reason, Some(Reason::ReasonAgentRestarted));
+    let st = wait_until(T, || async {
+        let st = c.state().await;
+        let ids: Vec<String> =
+            st["slaves"].as_array().unwrap().iter().map(|a| a["id"].as_str().unwrap_or("").to_string()).collect();
+        (ids.len() == 1 && ids[0] != old_id).then_some(st)
+    })
+    .await;
+    assert!(st.is_some(), "the agent did not come back as a new agent:\n{}", c.logs());
+    let gone = wait_until(T, || async { (host_pid("sleep 1002") == 0).then_some(()) }).await;
+    assert!(gone.is_some(), "the old incarnation's container was not cleaned up");
+}
