@@ -66,11 +66,20 @@ const LEADER_ONLY: &[&str] = &[
     "/teardown",
 ];
 
+fn same_address(a: &agora_api::MasterInfo, b: &agora_api::MasterInfo) -> bool {
+    agora_registry::master_addr(a) == agora_registry::master_addr(b)
+}
+
 /// 307 to `//leader{suffix}`, or 503 when no leader is known.
 fn redirect(h: &Handle, suffix: &str) -> Response<Body> {
     let role = h.role.borrow().clone();
     let leader = match role {
         Role::Leading => h.master_info.clone(),
+        // The leader key still names this master's address from before a restart: that
+        // leader is gone (its lease will expire); redirecting would loop.
+        Role::Following(Some(l)) if l.id != h.master_info.id && same_address(&l, &h.master_info) => {
+            return agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected")
+        }
         Role::Following(Some(l)) => l,
         Role::Following(None) => return agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "No leader elected"),
         Role::Recovering => {

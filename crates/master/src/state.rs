@@ -352,6 +352,7 @@ pub(crate) struct State {
     pub gone_agents: BTreeMap<AgentId, f64>,
     pending_agents: HashMap<AgentId, PendingAgent>,
     pending_frameworks: HashMap<FrameworkId, PendingFramework>,
+    generations: u64,
 }
 
 pub fn now_secs() -> f64 {
@@ -431,6 +432,7 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         gone_agents: BTreeMap::new(),
         pending_agents: HashMap::new(),
         pending_frameworks: HashMap::new(),
+        generations: 0,
     };
     let task = tokio::spawn(run(state, rx));
     (handle, task)
@@ -621,6 +623,13 @@ impl State {
     }
 
     // ---------------------------------------------------------------- leadership
+
+    /// A failover timer generation, unique across terms (a timer of an earlier term must
+    /// never match a framework of this one).
+    fn next_generation(&mut self) -> u64 {
+        self.generations += 1;
+        self.generations
+    }
 
     fn set_role(&mut self, role: Role) {
         if self.role != role {
@@ -832,9 +841,9 @@ impl State {
     }
 
     fn start_failover_timer(&mut self, id: &FrameworkId) {
+        let generation = self.next_generation();
         let Some(fw) = self.frameworks.get_mut(id) else { return };
-        fw.failover_generation += 1;
-        let generation = fw.failover_generation;
+        fw.failover_generation = generation;
         let timeout = fw.info.failover_timeout;
         let self_tx = self.self_tx.clone();
         let framework_id = id.clone();
@@ -920,6 +929,7 @@ impl State {
         stream_id: String,
     ) {
         let now = now_secs();
+        let generation = self.next_generation();
         let span = tracing::info_span!("subscribe", framework_id = %id);
         let _e = span.enter();
         let watch = watch_stream(
@@ -948,7 +958,7 @@ impl State {
             fw.stream = Some(stream);
             fw.active = true;
             fw.recovered = false;
-            fw.failover_generation += 1;
+            fw.failover_generation = generation;
             fw.reregistered_time = Some(now);
             fw.unregistered_time = None;
             fw.suppressed_roles = suppressed_roles.clone();
@@ -1003,12 +1013,12 @@ impl State {
     }
 
     fn framework_disconnected(&mut self, id: &FrameworkId) {
+        let generation = self.next_generation();
         let Some(fw) = self.frameworks.get_mut(id) else { return };
         fw.stream = None;
         fw.active = false;
         fw.unregistered_time = Some(now_secs());
-        fw.failover_generation += 1;
-        let generation = fw.failover_generation;
+        fw.failover_generation = generation;
         let timeout = fw.info.failover_timeout;
         tracing::info!(framework_id = %id, failover_timeout = timeout, "framework disconnected");
         self.allocator.deactivate_framework(id);
