@@ -393,6 +393,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let m = Master::start(args.config()).await?;
             println!("agora master {} listening on {}", m.id, m.addr);
             wait_for_shutdown().await;
+            m.shutdown().await;
             Ok(0)
         }
         Command::Agent { list: Some(ListCommand::List(l)), .. } => list(View::Agents, l).await,

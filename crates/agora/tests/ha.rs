@@ -739,10 +739,7 @@ async fn etcd_losing_its_leader_is_harmless_and_a_master_cut_off_steps_down() {
     let others = m.addrs[1..].to_vec();
     let b = wait_leader(&others, T, Some(&a)).await.unwrap_or_else(|| panic!("no new leader:\n{}", m.logs()));
     let elected = get_json(&format!("http://{b}/state")).await["elected_time"].as_f64().expect("elected_time");
-    println!(
-        "cut off from etcd: stepped down after {stepped:?}, {b} elected {:.3} s later",
-        elected - stepped_at
-    );
+    println!("cut off from etcd: stepped down after {stepped:?}, {b} elected {:.3} s later", elected - stepped_at);
     assert!(stepped_at < elected, "{a} still led when {b} was elected");
     let (st, _) = request("POST", &format!("http://{a}/api/v1/scheduler")).await.expect("answer");
     assert_eq!(st, 503, "a master that knows no leader answers 503");

@@ -4,7 +4,8 @@
 //!
 //! Everywhere a master is named it may be one `host:port`, several
 //! (`h1:5050,h2:5050,h3:5050`) or `etcd://h1:2379,...[/prefix]`: [`leading_master`] finds
-//! the one that leads, and a 307 from a master that does not is followed.
+//! the one that leads ([`call_leader`] makes one call there), and a 307 from a master that
+//! does not lead is followed.
 #![forbid(unsafe_code)]
 
 pub mod run;
@@ -34,6 +35,30 @@ pub enum SchedulerError {
 pub async fn leading_master(master: &str) -> Result<String, SchedulerError> {
     let d = agora_registry::detector::Detector::new(master).map_err(SchedulerError::Refused)?;
     d.leader().await.ok_or_else(|| SchedulerError::NoLeader(master.to_string()))
+}
+
+/// POSTs `body` to `path` on the leading master of `master` (following a 307 to it a few
+/// times at most); returns the URL that answered and the reply.
+pub async fn call_leader<T: serde::Serialize>(
+    master: &str,
+    path: &str,
+    body: &T,
+) -> Result<(String, agora_http::Reply), SchedulerError> {
+    let detector = agora_registry::detector::Detector::new(master).map_err(SchedulerError::Refused)?;
+    let mut leader = detector.leader().await.ok_or_else(|| SchedulerError::NoLeader(master.to_string()))?;
+    let client = Client::new();
+    let mut hops = 0;
+    loop {
+        let url = format!("{}{path}", base_url(&leader));
+        match client.call(&url, &[], body, Duration::from_secs(10)).await {
+            Ok(r) => return Ok((url, r)),
+            Err(e) if not_leader(&e) && hops < 3 => {
+                hops += 1;
+                leader = detector.ask(&leader).await.ok_or(SchedulerError::Http(e))?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Whether an error says the master does not lead (307) or no leader is ready (503).

@@ -2,8 +2,7 @@
 //! v1 operator API, as a table or as JSON.
 use agora_api::operator::{Call, CallType, Response};
 use agora_api::Resources;
-use agora_http::{base_url, Client, ClientError};
-use std::time::Duration;
+use agora_http::ClientError;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
@@ -19,11 +18,11 @@ pub async fn show(master: &str, view: View, json: bool) -> Result<String, Client
         View::Frameworks => CallType::GetFrameworks,
         View::Tasks => CallType::GetTasks,
     };
-    let leader = crate::leading_master(master)
-        .await
-        .map_err(|e| ClientError::Request { url: master.to_string(), why: e.to_string() })?;
-    let url = format!("{}/api/v1", base_url(&leader));
-    let reply = Client::new().call(&url, &[], &Call { kind, teardown: None }, Duration::from_secs(10)).await?;
+    let (url, reply) =
+        crate::call_leader(master, "/api/v1", &Call { kind, teardown: None }).await.map_err(|e| match e {
+            crate::SchedulerError::Http(e) => e,
+            e => ClientError::Request { url: master.to_string(), why: e.to_string() },
+        })?;
     let resp: Response = serde_json::from_slice(&reply.body)
         .map_err(|e| ClientError::Stream { url: url.clone(), why: format!("bad operator response: {e}") })?;
     if json {

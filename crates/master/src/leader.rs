@@ -7,7 +7,9 @@
 //!   off a torn write) and leads again, a second later.
 //! * [`etcd`]: the election of `agora_registry::election`; on election the driver reads the
 //!   registry from etcd (every later write fenced by the leader key) and hands it over; when
-//!   the term ends the actor steps down. Between terms it tells the actor who leads.
+//!   the term ends the actor steps down. Between terms it tells the actor who leads. Asked
+//!   to resign (a clean shutdown), it revokes its lease so that another master need not
+//!   wait for it to expire.
 use crate::state::{Ack, Leadership, Msg};
 use crate::EtcdConfig;
 use agora_api::MasterInfo;
@@ -16,7 +18,7 @@ use agora_registry::etcd::EtcdClient;
 use agora_registry::{AnyStore, EmbeddedStore, EtcdStore, Registry, RegistryError, Store, Writer};
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// How long a registry read or write may take before the leader gives up (and steps down).
 pub const REGISTRY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +66,12 @@ pub async fn embedded(dir: PathBuf, tx: mpsc::UnboundedSender<Msg>, mut ready: O
     }
 }
 
-pub async fn etcd(config: EtcdConfig, me: MasterInfo, tx: mpsc::UnboundedSender<Msg>) {
+pub async fn etcd(
+    config: EtcdConfig,
+    me: MasterInfo,
+    tx: mpsc::UnboundedSender<Msg>,
+    mut resign: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+) {
     let ttl = config.lease_ttl.max(Duration::from_secs(1));
     let client = EtcdClient::new(config.endpoints.clone(), (ttl / 4).min(Duration::from_secs(1)));
     let value = serde_json::to_vec(&me).unwrap_or_default();
@@ -73,10 +80,27 @@ pub async fn etcd(config: EtcdConfig, me: MasterInfo, tx: mpsc::UnboundedSender<
     let (abdicate, abdications) = mpsc::unbounded_channel();
     let election = tokio::spawn(election::run(client.clone(), election_config, ev_tx, abdications));
     let mut term = 0;
-    while let Some(ev) = events.recv().await {
+    let mut lease: Option<i64> = None;
+    loop {
+        let ev = tokio::select! {
+            ev = events.recv() => ev,
+            done = resign.recv() => {
+                election.abort();
+                if let Some(id) = lease {
+                    let r = client.revoke(id, tokio::time::Instant::now() + Duration::from_secs(1)).await;
+                    tracing::info!(ok = r.is_ok(), "resigned: leader lease revoked");
+                }
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+                return;
+            }
+        };
+        let Some(ev) = ev else { break };
         match ev {
             ElectionEvent::Elected(fence) => {
                 term += 1;
+                lease = Some(fence.lease);
                 if tx.send(Msg::Leadership(Leadership::Recovering { term })).is_err() {
                     break;
                 }
@@ -97,6 +121,7 @@ pub async fn etcd(config: EtcdConfig, me: MasterInfo, tx: mpsc::UnboundedSender<
                 }
             }
             ElectionEvent::Lost => {
+                lease = None;
                 if tx.send(Msg::Leadership(Leadership::Lost { term })).is_err() {
                     break;
                 }

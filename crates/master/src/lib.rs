@@ -116,6 +116,7 @@ pub struct Master {
     server: tokio::task::JoinHandle<()>,
     actor: tokio::task::JoinHandle<()>,
     driver: tokio::task::JoinHandle<()>,
+    resign: Option<tokio::sync::mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl Master {
@@ -129,6 +130,7 @@ impl Master {
         let addr = listener.local_addr().map_err(|source| MasterError::Bind { addr: bind, source })?;
         let (handle, actor) = state::spawn(config.clone(), addr);
         let id = handle.master_id.clone();
+        let mut resign = None;
         let driver = match &config.etcd {
             None => {
                 // A single master leads from the start: its registry is read before it serves.
@@ -137,22 +139,37 @@ impl Master {
                 let registry = agora_registry::Store::recover(&mut store).await?;
                 let driver = tokio::spawn(leader::embedded(dir, handle.tx.clone(), Some((store, registry))));
                 let mut role = handle.role.clone();
-                let leading = tokio::time::timeout(
-                    Duration::from_secs(30),
-                    role.wait_for(|r| *r == state::Role::Leading),
-                )
-                .await;
+                let leading =
+                    tokio::time::timeout(Duration::from_secs(30), role.wait_for(|r| *r == state::Role::Leading)).await;
                 if !matches!(leading, Ok(Ok(_))) {
                     driver.abort();
                     return Err(MasterError::NotLeading);
                 }
                 driver
             }
-            Some(etcd) => tokio::spawn(leader::etcd(etcd.clone(), handle.master_info.clone(), handle.tx.clone())),
+            Some(etcd) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                resign = Some(tx);
+                tokio::spawn(leader::etcd(etcd.clone(), handle.master_info.clone(), handle.tx.clone(), rx))
+            }
         };
         let server = tokio::spawn(agora_http::serve(listener, http::handler(handle)));
         tracing::info!(master_id = %id, %addr, "master started");
-        Ok(Master { addr, id, server, actor, driver })
+        Ok(Master { addr, id, server, actor, driver, resign })
+    }
+
+    /// A clean shutdown: stops serving and acting, then, with etcd, gives the leadership up
+    /// (revoking the lease) so that another master need not wait for it to expire.
+    pub async fn shutdown(&self) {
+        self.server.abort();
+        self.actor.abort();
+        if let Some(r) = &self.resign {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if r.send(tx).is_ok() {
+                let _ = tokio::time::timeout(Duration::from_secs(2), rx).await;
+            }
+        }
+        self.stop();
     }
 
     /// Stops serving and drops all state.

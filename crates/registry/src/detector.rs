@@ -67,7 +67,9 @@ impl Detector {
                 .filter(|h| !h.is_empty())
                 .collect();
             if hosts.is_empty() || hosts.iter().any(|h| h.contains('/') || h.contains("://")) {
-                return Err(format!("invalid --master '{master}': expected host:port[,host:port...] or etcd://host:port,...[/prefix]"));
+                return Err(format!(
+                    "invalid --master '{master}': expected host:port[,host:port...] or etcd://host:port,...[/prefix]"
+                ));
             }
             Spec::Hosts(hosts)
         };

@@ -177,12 +177,7 @@ impl EtcdClient {
     /// gives up after `attempt_timeout` and moves to the next.
     pub fn new(endpoints: Vec<String>, attempt_timeout: Duration) -> EtcdClient {
         EtcdClient {
-            inner: Arc::new(Inner {
-                endpoints,
-                http: Client::new(),
-                preferred: AtomicUsize::new(0),
-                attempt_timeout,
-            }),
+            inner: Arc::new(Inner { endpoints, http: Client::new(), preferred: AtomicUsize::new(0), attempt_timeout }),
         }
     }
 
@@ -192,7 +187,8 @@ impl EtcdClient {
 
     /// POSTs `body` to `path`, endpoint after endpoint, until an answer or the deadline.
     async fn call(&self, path: &str, body: &Value, deadline: Instant) -> Result<Value, EtcdError> {
-        let payload = serde_json::to_vec(body).map_err(|e| EtcdError::Decode { path: path.into(), why: e.to_string() })?;
+        let payload =
+            serde_json::to_vec(body).map_err(|e| EtcdError::Decode { path: path.into(), why: e.to_string() })?;
         let eps = &self.inner.endpoints;
         let mut last = String::from("no attempt made");
         let mut pause = Duration::from_millis(50);

@@ -52,7 +52,10 @@ impl EtcdStore {
         match op {
             Op::AdmitAgent { agent } => {
                 let id = agent.id();
-                vec![put(self.key("agents", &id), Self::json(agent)), TxnOp::Delete { key: self.key("unreachable", &id) }]
+                vec![
+                    put(self.key("agents", &id), Self::json(agent)),
+                    TxnOp::Delete { key: self.key("unreachable", &id) },
+                ]
             }
             Op::RemoveAgent { agent_id } => vec![TxnOp::Delete { key: self.key("agents", agent_id) }],
             Op::MarkUnreachable { agent_id, time } => vec![
@@ -77,7 +80,8 @@ impl EtcdStore {
         if ops.is_empty() {
             return Ok(());
         }
-        let guard = [Compare::CreateRevision { key: self.fence.leader_key.clone(), revision: self.fence.create_revision }];
+        let guard =
+            [Compare::CreateRevision { key: self.fence.leader_key.clone(), revision: self.fence.create_revision }];
         let r = self.client.txn(&guard, ops, &[], Instant::now() + self.timeout).await?;
         if !r.succeeded {
             return Err(RegistryError::Fenced { key: String::from_utf8_lossy(&self.fence.leader_key).into_owned() });

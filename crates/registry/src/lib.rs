@@ -70,15 +70,31 @@ pub struct Registry {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Op {
     /// An agent is admitted (or re-admitted with new info): no longer unreachable.
-    AdmitAgent { agent: AgentRecord },
+    AdmitAgent {
+        agent: AgentRecord,
+    },
     /// An agent is removed (it came back under a new id).
-    RemoveAgent { agent_id: String },
-    MarkUnreachable { agent_id: String, time: f64 },
-    MarkGone { agent_id: String, time: f64 },
+    RemoveAgent {
+        agent_id: String,
+    },
+    MarkUnreachable {
+        agent_id: String,
+        time: f64,
+    },
+    MarkGone {
+        agent_id: String,
+        time: f64,
+    },
     /// A framework registered, or changed its info.
-    PutFramework { framework: FrameworkInfo },
-    RemoveFramework { framework_id: String },
-    SetWeights { weights: BTreeMap<String, f64> },
+    PutFramework {
+        framework: FrameworkInfo,
+    },
+    RemoveFramework {
+        framework_id: String,
+    },
+    SetWeights {
+        weights: BTreeMap<String, f64>,
+    },
 }
 
 impl Registry {
