@@ -366,6 +366,29 @@ pub struct TaskInfo {
     pub limits: Option<serde_json::Value>,
 }
 
+impl TaskInfo {
+    /// A task run by the built-in command executor; every optional field unset.
+    pub fn command(task_id: TaskId, agent_id: AgentId, resources: Vec<Resource>, command: CommandInfo) -> Self {
+        TaskInfo {
+            name: task_id.value.clone(),
+            task_id,
+            agent_id,
+            resources,
+            executor: None,
+            command: Some(command),
+            container: None,
+            health_check: None,
+            check: None,
+            kill_policy: None,
+            data: None,
+            labels: None,
+            discovery: None,
+            max_completion_time: None,
+            limits: None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[allow(clippy::enum_variant_names)]
 pub enum TaskState {

@@ -33,22 +33,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         continue;
                     }
                     let tasks = (next..next + k)
-                        .map(|i| TaskInfo {
-                            name: format!("hold-{i}"),
-                            task_id: TaskId::new(format!("hold-{i}")),
-                            agent_id: offer.agent_id.clone(),
-                            resources: vec![Resource::scalar("cpus", 0.01), Resource::scalar("mem", 1.0)],
-                            executor: None,
-                            command: Some(CommandInfo::shell("exec sleep 100000")),
-                            container: None,
-                            health_check: None,
-                            check: None,
-                            kill_policy: None,
-                            data: None,
-                            labels: None,
-                            discovery: None,
-                            max_completion_time: None,
-                            limits: None,
+                        .map(|i| {
+                            let resources = vec![Resource::scalar("cpus", 0.01), Resource::scalar("mem", 1.0)];
+                            let id = TaskId::new(format!("hold-{i}"));
+                            TaskInfo::command(
+                                id,
+                                offer.agent_id.clone(),
+                                resources,
+                                CommandInfo::shell("exec sleep 100000"),
+                            )
                         })
                         .collect();
                     next += k;

@@ -45,30 +45,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let id = TaskId::new(format!("true-{i}"));
-        let task = TaskInfo {
-            name: id.value.clone(),
-            task_id: id.clone(),
-            agent_id: offer.agent_id.clone(),
-            resources: vec![Resource::scalar("cpus", 0.1), Resource::scalar("mem", 32.0)],
-            executor: None,
-            command: Some(CommandInfo {
-                shell: false,
-                value: Some("/bin/true".into()),
-                arguments: vec!["true".into()],
-                environment: None,
-                user: None,
-                uris: vec![],
-            }),
-            container: None,
-            health_check: None,
-            check: None,
-            kill_policy: None,
-            data: None,
-            labels: None,
-            discovery: None,
-            max_completion_time: None,
-            limits: None,
+        let argv = CommandInfo {
+            shell: false,
+            value: Some("/bin/true".into()),
+            arguments: vec!["true".into()],
+            environment: None,
+            user: None,
+            uris: vec![],
         };
+        let resources = vec![Resource::scalar("cpus", 0.1), Resource::scalar("mem", 32.0)];
+        let task = TaskInfo::command(id.clone(), offer.agent_id.clone(), resources, argv);
         let t0 = Instant::now();
         s.launch(vec![offer.id.clone()], vec![task], 0.0).await?;
         loop {

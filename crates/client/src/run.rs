@@ -155,23 +155,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                                     uris: vec![],
                                 }
                             };
-                            let task = TaskInfo {
-                                name: opts.name.clone(),
-                                task_id: task_id.clone(),
-                                agent_id: offer.agent_id.clone(),
-                                resources,
-                                executor: None,
-                                command: Some(command),
-                                container: None,
-                                health_check: None,
-                                check: None,
-                                kill_policy: None,
-                                data: None,
-                                labels: None,
-                                discovery: None,
-                                max_completion_time: None,
-                                limits: None,
-                            };
+                            let task = TaskInfo { name: opts.name.clone(), ..TaskInfo::command(task_id.clone(), offer.agent_id.clone(), resources, command) };
                             let agent_url = offer
                                 .url
                                 .as_ref()

@@ -368,23 +368,12 @@ impl Fw {
 }
 
 pub fn task_info(id: &str, agent: &AgentId, command: CommandInfo, cpus: f64, mem: f64) -> TaskInfo {
-    TaskInfo {
-        name: id.into(),
-        task_id: TaskId::new(id),
-        agent_id: agent.clone(),
-        resources: vec![Resource::scalar("cpus", cpus), Resource::scalar("mem", mem)],
-        executor: None,
-        command: Some(command),
-        container: None,
-        health_check: None,
-        check: None,
-        kill_policy: None,
-        data: None,
-        labels: None,
-        discovery: None,
-        max_completion_time: None,
-        limits: None,
-    }
+    TaskInfo::command(
+        TaskId::new(id),
+        agent.clone(),
+        vec![Resource::scalar("cpus", cpus), Resource::scalar("mem", mem)],
+        command,
+    )
 }
 
 pub fn states(v: &[TaskStatus]) -> Vec<TaskState> {
