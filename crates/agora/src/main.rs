@@ -80,6 +80,23 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     agora_executor::parse_mesos_duration(s).map_err(|e| e.to_string())
 }
 
+/// `--agent-removal-rate-limit N/DURATION`.
+#[derive(Clone, Copy, Debug)]
+struct Rate(u32, Duration);
+
+fn parse_rate(s: &str) -> Result<Rate, String> {
+    let (n, per) = s.split_once('/').ok_or_else(|| format!("'{s}' is not N/DURATION (e.g. 1/20mins)"))?;
+    let n: u32 = n.trim().parse().map_err(|_| format!("'{n}' is not a count"))?;
+    if n == 0 {
+        return Err("the count must be at least 1".into());
+    }
+    let d = parse_duration(per)?;
+    if d.is_zero() {
+        return Err("the period must not be zero".into());
+    }
+    Ok(Rate(n, d))
+}
+
 /// `--weights role=2,other=1`.
 #[derive(Clone, Debug)]
 struct Weights(Vec<(String, f64)>);
@@ -110,6 +127,9 @@ struct MasterArgs {
     /// Missed pings before an agent is marked unreachable.
     #[arg(long, env = "AGORA_MAX_AGENT_PING_TIMEOUTS", default_value_t = 5)]
     max_agent_ping_timeouts: u32,
+    /// At most N agents marked unreachable per period, e.g. `1/20mins` (default: no limit).
+    #[arg(long, env = "AGORA_AGENT_REMOVAL_RATE_LIMIT", value_parser = parse_rate)]
+    agent_removal_rate_limit: Option<Rate>,
     /// DRF role weights, e.g. 'web=2,batch=1' (unnamed roles weigh 1).
     #[arg(long, env = "AGORA_WEIGHTS", value_parser = parse_weights)]
     weights: Option<Weights>,
@@ -165,6 +185,7 @@ impl MasterArgs {
             allocation_interval: self.allocation_interval,
             agent_ping_timeout: self.agent_ping_timeout,
             max_agent_ping_timeouts: self.max_agent_ping_timeouts,
+            agent_removal_rate_limit: self.agent_removal_rate_limit.map(|r| (r.0, r.1)),
             heartbeat_interval: self.framework_heartbeat_interval,
             weights: self.weights.clone().map(|w| w.0).unwrap_or_default(),
             agent_reregister_timeout: self.agent_reregister_timeout,

@@ -49,3 +49,44 @@ async fn stopped_agent_goes_unreachable_and_comes_back() {
     aware.s.kill(TaskId::new("pa-task"), None).await.unwrap();
     aware.until_state("pa-task", TaskState::Killed, T).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_removals_are_rate_limited() {
+    let c = Cluster::start(
+        2,
+        &["--agent-ping-timeout", "300ms", "--max-agent-ping-timeouts", "3", "--agent-removal-rate-limit", "1/3secs"],
+        &[],
+    )
+    .await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("limited", true, 0.0)).await;
+    // One task on each agent.
+    let mut agents = std::collections::HashSet::new();
+    let mut n = 0;
+    while agents.len() < 2 {
+        for offer in fw.offers().await {
+            if agents.insert(offer.agent_id.clone()) {
+                fw.launch_on(&offer, &[(&format!("t{n}"), "sleep 100")], 0.1, 32.0).await;
+                n += 1;
+            } else {
+                fw.s.decline(vec![offer.id.clone()], 0.0).await.unwrap();
+            }
+        }
+    }
+    fw.until_state("t0", TaskState::Running, T).await;
+    fw.until_state("t1", TaskState::Running, T).await;
+    for a in &c.agents {
+        a.signal(Signal::SIGSTOP);
+    }
+    let unreachable = |e: &agora_api::scheduler::Event| {
+        e.update.as_ref().map(|u| u.status.state == TaskState::Unreachable).unwrap_or(false)
+    };
+    fw.next_matching(T, unreachable).await.expect("the first agent becomes unreachable");
+    let first = std::time::Instant::now();
+    fw.next_matching(T, unreachable).await.expect("the second agent becomes unreachable");
+    let gap = first.elapsed();
+    assert!(gap >= Duration::from_millis(2500), "second removal only {gap:?} after the first under 1/3secs");
+    for a in &c.agents {
+        a.signal(Signal::SIGCONT);
+    }
+    c.wait_agents(2).await;
+}

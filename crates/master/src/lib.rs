@@ -31,6 +31,9 @@ pub struct MasterConfig {
     pub agent_ping_timeout: Duration,
     /// Missed pings before an agent is marked unreachable (Mesos `--max_agent_ping_timeouts`, 5).
     pub max_agent_ping_timeouts: u32,
+    /// At most this many agents marked unreachable per period (Mesos
+    /// `--agent_removal_rate_limit`, e.g. `1/20mins`); `None`: as soon as they fail.
+    pub agent_removal_rate_limit: Option<(u32, Duration)>,
     /// Interval of HEARTBEAT events on subscription streams (15 s).
     pub heartbeat_interval: Duration,
     /// How many completed tasks to keep per framework (Mesos `--max_completed_tasks_per_framework`).
@@ -84,6 +87,7 @@ impl Default for MasterConfig {
             allocation_interval: Duration::from_secs(1),
             agent_ping_timeout: Duration::from_secs(15),
             max_agent_ping_timeouts: 5,
+            agent_removal_rate_limit: None,
             heartbeat_interval: Duration::from_secs(15),
             max_completed_tasks_per_framework: 1000,
             max_completed_frameworks: 50,

@@ -337,6 +337,8 @@ pub(crate) struct State {
     dirty_agents: HashSet<AgentId>,
     /// Whether a full allocation is wanted soon (a framework arrived or revived).
     full_allocation: bool,
+    /// When agents were last marked unreachable, for `--agent-removal-rate-limit`.
+    removals: VecDeque<Instant>,
     pub counters: Counters,
     /// Role weights in force (the registry's, overridden by `--weights`).
     pub weights: BTreeMap<String, f64>,
@@ -421,6 +423,7 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         dirty_agents: HashSet::new(),
         full_allocation: false,
         counters: Counters::default(),
+        removals: VecDeque::new(),
         weights,
         role: Role::Following(None),
         role_tx,
@@ -2177,8 +2180,27 @@ impl State {
             }
         }
         for id in unreachable {
+            if !self.removal_permitted() {
+                tracing::info!(agent_id = %id, "marking the agent unreachable is deferred by --agent-removal-rate-limit");
+                continue;
+            }
             self.mark_unreachable(&id);
         }
+    }
+
+    /// Whether one more agent may be marked unreachable now under the removal rate limit;
+    /// counts the removal when it may.
+    fn removal_permitted(&mut self) -> bool {
+        let Some((count, period)) = self.config.agent_removal_rate_limit else { return true };
+        let now = Instant::now();
+        while self.removals.front().map(|t| now.duration_since(*t) >= period).unwrap_or(false) {
+            self.removals.pop_front();
+        }
+        if self.removals.len() as u32 >= count {
+            return false;
+        }
+        self.removals.push_back(now);
+        true
     }
 
     fn heartbeat(&mut self) {
