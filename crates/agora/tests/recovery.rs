@@ -262,3 +262,17 @@ async fn after_a_reboot_the_agent_is_a_new_agent() {
     let gone = wait_until(T, || async { (host_pid("sleep 1002") == 0).then_some(()) }).await;
     assert!(gone.is_some(), "the old incarnation's container was not cleaned up");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_cleanup_kills_everything_and_exits() {
+    let mut c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, checkpointing("cleaned", true)).await;
+    launch_running(&mut fw, &[("doomed".into(), "exec sleep 1003".into())]).await;
+    assert!(host_pid("sleep 1003") > 0);
+    c.crash_agent(0);
+    let err = c.restart_agent(0, &["--recover", "cleanup"]).expect_err("cleanup mode exits");
+    assert!(err.contains("--recover=cleanup: destroyed 1 containers"), "{err}");
+    let gone = wait_until(T, || async { (host_pid("sleep 1003") == 0).then_some(()) }).await;
+    assert!(gone.is_some(), "the task survived --recover=cleanup");
+    assert!(!c.dir.join("agent0/meta").exists(), "the checkpoint was not removed");
+}
