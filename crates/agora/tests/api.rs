@@ -283,3 +283,23 @@ async fn update_framework_shutdown_and_message() {
     let failure = fw.next_matching(T, |e| e.failure.is_some()).await.expect("FAILURE event");
     assert_eq!(failure.failure.unwrap().executor_id, Some(ExecutorId::new("svc")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_executor_ids_are_validated() {
+    let c = Cluster::start(1, &[], &[]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("custom", true, 0.0)).await;
+    let offer = fw.offers().await.remove(0);
+    let mut t = task_info("escape", &offer.agent_id, CommandInfo::shell("true"), 0.1, 32.0);
+    t.command = None;
+    t.executor = Some(
+        serde_json::from_value(serde_json::json!({
+            "executor_id": {"value": "../../etc"},
+            "command": {"value": "true"},
+        }))
+        .unwrap(),
+    );
+    fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.unwrap();
+    let s = fw.update("escape", T).await.unwrap();
+    assert_eq!((s.state, s.reason), (TaskState::Error, Some(Reason::ReasonTaskInvalid)));
+    assert!(s.message.unwrap_or_default().contains("executor id"));
+}

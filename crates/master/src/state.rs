@@ -1464,6 +1464,7 @@ impl State {
             }
         }
         if let Some(e) = &task.executor {
+            validate_task_id(e.executor_id.as_str()).map_err(|m| m.replace("task id", "executor id"))?;
             if let Some(f) = &e.framework_id {
                 if f != fid {
                     return Err("ExecutorInfo has an invalid FrameworkID".into());
