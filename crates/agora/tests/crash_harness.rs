@@ -239,7 +239,7 @@ async fn agents_killed_at_random_lose_nothing() {
     }
     assert!(violations.is_empty(), "violations (seed {seed}): {violations:#?}");
     // Nothing leaked: no container processes, cgroups or runtime directories.
-    let leaks = wait_until(Duration::from_secs(30), || async {
+    let leaks = wait_until(Duration::from_secs(60), || async {
         let containers: usize = (0..2)
             .map(|i| std::fs::read_dir(c.dir.join(format!("agent{i}/containers"))).map(|d| d.count()).unwrap_or(0))
             .sum();

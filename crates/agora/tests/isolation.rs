@@ -138,10 +138,13 @@ async fn process_count_is_bounded_by_pids() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_shares_split_two_to_one() {
     assert!(is_root());
-    let c = Cluster::start(1, &[], &[]).await;
+    // A cgroup root of their own, so the two tasks are the only siblings that compete.
+    let root = format!("agora-cpu-{}", &uuid::Uuid::new_v4().to_string()[..8]);
+    let c = Cluster::start(1, &[], &["--cgroups-root", &root]).await;
     let mut fw = Fw::subscribe(&c.master.addr, info("cpu", true, 0.0)).await;
-    // Each task keeps both cores busy, so the two compete for the machine.
-    let burn = "while :; do :; done & while :; do :; done & wait";
+    // Both tasks spin on the same CPU, so they compete for it whatever else the machine
+    // is doing (other tests run in parallel).
+    let burn = "exec taskset -c 0 sh -c 'while :; do :; done'";
     let offer = one_offer(&mut fw).await;
     let infos = vec![
         task_info("big", &offer.agent_id, CommandInfo::shell(burn), 1.0, 64.0),
@@ -167,6 +170,10 @@ async fn cpu_shares_split_two_to_one() {
     for t in ["big", "small"] {
         fw.s.kill(TaskId::new(t), None).await.unwrap();
         fw.until_state(t, TaskState::Killed, T).await;
+    }
+    drop(c);
+    for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = std::fs::remove_dir(h.path().join(&root));
     }
 }
 
