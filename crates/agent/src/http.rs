@@ -4,6 +4,7 @@ use crate::state::{ApiError, Handle, Msg, Query};
 use crate::AgentConfig;
 use agora_api::executor as exec;
 use agora_http::http::{Method, Request, Response, StatusCode};
+use agora_http::parse_query;
 use agora_http::{Body, IncomingBody};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -24,18 +25,9 @@ const ROUTES: &[&str] = &[
     "/files/download",
 ];
 
-/// Longest-prefix routing; `/slave(1)` is the agent's libprocess id and optional.
+/// Maps a request path to its route (`/slave(1)` is the agent's libprocess id).
 pub fn route(path: &str) -> Option<&'static str> {
-    let mut p = path.trim_end_matches('/');
-    if let Some(rest) = p.strip_prefix("/slave(1)") {
-        p = rest;
-    }
-    let p = p.strip_suffix(".json").unwrap_or(p);
-    ROUTES
-        .iter()
-        .filter(|r| p == **r || (p.starts_with(**r) && p.as_bytes().get(r.len()) == Some(&b'/')))
-        .max_by_key(|r| r.len())
-        .copied()
+    agora_http::route(path, "/slave(1)", ROUTES)
 }
 
 pub fn handler(h: Handle, config: AgentConfig) -> agora_http::Handler {
@@ -52,33 +44,6 @@ fn err(e: ApiError) -> Response<Body> {
 
 fn unavailable() -> Response<Body> {
     agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "Agent is shutting down")
-}
-
-fn parse_query(q: Option<&str>) -> HashMap<String, String> {
-    let mut m = HashMap::new();
-    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        m.insert(decode(k), decode(v));
-    }
-    m
-}
-
-fn decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(if b[i] == b'+' { b' ' } else { b[i] });
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn dispatch(h: &Handle, config: &AgentConfig, req: Request<IncomingBody>) -> Response<Body> {

@@ -278,15 +278,8 @@ struct ExecStream {
 }
 
 fn watch_stream(tx: mpsc::UnboundedSender<Bytes>, on_close: Msg, self_tx: mpsc::UnboundedSender<Msg>) -> ExecStream {
-    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
-    let watched = tx.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = watched.closed() => { let _ = self_tx.send(on_close); }
-            _ = cancel_rx => {}
-        }
-    });
-    ExecStream { tx, _cancel_watch: cancel_tx }
+    let cancel = agora_http::on_stream_closed(&tx, on_close, self_tx);
+    ExecStream { tx, _cancel_watch: cancel }
 }
 
 impl State {

@@ -98,6 +98,25 @@ pub fn stream(status: StatusCode, content_type: &str) -> (mpsc::UnboundedSender<
     (tx, build(status, Some(content_type), Body::Stream(rx)))
 }
 
+/// Sends `on_close` on `to` when the receiving side of a streamed response (the client's
+/// connection) goes away. Dropping the returned guard cancels the watch; the watch never
+/// keeps the stream open by itself.
+pub fn on_stream_closed<M: Send + 'static>(
+    tx: &mpsc::UnboundedSender<Bytes>,
+    on_close: M,
+    to: mpsc::UnboundedSender<M>,
+) -> tokio::sync::oneshot::Sender<()> {
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    let watched = tx.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = watched.closed() => { let _ = to.send(on_close); }
+            _ = cancel_rx => {}
+        }
+    });
+    cancel_tx
+}
+
 #[derive(Debug, Error)]
 pub enum BodyError {
     #[error("request body larger than {0} bytes")]
@@ -400,6 +419,56 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// Routes a request path as libprocess does: trailing slashes stripped, the process prefix
+/// (`/master`, `/slave(1)`) optional, the `.json` aliases of old tools accepted, then the
+/// longest route that matches on whole path segments.
+pub fn route(path: &str, process: &str, routes: &[&'static str]) -> Option<&'static str> {
+    let mut p = path.trim_end_matches('/');
+    if let Some(rest) = p.strip_prefix(process) {
+        if rest.is_empty() || rest.starts_with('/') {
+            p = rest;
+        }
+    }
+    let p = p.strip_suffix(".json").unwrap_or(p);
+    if p.is_empty() {
+        return None;
+    }
+    routes
+        .iter()
+        .filter(|r| p == **r || (p.starts_with(**r) && p.as_bytes().get(r.len()) == Some(&b'/')))
+        .max_by_key(|r| r.len())
+        .copied()
+}
+
+/// Parses a query string (or a form body) into decoded key/value pairs.
+pub fn parse_query(q: Option<&str>) -> std::collections::HashMap<String, String> {
+    let mut m = std::collections::HashMap::new();
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        m.insert(percent_decode(k), percent_decode(v));
+    }
+    m
+}
+
+/// `+` is a space, `%XX` a byte; a malformed escape is kept as it is.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Normalises a `host:port` or URL into a base URL without a trailing slash.
 pub fn base_url(addr: &str) -> String {
     let a = addr.trim().trim_end_matches('/');
@@ -407,5 +476,30 @@ pub fn base_url(addr: &str) -> String {
         a.to_string()
     } else {
         format!("http://{a}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_is_longest_prefix_on_segments() {
+        const R: &[&str] = &["/api/v1/scheduler", "/api/v1", "/state", "/state-summary"];
+        assert_eq!(route("/master/api/v1/scheduler", "/master", R), Some("/api/v1/scheduler"));
+        assert_eq!(route("/api/v1/operator", "/master", R), Some("/api/v1"));
+        assert_eq!(route("/state.json/", "/master", R), Some("/state"));
+        assert_eq!(route("/statex", "/master", R), None);
+        assert_eq!(route("/masterx/state", "/master", R), None);
+        assert_eq!(route("/slave(1)/state", "/slave(1)", R), Some("/state"));
+    }
+
+    #[test]
+    fn queries_decode() {
+        let q = parse_query(Some("a=1&x=hello%20world&y=%zz&z=a+b&t=%4"));
+        assert_eq!(q["x"], "hello world");
+        assert_eq!(q["y"], "%zz");
+        assert_eq!(q["z"], "a b");
+        assert_eq!(q["t"], "%4");
     }
 }

@@ -7,6 +7,7 @@ use crate::state::{ApiError, CallReply, Handle, Msg, Query, Role};
 use agora_api::agent_proto::AgentToMaster;
 use agora_api::{operator, scheduler};
 use agora_http::http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use agora_http::parse_query;
 use agora_http::{Body, IncomingBody};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,24 +33,9 @@ const ROUTES: &[&str] = &[
     "/teardown",
 ];
 
-/// Maps a request path to its route, as libprocess does: trailing slashes stripped, the
-/// `/master` process prefix optional, `.json` suffixes of old tools accepted.
+/// Maps a request path to its route (`/master` is the master's libprocess id).
 pub fn route(path: &str) -> Option<&'static str> {
-    let mut p = path.trim_end_matches('/');
-    if let Some(rest) = p.strip_prefix("/master") {
-        if rest.is_empty() || rest.starts_with('/') {
-            p = rest;
-        }
-    }
-    let p = p.strip_suffix(".json").unwrap_or(p);
-    if p.is_empty() {
-        return None;
-    }
-    ROUTES
-        .iter()
-        .filter(|r| p == **r || (p.starts_with(**r) && p.as_bytes().get(r.len()) == Some(&b'/')))
-        .max_by_key(|r| r.len())
-        .copied()
+    agora_http::route(path, "/master", ROUTES)
 }
 
 /// Routes only the leader answers.
@@ -108,39 +94,6 @@ fn err(e: ApiError) -> Response<Body> {
 
 fn unavailable() -> Response<Body> {
     agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "Master is shutting down")
-}
-
-pub fn parse_query(q: Option<&str>) -> HashMap<String, String> {
-    let mut m = HashMap::new();
-    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        m.insert(percent_decode(k), percent_decode(v));
-    }
-    m
-}
-
-fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok().and_then(|h| u8::from_str_radix(h, 16).ok());
-                match hex {
-                    Some(v) => {
-                        out.push(v);
-                        i += 2;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// A JSON reply for the GET endpoints, wrapped for `?jsonp=cb`.
@@ -383,13 +336,5 @@ mod tests {
         assert_eq!(route("/"), None);
         assert_eq!(route("/master"), None);
         assert_eq!(route("/state-summary"), Some("/state-summary"));
-    }
-
-    #[test]
-    fn query_decoding() {
-        let q = parse_query(Some("a=1&jsonp=cb&x=hello%20world&y=%zz"));
-        assert_eq!(q["x"], "hello world");
-        assert_eq!(q["y"], "%zz");
-        assert_eq!(q["jsonp"], "cb");
     }
 }

@@ -244,6 +244,32 @@ pub(crate) struct Agent {
 }
 
 impl Agent {
+    /// A connected agent on the session of `stream`.
+    fn new(
+        info: AgentInfo,
+        pid: String,
+        version: String,
+        total: Resources,
+        stream: Stream,
+        registered_time: f64,
+    ) -> Self {
+        Agent {
+            info,
+            pid,
+            version,
+            session_id: stream.id.clone(),
+            stream: Some(stream),
+            active: true,
+            registered_time,
+            reregistered_time: None,
+            total,
+            missed_pings: 0,
+            awaiting_pong: false,
+            tasks: HashSet::new(),
+            offers: HashSet::new(),
+        }
+    }
+
     pub fn id(&self) -> AgentId {
         self.info.id.clone().unwrap_or_default()
     }
@@ -474,22 +500,6 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>) {
             _ = heartbeat_tick.tick() => st.heartbeat(),
         }
     }
-}
-
-fn watch_stream(
-    tx: &mpsc::UnboundedSender<Bytes>,
-    on_close: Msg,
-    self_tx: mpsc::UnboundedSender<Msg>,
-) -> oneshot::Sender<()> {
-    let (cancel_tx, cancel_rx) = oneshot::channel::<()>();
-    let watched = tx.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = watched.closed() => { let _ = self_tx.send(on_close); }
-            _ = cancel_rx => {}
-        }
-    });
-    cancel_tx
 }
 
 fn validate_role(role: &str) -> Result<(), String> {
@@ -935,7 +945,7 @@ impl State {
         let generation = self.next_generation();
         let span = tracing::info_span!("subscribe", framework_id = %id);
         let _e = span.enter();
-        let watch = watch_stream(
+        let watch = agora_http::on_stream_closed(
             &tx,
             Msg::FrameworkStreamClosed { framework_id: id.clone(), stream_id: stream_id.clone() },
             self.self_tx.clone(),
@@ -1713,26 +1723,10 @@ impl State {
             self.recovered_agents.remove(&old);
             self.submit(vec![Op::RemoveAgent { agent_id: old.value }], Ack::None);
         }
-        let session_id = uuid::Uuid::new_v4().to_string();
-        let stream = self.agent_stream(&id, &session_id, tx);
-        let mut agent = Agent {
-            info: agent_info,
-            pid,
-            version,
-            session_id: session_id.clone(),
-            stream: Some(stream),
-            active: true,
-            registered_time: now,
-            reregistered_time: None,
-            total: total.clone(),
-            missed_pings: 0,
-            awaiting_pong: false,
-            tasks: HashSet::new(),
-            offers: HashSet::new(),
-        };
+        let mut agent = Agent::new(agent_info, pid, version, total.clone(), self.agent_stream(&id, tx), now);
         agent.send(&MasterToAgent::Registered {
             agent_id: id.clone(),
-            session_id,
+            session_id: agent.session_id.clone(),
             master_info: self.master_info.clone(),
         });
         tracing::info!(agent_id = %id, resources = %total, "agent registered");
@@ -1742,13 +1736,15 @@ impl State {
         self.dirty_agents.insert(id);
     }
 
-    fn agent_stream(&self, id: &AgentId, session_id: &str, tx: mpsc::UnboundedSender<Bytes>) -> Stream {
-        let watch = watch_stream(
+    /// A stream for a new session of an agent (the stream's id is the session id).
+    fn agent_stream(&self, id: &AgentId, tx: mpsc::UnboundedSender<Bytes>) -> Stream {
+        let session_id = uuid::Uuid::new_v4().to_string();
+        let watch = agora_http::on_stream_closed(
             &tx,
-            Msg::AgentStreamClosed { agent_id: id.clone(), session_id: session_id.to_string() },
+            Msg::AgentStreamClosed { agent_id: id.clone(), session_id: session_id.clone() },
             self.self_tx.clone(),
         );
-        Stream { id: session_id.to_string(), tx, _cancel_watch: watch }
+        Stream { id: session_id, tx, _cancel_watch: watch }
     }
 
     fn agent_reregister(
@@ -1816,26 +1812,12 @@ impl State {
         let registered_time = previous.as_ref().map(|p| p.registered_time).unwrap_or(now);
         agent_info.id = Some(id.clone());
         let pid = format!("slave(1)@{}:{}", agent_info.hostname, agent_info.port);
-        let session_id = uuid::Uuid::new_v4().to_string();
-        let stream = self.agent_stream(&id, &session_id, tx);
-        let mut agent = Agent {
-            info: agent_info,
-            pid,
-            version,
-            session_id: session_id.clone(),
-            stream: Some(stream),
-            active: true,
-            registered_time,
-            reregistered_time: Some(now),
-            total: total.clone(),
-            missed_pings: 0,
-            awaiting_pong: false,
-            tasks: HashSet::new(),
-            offers: HashSet::new(),
-        };
+        let mut agent =
+            Agent::new(agent_info, pid, version, total.clone(), self.agent_stream(&id, tx), registered_time);
+        agent.reregistered_time = Some(now);
         agent.send(&MasterToAgent::Reregistered {
             agent_id: id.clone(),
-            session_id,
+            session_id: agent.session_id.clone(),
             master_info: self.master_info.clone(),
         });
         // Frameworks the master does not know (e.g. after a master restart) are recreated
