@@ -7,23 +7,32 @@
 //! the first framework of that role that is active, has not suppressed the role and has no
 //! live refuse filter covering them.
 //!
+//! Representation: inside, roles and frameworks are small integer handles and resources are
+//! [`compact`] bundles (fixed-point scalars, range lists, interned names and metadata), so
+//! that a cycle moves an agent's resources into an allocation without allocating memory or
+//! hashing strings. `agora_api::Resources` exist only at the edges: what callers pass in is
+//! converted once, and an offer's resources are built when it is handed out.
+//!
 //! Cost: a cycle does work per agent and per offer made, not per agent × framework, except
 //! where frameworks' refuse filters must be looked at. Once every framework of a role is
 //! found filtered on an agent, the agent remembers it (until the agent gains resources, a
 //! framework joins the role or the earliest of those filters expires), so a cluster whose
 //! offers were all declined costs a pass over the agents per cycle. Filters are keyed by
-//! dense framework handles, and frameworks that declined the same resources on an agent
-//! share one copy of them. docs/benchmarks.md has the figures.
+//! framework handles, and frameworks that declined the same resources on an agent share one
+//! copy of them. docs/benchmarks.md has the figures.
 //!
 //! **Architecture Invariant:** the allocator performs no I/O, reads no clock (the caller
 //! passes `now`) and is deterministic. For every agent, the sum of its allocations plus its
 //! available resources equals its total: nothing is handed out twice.
 #![forbid(unsafe_code)]
 
-use agora_api::{AgentId, FrameworkId, Resource, Resources};
-use std::borrow::{Borrow, Cow};
+mod compact;
+
+use agora_api::{AgentId, FrameworkId, Resources};
+use compact::{Bundle, Catalog, Qty, RoleIdx};
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,14 +62,6 @@ pub struct Allocation {
     pub resources: Resources,
 }
 
-/// Amounts of cpus, mem, disk and gpus (the kinds shares are computed over) in thousandths,
-/// Mesos's fixed point, so that sums stay exact.
-type Qty = [i64; 4];
-
-fn qty(r: &Resources) -> Qty {
-    ["cpus", "mem", "disk", "gpus"].map(|name| (r.scalar(name) * 1000.0).round() as i64)
-}
-
 fn add_qty(into: &mut Qty, q: &Qty, sign: i64) {
     for (a, b) in into.iter_mut().zip(q) {
         *a = (*a + sign * b).max(0);
@@ -70,9 +71,14 @@ fn add_qty(into: &mut Qty, q: &Qty, sign: i64) {
 /// A dominant share as a sortable key: non-negative floats order like their bit patterns.
 type Share = u64;
 
-fn share(alloc: Option<&Qty>, total: &Qty, weight: f64) -> Share {
-    let dominant = alloc.into_iter().flat_map(|a| a.iter().zip(total)).filter(|(_, t)| **t > 0);
+fn share(alloc: &Qty, total: &Qty, weight: f64) -> Share {
+    let dominant = alloc.iter().zip(total).filter(|(_, t)| **t > 0);
     (dominant.map(|(a, t)| *a as f64 / *t as f64).fold(0.0, f64::max) / weight).to_bits()
+}
+
+/// Whether resources of these amounts are worth offering.
+fn allocatable(config: &Config, q: &Qty) -> bool {
+    q[0] as f64 / 1000.0 >= config.min_allocatable_cpus || q[1] as f64 / 1000.0 >= config.min_allocatable_mem
 }
 
 /// An agent's slot in [`Allocator::agents`]; slots of removed agents are reused.
@@ -84,7 +90,7 @@ type FwIdx = u32;
 /// Hashes the small integer handles above (and pointers) by one multiplication, instead of
 /// SipHash.
 #[derive(Default)]
-struct HandleHasher(u64);
+pub(crate) struct HandleHasher(u64);
 
 impl Hasher for HandleHasher {
     fn finish(&self) -> u64 {
@@ -111,71 +117,80 @@ impl Hasher for HandleHasher {
 }
 
 type HandleSet = HashSet<u32, BuildHasherDefault<HandleHasher>>;
+type HandleMap<V> = HashMap<u32, V, BuildHasherDefault<HandleHasher>>;
 
-/// Members kept in (share, key) order; updating one costs O(log n).
-#[derive(Debug)]
-struct Sorter<K> {
-    order: BTreeSet<(Share, K)>,
-    share: HashMap<K, Share>,
+/// Members (role or framework handles) kept in (share, name, handle) order; updating one
+/// costs O(log n). Names are shared, so re-sorting allocates nothing.
+#[derive(Debug, Default)]
+struct Sorter {
+    order: BTreeSet<(Share, Arc<str>, u32)>,
+    share: HandleMap<(Share, Arc<str>)>,
 }
 
-impl<K> Default for Sorter<K> {
-    fn default() -> Self {
-        Sorter { order: BTreeSet::new(), share: HashMap::new() }
-    }
-}
-
-impl<K: Ord + Hash + Clone> Sorter<K> {
-    fn set<Q>(&mut self, key: &Q, share: Share)
-    where
-        K: Borrow<Q>,
-        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
-    {
-        match self.share.get_mut(key) {
-            Some(old) if *old == share => return,
-            Some(old) => {
-                self.order.remove(&(*old, key.to_owned()));
+impl Sorter {
+    fn set(&mut self, h: u32, name: &Arc<str>, share: Share) {
+        match self.share.get_mut(&h) {
+            Some((old, _)) if *old == share => return,
+            Some((old, name)) => {
+                self.order.remove(&(*old, Arc::clone(name), h));
                 *old = share;
             }
             None => {
-                self.share.insert(key.to_owned(), share);
+                self.share.insert(h, (share, Arc::clone(name)));
             }
         }
-        self.order.insert((share, key.to_owned()));
+        self.order.insert((share, Arc::clone(name), h));
     }
 
-    fn remove(&mut self, key: &K) {
-        if let Some(old) = self.share.remove(key) {
-            self.order.remove(&(old, key.clone()));
+    fn remove(&mut self, h: u32) {
+        if let Some((old, name)) = self.share.remove(&h) {
+            self.order.remove(&(old, name, h));
         }
     }
+
+    fn contains(&self, h: u32) -> bool {
+        self.share.contains_key(&h)
+    }
+
+    fn len(&self) -> usize {
+        self.share.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.share.is_empty()
+    }
+
+    fn first(&self) -> Option<u32> {
+        self.order.first().map(|e| e.2)
+    }
 }
 
-/// A framework as the sorters hold it: ordered by id, with its handle at hand.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct FwKey {
-    id: FrameworkId,
-    idx: FwIdx,
-}
-
-/// The offerable frameworks of one role.
-#[derive(Debug, Default)]
-struct RoleFrameworks {
-    sorter: Sorter<FwKey>,
-    /// The same frameworks by handle.
-    handles: HandleSet,
+/// Per role (by handle).
+#[derive(Debug)]
+struct RoleState {
+    weight: f64,
+    /// Allocated to the role, over all frameworks (added or not).
+    alloc: Qty,
+    /// The offerable frameworks of the role, by dominant share within it. The role is in
+    /// [`Allocator::roles`] while this is not empty.
+    members: Sorter,
     /// Stamp of the last time a framework joined: a framework can be offered resources that
     /// every earlier member had refused.
     joined: u64,
+}
+
+impl Default for RoleState {
+    fn default() -> Self {
+        RoleState { weight: 1.0, alloc: [0; 4], members: Sorter::default(), joined: 0 }
+    }
 }
 
 /// Resources a framework refused for a role on an agent. Frameworks that refused the same
 /// on the same agent share one copy.
 #[derive(Debug, PartialEq)]
 struct Refused {
-    role: String,
-    /// With allocation role `role`.
-    resources: Resources,
+    role: RoleIdx,
+    resources: Bundle,
 }
 
 #[derive(Debug)]
@@ -185,73 +200,84 @@ struct Filter {
     until: Duration,
 }
 
+/// An agent's refuse filters.
+#[derive(Debug)]
+struct Filters {
+    /// Ordered by framework handle: one block of memory to scan.
+    list: Vec<Filter>,
+    /// No filter expires before this.
+    expire: Duration,
+    /// The last refused resources recorded, to share with the next framework refusing them.
+    last_refused: Option<Arc<Refused>>,
+}
+
+impl Filters {
+    /// Where the framework's filters are in `list`.
+    fn of(&self, fw: FwIdx) -> std::ops::Range<usize> {
+        let start = self.list.partition_point(|f| f.framework < fw);
+        start..start + self.list[start..].partition_point(|f| f.framework == fw)
+    }
+
+    /// Drops the filters expired at `now`, if any.
+    fn expire(&mut self, now: Duration) {
+        if now >= self.expire {
+            self.list.retain(|f| f.until > now);
+            self.expire = self.list.iter().map(|f| f.until).min().unwrap_or(Duration::MAX);
+        }
+    }
+}
+
 /// Every offerable framework of a role had a live filter covering what the agent has for
 /// the role: no need to look at the filters again while this holds.
 #[derive(Debug)]
 struct AllFiltered {
-    /// `RoleFrameworks::joined` when found.
+    /// `RoleState::joined` when found.
     joined: u64,
     /// The earliest expiry of the filters relied on.
     until: Duration,
 }
 
+/// What a framework holds on an agent for one role.
+#[derive(Debug)]
+struct Held {
+    fw: FwIdx,
+    role: RoleIdx,
+    res: Bundle,
+}
+
 #[derive(Debug)]
 struct Agent {
     id: AgentId,
-    /// Without allocation roles, like `available`.
-    total: Resources,
-    available: Resources,
-    /// Per framework, with allocation roles.
-    allocations: BTreeMap<FrameworkId, Resources>,
+    total: Bundle,
+    available: Bundle,
+    /// Sorted by (framework, role); none empty.
+    allocations: Vec<Held>,
     active: bool,
-    /// Refuse filters, ordered by framework handle: one block of memory to scan.
-    filters: Vec<Filter>,
-    /// No filter expires before this.
-    filters_expire: Duration,
-    /// The last refused resources recorded, to share with the next framework refusing them.
-    last_refused: Option<Arc<Refused>>,
+    filters: Filters,
     /// Per role. Cleared whenever `available` grows.
-    all_filtered: HashMap<String, AllFiltered>,
+    all_filtered: HandleMap<AllFiltered>,
 }
 
 impl Agent {
-    /// Where the framework's filters are in `filters`.
-    fn filters_of(&self, fw: FwIdx) -> std::ops::Range<usize> {
-        let start = self.filters.partition_point(|f| f.framework < fw);
-        start..start + self.filters[start..].partition_point(|f| f.framework == fw)
+    /// Where the framework's allocations are in `allocations`.
+    fn held_of(&self, fw: FwIdx) -> std::ops::Range<usize> {
+        let start = self.allocations.partition_point(|h| h.fw < fw);
+        start..start + self.allocations[start..].partition_point(|h| h.fw == fw)
     }
 
-    /// Drops the filters expired at `now`, if any.
-    fn expire_filters(&mut self, now: Duration) {
-        if now >= self.filters_expire {
-            self.filters.retain(|f| f.until > now);
-            self.filters_expire = self.filters.iter().map(|f| f.until).min().unwrap_or(Duration::MAX);
-        }
-    }
-
-    /// Resources (with allocation roles) came back: filters may no longer cover what the
-    /// agent has.
-    fn gain(&mut self, resources: Resources) {
-        if resources.is_empty() {
+    /// Resources came back: filters may no longer cover what the agent has.
+    fn gain(&mut self, res: Bundle) {
+        if res.is_empty() {
             return;
         }
         self.all_filtered.clear();
-        let resources = match single_role(&resources) {
-            // Clearing one allocation role from merged resources keeps them distinct.
-            Some(_) => Resources(resources.into_vec().into_iter().map(|r| r.with_allocation(None)).collect()),
-            None => resources.allocated_to(None),
-        };
-        if self.available.is_empty() {
-            self.available = resources;
-        } else {
-            self.available.add_all(&resources);
-        }
+        self.available.add_owned(res);
     }
 }
 
+/// A framework's settings, while it is added.
 #[derive(Debug)]
-struct Framework {
-    key: FwKey,
+struct FwState {
     roles: BTreeSet<String>,
     suppressed: BTreeSet<String>,
     active: bool,
@@ -261,41 +287,47 @@ struct Framework {
     filtered_on: HandleSet,
 }
 
-impl Framework {
+impl FwState {
     /// The roles the framework can be offered resources for.
     fn offerable_roles(&self) -> impl Iterator<Item = &String> {
         self.roles.iter().filter(|r| self.active && !self.suppressed.contains(*r))
     }
 }
 
-/// What a framework holds. Also kept for frameworks not (yet) added whose tasks an agent
-/// reported running.
-#[derive(Debug, Default)]
-struct Usage {
-    agents: BTreeSet<AgentIdx>,
-    by_role: HashMap<String, Qty>,
+/// A framework that is added or holds resources (an agent may report tasks of frameworks
+/// not added yet).
+#[derive(Debug)]
+struct Fw {
+    id: FrameworkId,
+    /// The id, shared by the sorters.
+    name: Arc<str>,
+    /// `None` while not added.
+    state: Option<FwState>,
+    /// Agents it holds resources on.
+    agents: HandleSet,
+    /// What it holds, per role.
+    by_role: Vec<(RoleIdx, Qty)>,
 }
 
 /// The hierarchical DRF allocator. See the crate documentation.
 #[derive(Debug)]
 pub struct Allocator {
     config: Config,
+    /// Interned roles and resource classes.
+    cat: Catalog,
     /// Agents by slot; `None` for free slots.
     agents: Vec<Option<Agent>>,
     free_slots: Vec<AgentIdx>,
     /// Agent slots in id order: the order of a cycle.
     agent_slots: BTreeMap<AgentId, AgentIdx>,
-    frameworks: HashMap<FrameworkId, Framework>,
+    fw_ids: HashMap<FrameworkId, FwIdx>,
+    fws: HandleMap<Fw>,
     next_framework: FwIdx,
-    usage: HashMap<FrameworkId, Usage>,
-    /// Allocated per role, over all frameworks (added or not).
-    role_alloc: HashMap<String, Qty>,
-    weights: HashMap<String, f64>,
+    /// By role handle; may lag behind the catalog (see `sync_roles`).
+    role_states: Vec<RoleState>,
     /// Roles with at least one offerable framework, by weighted dominant share.
-    roles: Sorter<String>,
-    /// Per role, its offerable frameworks by dominant share within the role.
-    role_frameworks: HashMap<String, RoleFrameworks>,
-    /// Source of `RoleFrameworks::joined` stamps.
+    roles: Sorter,
+    /// Source of `RoleState::joined` stamps.
     stamps: u64,
     /// Sum of all agents' totals.
     total: Qty,
@@ -305,38 +337,10 @@ pub struct Allocator {
     last_start: Option<AgentId>,
 }
 
-fn allocatable(config: &Config, r: &Resources) -> bool {
-    r.scalar("cpus") >= config.min_allocatable_cpus || r.scalar("mem") >= config.min_allocatable_mem
-}
-
-fn usable_by(r: &Resource, role: &str) -> bool {
-    !r.is_reserved() || r.reservation_role() == role
-}
-
-/// The allocation role (`"*"` when unset) when all resources share one.
-fn single_role(r: &Resources) -> Option<&str> {
-    let role = r.iter().next()?.allocation_role().unwrap_or("*");
-    r.iter().all(|x| x.allocation_role().unwrap_or("*") == role).then_some(role)
-}
-
-/// Groups resources by allocation role (`"*"` when unset).
-fn split_roles(r: &Resources) -> BTreeMap<String, Resources> {
-    let mut out: BTreeMap<String, Resources> = BTreeMap::new();
-    for x in r.iter() {
-        out.entry(x.allocation_role().unwrap_or("*").to_string()).or_default().add(x);
-    }
-    out
-}
-
-/// `usable` (merged, without allocation roles) allocated to `role`, as in `allocate_agent`.
-fn offer_of(usable: &Resources, role: &str) -> Resources {
-    Resources(usable.iter().map(|r| r.clone().with_allocation(Some(role))).collect())
-}
-
 /// Whether refuse filters cover an offer, worked out once per shared [`Refused`].
 struct Covers<'a> {
-    role: &'a str,
-    offered: &'a Resources,
+    role: RoleIdx,
+    offered: &'a Bundle,
     known: HashMap<usize, bool, BuildHasherDefault<HandleHasher>>,
 }
 
@@ -352,21 +356,21 @@ impl Covers<'_> {
 /// on this agent or, when every one has, the earliest expiry of the filters that refused.
 /// Drops the expired filters.
 fn pick_framework(
-    members: &RoleFrameworks,
-    agent: &mut Agent,
-    role: &str,
-    offered: &Resources,
+    members: &Sorter,
+    filters: &mut Filters,
+    role: RoleIdx,
+    offered: &Bundle,
     now: Duration,
-) -> Result<FwKey, Duration> {
-    agent.expire_filters(now);
+) -> Result<FwIdx, Duration> {
+    filters.expire(now);
     let mut covers = Covers { role, offered, known: HashMap::default() };
     // Unless most of the agent's filters are other roles' (then members are looked up one
     // by one), one pass over them, one block of memory, tells whether every member refused:
     // the common case once offers get declined.
-    if agent.filters.len() <= 4 * members.handles.len() {
+    if filters.list.len() <= 4 * members.len() {
         let (mut refusing, mut earliest) = (0, Duration::MAX);
-        for block in agent.filters.chunk_by(|a, b| a.framework == b.framework) {
-            if !members.handles.contains(&block[0].framework) {
+        for block in filters.list.chunk_by(|a, b| a.framework == b.framework) {
+            if !members.contains(block[0].framework) {
                 continue;
             }
             if let Some(until) = block.iter().filter(|f| covers.check(f)).map(|f| f.until).max() {
@@ -374,15 +378,14 @@ fn pick_framework(
                 earliest = earliest.min(until);
             }
         }
-        if refusing == members.handles.len() {
+        if refusing == members.len() {
             return Err(earliest);
         }
     }
     let mut earliest = Duration::MAX;
-    for (_, fw) in &members.sorter.order {
-        let range = agent.filters_of(fw.idx);
-        match agent.filters[range].iter().filter(|f| covers.check(f)).map(|f| f.until).max() {
-            None => return Ok(fw.clone()),
+    for &(_, _, fw) in &members.order {
+        match filters.list[filters.of(fw)].iter().filter(|f| covers.check(f)).map(|f| f.until).max() {
+            None => return Ok(fw),
             Some(until) => earliest = earliest.min(until),
         }
     }
@@ -393,16 +396,15 @@ impl Allocator {
     pub fn new(config: Config) -> Self {
         Allocator {
             config,
+            cat: Catalog::default(),
             agents: Vec::new(),
             free_slots: Vec::new(),
             agent_slots: BTreeMap::new(),
-            frameworks: HashMap::new(),
+            fw_ids: HashMap::new(),
+            fws: HandleMap::default(),
             next_framework: 0,
-            usage: HashMap::new(),
-            role_alloc: HashMap::new(),
-            weights: HashMap::new(),
+            role_states: Vec::new(),
             roles: Sorter::default(),
-            role_frameworks: HashMap::new(),
             stamps: 0,
             total: [0; 4],
             shares_stale: false,
@@ -412,19 +414,14 @@ impl Allocator {
 
     /// Adds a framework, or resets the settings of a known one.
     pub fn add_framework(&mut self, id: &FrameworkId, roles: &[String], suppressed_roles: &[String], active: bool) {
-        self.unlist(id);
-        let (key, filtered_on) = match self.frameworks.remove(id) {
-            Some(known) => (known.key, known.filtered_on),
-            None => {
-                let idx = self.next_framework;
-                self.next_framework = idx.checked_add(1).expect("fewer than 2^32 framework registrations");
-                (FwKey { id: id.clone(), idx }, HandleSet::default())
-            }
-        };
+        let h = self.fw_handle(id);
+        self.unlist(h);
+        let Some(fw) = self.fws.get_mut(&h) else { return };
+        let filtered_on = fw.state.take().map(|s| s.filtered_on).unwrap_or_default();
         let roles = roles.iter().cloned().collect();
         let suppressed = suppressed_roles.iter().cloned().collect();
-        self.frameworks.insert(id.clone(), Framework { key, roles, suppressed, active, filtered_on });
-        self.list(id);
+        fw.state = Some(FwState { roles, suppressed, active, filtered_on });
+        self.list(h);
     }
 
     /// Sets the roles a framework subscribes to and those it suppresses.
@@ -437,19 +434,29 @@ impl Allocator {
 
     /// Forgets a framework; what it holds on agents returns to the pool.
     pub fn remove_framework(&mut self, id: &FrameworkId) {
-        self.unlist(id);
-        self.clear_filters(id, None);
-        self.frameworks.remove(id);
-        let Some(usage) = self.usage.remove(id) else { return };
-        for slot in &usage.agents {
-            let Some(agent) = self.agents.get_mut(*slot as usize).and_then(Option::as_mut) else { continue };
-            if let Some(alloc) = agent.allocations.remove(id) {
-                self.untrack(id, &alloc);
-                if let Some(agent) = self.agents.get_mut(*slot as usize).and_then(Option::as_mut) {
-                    agent.gain(alloc);
+        let Some(&h) = self.fw_ids.get(id) else { return };
+        self.unlist(h);
+        self.clear_filters(h, None);
+        let Some(fw) = self.fws.get_mut(&h) else { return };
+        fw.state = None;
+        let mut slots: Vec<AgentIdx> = std::mem::take(&mut fw.agents).into_iter().collect();
+        slots.sort_unstable();
+        for slot in slots {
+            let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { continue };
+            let range = agent.held_of(h);
+            let held: Vec<Held> = agent.allocations.drain(range).collect();
+            for Held { role, res, .. } in held {
+                let q = res.qty(&self.cat);
+                if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
+                    agent.gain(res);
                 }
+                self.track(h, role, &q, -1);
             }
         }
+        if let Some(fw) = self.fws.get_mut(&h) {
+            fw.by_role.clear();
+        }
+        self.gc_framework(h);
     }
 
     pub fn activate_framework(&mut self, id: &FrameworkId) {
@@ -459,7 +466,9 @@ impl Allocator {
     /// No offers while inactive; what it holds stays. As in Mesos, its filters are dropped.
     pub fn deactivate_framework(&mut self, id: &FrameworkId) {
         self.change(id, |fw| fw.active = false);
-        self.clear_filters(id, None);
+        if let Some(&h) = self.fw_ids.get(id) {
+            self.clear_filters(h, None);
+        }
     }
 
     /// Stops offers for `roles` (empty: all of the framework's roles).
@@ -472,10 +481,14 @@ impl Allocator {
 
     /// Resumes offers for `roles` (empty: all) and drops the refuse filters for them.
     pub fn revive(&mut self, id: &FrameworkId, roles: &[String]) {
-        let roles: BTreeSet<String> = roles.iter().cloned().collect();
-        let only = (!roles.is_empty()).then_some(&roles);
+        let names: BTreeSet<String> = roles.iter().cloned().collect();
+        let only = (!names.is_empty()).then_some(&names);
         self.change(id, |fw| fw.suppressed.retain(|r| only.is_some_and(|o| !o.contains(r))));
-        self.clear_filters(id, only);
+        // Filters name interned roles only.
+        let handles: Vec<RoleIdx> = names.iter().filter_map(|r| self.cat.find_role(r)).collect();
+        if let Some(&h) = self.fw_ids.get(id) {
+            self.clear_filters(h, only.map(|_| handles.as_slice()));
+        }
     }
 
     /// Adds an agent, replacing one with the same id. `used`: resources in use per framework,
@@ -483,30 +496,32 @@ impl Allocator {
     /// allocated until recovered.
     pub fn add_agent(&mut self, id: &AgentId, total: &Resources, used: &[(FrameworkId, Resources)]) {
         self.remove_agent(id);
-        let total = total.allocated_to(None);
+        let total = self.cat.bundle(total, true);
         let mut available = total.clone();
         let mut grants = Vec::new();
         for (fw, res) in used {
-            for (role, res) in split_roles(&self.with_default_role(fw, res)) {
+            let h = self.fw_handle(fw);
+            let state = self.fws.get(&h).and_then(|f| f.state.as_ref());
+            let default = state.and_then(|s| s.roles.first()).map_or("*", String::as_str);
+            for (role, res) in self.cat.bundles_by_role(res, default) {
                 // Only what the agent has can be in use.
                 let mut taken = available.clone();
-                available.subtract_all(&res.allocated_to(None));
-                taken.subtract_all(&available);
-                grants.push((fw, role, taken));
+                available.subtract(&res);
+                taken.subtract(&available);
+                grants.push((h, role, taken));
             }
         }
-        add_qty(&mut self.total, &qty(&total), 1);
+        self.sync_roles();
+        add_qty(&mut self.total, &total.qty(&self.cat), 1);
         self.shares_stale = true;
         let agent = Agent {
             id: id.clone(),
             total,
             available,
-            allocations: BTreeMap::new(),
+            allocations: Vec::new(),
             active: true,
-            filters: Vec::new(),
-            filters_expire: Duration::MAX,
-            last_refused: None,
-            all_filtered: HashMap::new(),
+            filters: Filters { list: Vec::new(), expire: Duration::MAX, last_refused: None },
+            all_filtered: HandleMap::default(),
         };
         let slot = match self.free_slots.pop() {
             Some(slot) => {
@@ -519,8 +534,15 @@ impl Allocator {
             }
         };
         self.agent_slots.insert(id.clone(), slot);
-        for (fw, role, taken) in grants.into_iter().filter(|g| !g.2.is_empty()) {
-            self.grant(slot, fw, &role, &taken.allocated_to(Some(&role)));
+        for (h, role, taken) in grants {
+            if !taken.is_empty() {
+                self.grant(slot, h, role, taken);
+            }
+        }
+        for (fw, _) in used {
+            if let Some(&h) = self.fw_ids.get(fw) {
+                self.gc_framework(h);
+            }
         }
     }
 
@@ -530,11 +552,16 @@ impl Allocator {
         let Some(slot) = self.agent_slots.remove(id) else { return };
         let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::take) else { return };
         self.free_slots.push(slot);
-        for (fw, alloc) in &agent.allocations {
-            self.untrack(fw, alloc);
-            self.forget_usage(fw, slot);
+        for held in &agent.allocations {
+            let q = held.res.qty(&self.cat);
+            self.track(held.fw, held.role, &q, -1);
         }
-        add_qty(&mut self.total, &qty(&agent.total), -1);
+        for (i, held) in agent.allocations.iter().enumerate() {
+            if i == 0 || agent.allocations[i - 1].fw != held.fw {
+                self.forget_usage(held.fw, slot);
+            }
+        }
+        add_qty(&mut self.total, &agent.total.qty(&self.cat), -1);
         self.shares_stale = true;
     }
 
@@ -564,60 +591,74 @@ impl Allocator {
         now: Duration,
     ) {
         let Some(&slot) = self.agent_slots.get(agent_id) else { return };
+        let Some(&h) = self.fw_ids.get(framework_id) else { return };
+        let state = self.fws.get(&h).and_then(|f| f.state.as_ref());
+        let default = state.and_then(|s| s.roles.first()).map_or("*", String::as_str);
+        // Resources of classes no agent has are left out: nobody holds them, and a filter
+        // covers an offer by what the offer holds.
+        let groups = self.cat.bundles_by_role(resources, default);
+        self.sync_roles();
         let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
+        let range = agent.held_of(h);
         // A declined or rescinded offer comes back whole, as the allocator made it: no need
-        // to merge it or work out what was held.
-        let whole = agent.allocations.get(framework_id).is_some_and(|held| held == resources);
-        let resources = match whole {
-            true => Cow::Borrowed(resources),
-            false => Cow::Owned(self.with_default_role(framework_id, resources)),
-        };
-        let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
+        // to work out what was held.
+        let held = &agent.allocations[range.clone()];
+        let whole = !held.is_empty()
+            && held.len() == groups.len()
+            && groups.iter().all(|(role, b)| held.iter().any(|x| x.role == *role && x.res == *b));
         if whole {
-            let held = agent.allocations.remove(framework_id).unwrap_or_default();
-            self.untrack(framework_id, &held);
-            if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
-                agent.gain(held);
+            let held: Vec<Held> = agent.allocations.drain(range).collect();
+            for Held { role, res, .. } in held {
+                let q = res.qty(&self.cat);
+                if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
+                    agent.gain(res);
+                }
+                self.track(h, role, &q, -1);
             }
-            self.forget_usage(framework_id, slot);
-        } else if let Some(alloc) = agent.allocations.get_mut(framework_id) {
-            let mut released = alloc.clone();
-            alloc.subtract_all(&resources);
-            released.subtract_all(alloc);
-            if alloc.is_empty() {
-                agent.allocations.remove(framework_id);
-            }
-            let emptied = !agent.allocations.contains_key(framework_id);
-            self.untrack(framework_id, &released);
-            if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
+            self.forget_usage(h, slot);
+        } else if !range.is_empty() {
+            for (role, res) in &groups {
+                let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
+                let Ok(i) = agent.allocations.binary_search_by_key(&(h, *role), |x| (x.fw, x.role)) else { continue };
+                let alloc = &mut agent.allocations[i].res;
+                let mut released = alloc.clone();
+                alloc.subtract(res);
+                released.subtract(alloc);
+                if alloc.is_empty() {
+                    agent.allocations.remove(i);
+                }
+                let q = released.qty(&self.cat);
                 agent.gain(released);
+                self.track(h, *role, &q, -1);
             }
-            if emptied {
-                self.forget_usage(framework_id, slot);
+            if self.agents.get(slot as usize).and_then(Option::as_ref).is_some_and(|a| a.held_of(h).is_empty()) {
+                self.forget_usage(h, slot);
             }
         }
         let Some(d) = refuse.filter(|d| !d.is_zero()) else { return };
-        let (Some(fw), Some(agent)) =
-            (self.frameworks.get_mut(framework_id), self.agents.get_mut(slot as usize).and_then(Option::as_mut))
-        else {
+        let (Some(state), Some(agent)) = (
+            self.fws.get_mut(&h).and_then(|f| f.state.as_mut()),
+            self.agents.get_mut(slot as usize).and_then(Option::as_mut),
+        ) else {
             return;
         };
         let until = now.saturating_add(d);
-        agent.expire_filters(now);
-        agent.filters_expire = agent.filters_expire.min(until);
-        let at = agent.filters_of(fw.key.idx).end;
+        let filters = &mut agent.filters;
+        filters.expire(now);
+        filters.expire = filters.expire.min(until);
+        let at = filters.of(h).end;
         let mut added = Vec::new();
-        for (role, resources) in split_roles(&resources) {
+        for (role, resources) in groups {
             let refused = Refused { role, resources };
-            let refused = match &agent.last_refused {
+            let refused = match &filters.last_refused {
                 Some(last) if **last == refused => Arc::clone(last),
-                _ => Arc::clone(agent.last_refused.insert(Arc::new(refused))),
+                _ => Arc::clone(filters.last_refused.insert(Arc::new(refused))),
             };
-            added.push(Filter { framework: fw.key.idx, refused, until });
+            added.push(Filter { framework: h, refused, until });
         }
         if !added.is_empty() {
-            agent.filters.splice(at..at, added);
-            fw.filtered_on.insert(slot);
+            filters.list.splice(at..at, added);
+            state.filtered_on.insert(slot);
         }
     }
 
@@ -658,31 +699,51 @@ impl Allocator {
     /// Sets a role's weight (default 1). Non-positive or non-finite weights are ignored.
     pub fn set_weight(&mut self, role: &str, weight: f64) {
         if weight.is_finite() && weight > 0.0 {
-            self.weights.insert(role.to_string(), weight);
-            self.reshare(None, role);
+            let r = self.role(role);
+            self.role_states[r as usize].weight = weight;
+            self.reshare(None, r);
         }
     }
 
     /// Everything allocated to the framework (offered or in use) over all agents.
     pub fn allocated(&self, framework_id: &FrameworkId) -> Resources {
-        let mut out = Resources::new();
-        for slot in self.usage.get(framework_id).into_iter().flat_map(|u| &u.agents) {
-            let agent = self.agents.get(*slot as usize).and_then(Option::as_ref);
-            if let Some(alloc) = agent.and_then(|a| a.allocations.get(framework_id)) {
-                out.add_all(alloc);
+        let Some((&h, fw)) = self.fw_ids.get(framework_id).and_then(|h| Some((h, self.fws.get(h)?))) else {
+            return Resources::new();
+        };
+        let mut slots: Vec<AgentIdx> = fw.agents.iter().copied().collect();
+        slots.sort_unstable();
+        let mut sums: Vec<(RoleIdx, Bundle)> = Vec::new();
+        for slot in slots {
+            let Some(agent) = self.agents.get(slot as usize).and_then(Option::as_ref) else { continue };
+            for held in &agent.allocations[agent.held_of(h)] {
+                match sums.iter_mut().find(|(r, _)| *r == held.role) {
+                    Some((_, sum)) => sum.add(&held.res),
+                    None => sums.push((held.role, held.res.clone())),
+                }
             }
+        }
+        sums.sort_by(|a, b| self.cat.role_name(a.0).cmp(self.cat.role_name(b.0)));
+        let mut out = Resources::new();
+        for (role, sum) in &sums {
+            sum.extend_resources(&self.cat, Some(self.cat.role_name(*role)), &mut out);
         }
         out
     }
 
     /// What the framework holds on one agent (empty if nothing or unknown).
     pub fn allocation_on(&self, framework_id: &FrameworkId, agent_id: &AgentId) -> Resources {
-        self.agent(agent_id).and_then(|a| a.allocations.get(framework_id)).cloned().unwrap_or_default()
+        let mut out = Resources::new();
+        if let (Some(&h), Some(agent)) = (self.fw_ids.get(framework_id), self.agent(agent_id)) {
+            for held in &agent.allocations[agent.held_of(h)] {
+                held.res.extend_resources(&self.cat, Some(self.cat.role_name(held.role)), &mut out);
+            }
+        }
+        out
     }
 
     /// The unallocated resources of an agent.
     pub fn available(&self, agent_id: &AgentId) -> Option<Resources> {
-        self.agent(agent_id).map(|a| a.available.clone())
+        self.agent(agent_id).map(|a| a.available.to_resources(&self.cat, None))
     }
 
     pub fn agent_count(&self) -> usize {
@@ -690,7 +751,7 @@ impl Allocator {
     }
 
     pub fn framework_count(&self) -> usize {
-        self.frameworks.len()
+        self.fws.values().filter(|f| f.state.is_some()).count()
     }
 
     fn agent(&self, id: &AgentId) -> Option<&Agent> {
@@ -703,12 +764,54 @@ impl Allocator {
         self.agents.get_mut(slot as usize)?.as_mut()
     }
 
+    /// The handle of a role, interning it.
+    fn role(&mut self, name: &str) -> RoleIdx {
+        let r = self.cat.role(name);
+        self.sync_roles();
+        r
+    }
+
+    /// Gives every role the catalog interned (reservations, allocation roles) its state.
+    fn sync_roles(&mut self) {
+        let n = self.cat.role_count();
+        if self.role_states.len() < n {
+            self.role_states.resize_with(n, RoleState::default);
+        }
+    }
+
+    /// The handle of a framework, making one for an id not seen yet.
+    fn fw_handle(&mut self, id: &FrameworkId) -> FwIdx {
+        if let Some(&h) = self.fw_ids.get(id) {
+            return h;
+        }
+        let h = self.next_framework;
+        self.next_framework = h.checked_add(1).expect("fewer than 2^32 framework registrations");
+        self.fw_ids.insert(id.clone(), h);
+        let fw = Fw {
+            id: id.clone(),
+            name: Arc::from(id.as_str()),
+            state: None,
+            agents: HandleSet::default(),
+            by_role: Vec::new(),
+        };
+        self.fws.insert(h, fw);
+        h
+    }
+
+    /// Forgets a framework that is neither added nor holds anything.
+    fn gc_framework(&mut self, h: FwIdx) {
+        if let Some(fw) = self.fws.get(&h).filter(|f| f.state.is_none() && f.agents.is_empty()) {
+            self.fw_ids.remove(&fw.id);
+            self.fws.remove(&h);
+        }
+    }
+
     /// Offers what the agent has left, role by role in DRF order.
     fn allocate_agent(&mut self, slot: AgentIdx, now: Duration, out: &mut Vec<Allocation>) {
-        let mut cursor: Option<(Share, String)> = None;
+        let mut cursor: Option<(Share, Arc<str>, RoleIdx)> = None;
         loop {
             let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
-            if !agent.active || !allocatable(&self.config, &agent.available) {
+            if !agent.active || !allocatable(&self.config, &agent.available.qty(&self.cat)) {
                 return;
             }
             // A role that gets resources moves back, with nothing left to use here, so
@@ -718,111 +821,102 @@ impl Allocator {
                 Some(c) => self.roles.order.range((Excluded(c), Unbounded)).next(),
             };
             let Some(entry) = next else { return };
-            let role = &cursor.insert(entry.clone()).1;
-            let Some(members) = self.role_frameworks.get(role) else { continue };
-            if agent.all_filtered.get(role).is_some_and(|f| f.joined == members.joined && now < f.until) {
+            let role = entry.2;
+            cursor = Some(entry.clone());
+            let Some(rs) = self.role_states.get(role as usize) else { continue };
+            if agent.all_filtered.get(&role).is_some_and(|f| f.joined == rs.joined && now < f.until) {
                 continue;
             }
-            let all_usable = agent.available.iter().all(|r| usable_by(r, role));
-            let usable =
-                if all_usable { Cow::Borrowed(&agent.available) } else { Cow::Owned(agent.available.usable_by(role)) };
-            if !allocatable(&self.config, &usable) {
+            let all_usable = agent.available.all_usable_by(&self.cat, role);
+            let usable = match all_usable {
+                true => Cow::Borrowed(&agent.available),
+                false => Cow::Owned(agent.available.usable_by(&self.cat, role)),
+            };
+            if !allocatable(&self.config, &usable.qty(&self.cat)) {
                 continue;
             }
-            let fw = if agent.filters.is_empty() {
-                members.sorter.order.first().map(|(_, fw)| fw.clone())
+            let fw = if agent.filters.list.is_empty() {
+                rs.members.first()
             } else {
-                let offered = offer_of(&usable, role);
-                match pick_framework(members, agent, role, &offered, now) {
+                match pick_framework(&rs.members, &mut agent.filters, role, &usable, now) {
                     Ok(fw) => Some(fw),
                     Err(until) => {
-                        agent.all_filtered.insert(role.clone(), AllFiltered { joined: members.joined, until });
+                        agent.all_filtered.insert(role, AllFiltered { joined: rs.joined, until });
                         None
                     }
                 }
             };
             let Some(fw) = fw else { continue };
             // What the role can use is exactly the entries that go: move them.
-            let taken = if all_usable {
-                std::mem::take(&mut agent.available.0)
-            } else {
-                let (taken, kept) =
-                    std::mem::take(&mut agent.available.0).into_iter().partition(|r| usable_by(r, role));
-                agent.available.0 = kept;
-                taken
+            let taken = match all_usable {
+                true => std::mem::take(&mut agent.available),
+                false => agent.available.take_usable(&self.cat, role),
             };
-            // Giving every entry of the (merged) resources the same allocation role keeps
-            // them distinct: no merging needed.
-            let offered = Resources(taken.into_iter().map(|r| r.with_allocation(Some(role))).collect());
-            let (agent_id, role) = (agent.id.clone(), role.clone());
-            self.grant(slot, &fw.id, &role, &offered);
-            out.push(Allocation { framework_id: fw.id, agent_id, role, resources: offered });
+            let name = self.cat.role_name(role);
+            let resources = taken.to_resources(&self.cat, Some(name));
+            let (agent_id, role_name) = (agent.id.clone(), name.to_string());
+            self.grant(slot, fw, role, taken);
+            if let Some(f) = self.fws.get(&fw) {
+                out.push(Allocation { framework_id: f.id.clone(), agent_id, role: role_name, resources });
+            }
         }
     }
 
-    /// Records `res` (allocation role `role`), already taken from the agent's available.
-    fn grant(&mut self, slot: AgentIdx, fw: &FrameworkId, role: &str, res: &Resources) {
+    /// Records `res` for the framework and role, already taken from the agent's available.
+    fn grant(&mut self, slot: AgentIdx, fw: FwIdx, role: RoleIdx, res: Bundle) {
+        let q = res.qty(&self.cat);
         if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
-            match agent.allocations.get_mut(fw) {
-                Some(alloc) => alloc.add_all(res),
+            match agent.allocations.binary_search_by_key(&(fw, role), |x| (x.fw, x.role)) {
+                Ok(i) => agent.allocations[i].res.add_owned(res),
+                Err(i) => agent.allocations.insert(i, Held { fw, role, res }),
+            }
+        }
+        if let Some(f) = self.fws.get_mut(&fw) {
+            f.agents.insert(slot);
+        }
+        self.track(fw, role, &q, 1);
+    }
+
+    /// Adds (`sign` 1) or takes off (-1) allocated amounts in the share accounting.
+    fn track(&mut self, fw: FwIdx, role: RoleIdx, q: &Qty, sign: i64) {
+        self.sync_roles();
+        if let Some(rs) = self.role_states.get_mut(role as usize) {
+            add_qty(&mut rs.alloc, q, sign);
+        }
+        if let Some(f) = self.fws.get_mut(&fw) {
+            match f.by_role.iter_mut().find(|(r, _)| *r == role) {
+                Some((_, x)) => add_qty(x, q, sign),
                 None => {
-                    agent.allocations.insert(fw.clone(), res.clone());
+                    let mut x = [0; 4];
+                    add_qty(&mut x, q, sign);
+                    f.by_role.push((role, x));
                 }
             }
-        }
-        match self.usage.get_mut(fw) {
-            Some(usage) => usage.agents.insert(slot),
-            None => self.usage.entry(fw.clone()).or_default().agents.insert(slot),
-        };
-        self.track(fw, role, &qty(res), 1);
-    }
-
-    /// Takes allocated resources (of any roles) off the share accounting.
-    fn untrack(&mut self, fw: &FrameworkId, res: &Resources) {
-        if let Some(role) = single_role(res) {
-            return self.track(fw, role, &qty(res), -1);
-        }
-        for (role, part) in split_roles(res) {
-            self.track(fw, &role, &qty(&part), -1);
-        }
-    }
-
-    fn track(&mut self, fw: &FrameworkId, role: &str, q: &Qty, sign: i64) {
-        fn add(map: &mut HashMap<String, Qty>, role: &str, q: &Qty, sign: i64) {
-            match map.get_mut(role) {
-                Some(x) => add_qty(x, q, sign),
-                None => add_qty(map.entry(role.to_string()).or_default(), q, sign),
-            }
-        }
-        add(&mut self.role_alloc, role, q, sign);
-        if let Some(usage) = self.usage.get_mut(fw) {
-            add(&mut usage.by_role, role, q, sign);
         }
         self.reshare(Some(fw), role);
     }
 
     /// The framework no longer holds anything on the agent.
-    fn forget_usage(&mut self, fw: &FrameworkId, slot: AgentIdx) {
-        if let Some(usage) = self.usage.get_mut(fw) {
-            usage.agents.remove(&slot);
-            if usage.agents.is_empty() {
-                self.usage.remove(fw);
+    fn forget_usage(&mut self, fw: FwIdx, slot: AgentIdx) {
+        if let Some(f) = self.fws.get_mut(&fw) {
+            f.agents.remove(&slot);
+            if f.agents.is_empty() {
+                f.by_role.clear();
             }
         }
+        self.gc_framework(fw);
     }
 
     /// Re-sorts a role, and a framework within it, after their allocation changed.
-    fn reshare(&mut self, fw: Option<&FrameworkId>, role: &str) {
-        if self.roles.share.contains_key(role) {
-            let weight = self.weights.get(role).copied().unwrap_or(1.0);
-            self.roles.set(role, share(self.role_alloc.get(role), &self.total, weight));
+    fn reshare(&mut self, fw: Option<FwIdx>, role: RoleIdx) {
+        let Some(rs) = self.role_states.get_mut(role as usize) else { return };
+        if self.roles.contains(role) {
+            self.roles.set(role, self.cat.role_name(role), share(&rs.alloc, &self.total, rs.weight));
         }
-        let Some(key) = fw.and_then(|fw| self.frameworks.get(fw)).map(|f| &f.key) else { return };
-        let Some(members) = self.role_frameworks.get_mut(role) else { return };
-        if members.sorter.share.contains_key(key) {
-            let alloc = self.usage.get(&key.id).and_then(|u| u.by_role.get(role));
-            members.sorter.set(key, share(alloc, &self.total, 1.0));
-        }
+        let Some(h) = fw.filter(|h| rs.members.contains(*h)) else { return };
+        let Some(f) = self.fws.get(&h) else { return };
+        let alloc = f.by_role.iter().find(|(r, _)| *r == role).map_or([0; 4], |x| x.1);
+        rs.members.set(h, &f.name, share(&alloc, &self.total, 1.0));
     }
 
     /// Recomputes every share after the cluster total changed: O(roles + frameworks).
@@ -830,86 +924,81 @@ impl Allocator {
         if !std::mem::take(&mut self.shares_stale) {
             return;
         }
-        let listed: Vec<(String, FrameworkId)> = self
-            .role_frameworks
+        let listed: Vec<(RoleIdx, FwIdx)> = self
+            .role_states
             .iter()
-            .flat_map(|(role, m)| m.sorter.share.keys().map(move |fw| (role.clone(), fw.id.clone())))
+            .enumerate()
+            .flat_map(|(r, rs)| rs.members.share.keys().map(move |h| (r as RoleIdx, *h)))
             .collect();
-        for (role, fw) in &listed {
+        for (role, fw) in listed {
             self.reshare(Some(fw), role);
         }
     }
 
-    /// Applies a change to a known framework, keeping the sorters in step.
-    fn change(&mut self, id: &FrameworkId, f: impl FnOnce(&mut Framework)) {
-        if self.frameworks.contains_key(id) {
-            self.unlist(id);
-            if let Some(fw) = self.frameworks.get_mut(id) {
-                f(fw);
+    /// Applies a change to an added framework, keeping the sorters in step.
+    fn change(&mut self, id: &FrameworkId, f: impl FnOnce(&mut FwState)) {
+        let Some(&h) = self.fw_ids.get(id) else { return };
+        if self.fws.get(&h).is_some_and(|fw| fw.state.is_some()) {
+            self.unlist(h);
+            if let Some(state) = self.fws.get_mut(&h).and_then(|fw| fw.state.as_mut()) {
+                f(state);
             }
-            self.list(id);
+            self.list(h);
         }
     }
 
     /// Takes a framework out of the sorters.
-    fn unlist(&mut self, id: &FrameworkId) {
-        let Some(fw) = self.frameworks.get(id) else { return };
-        for role in &fw.roles {
-            if let Some(members) = self.role_frameworks.get_mut(role) {
-                members.sorter.remove(&fw.key);
-                members.handles.remove(&fw.key.idx);
-                if members.sorter.share.is_empty() {
-                    self.role_frameworks.remove(role);
-                    self.roles.remove(role);
+    fn unlist(&mut self, h: FwIdx) {
+        let Some(state) = self.fws.get(&h).and_then(|f| f.state.as_ref()) else { return };
+        for name in &state.roles {
+            let Some(r) = self.cat.find_role(name) else { continue };
+            let Some(rs) = self.role_states.get_mut(r as usize) else { continue };
+            if rs.members.contains(h) {
+                rs.members.remove(h);
+                if rs.members.is_empty() {
+                    self.roles.remove(r);
                 }
             }
         }
     }
 
     /// Puts a framework in the sorters of the roles it can be offered resources for.
-    fn list(&mut self, id: &FrameworkId) {
-        let Some(fw) = self.frameworks.get(id) else { return };
-        let key = fw.key.clone();
-        let roles: Vec<String> = fw.offerable_roles().cloned().collect();
+    fn list(&mut self, h: FwIdx) {
+        let Some(fw) = self.fws.get(&h) else { return };
+        let Some(state) = fw.state.as_ref() else { return };
+        let name = Arc::clone(&fw.name);
+        let roles: Vec<String> = state.offerable_roles().cloned().collect();
         for role in roles {
+            let r = self.role(&role);
             // Placeholder shares, corrected at once by reshare.
-            if !self.roles.share.contains_key(&role) {
-                self.roles.set(&role, 0);
+            if !self.roles.contains(r) {
+                self.roles.set(r, self.cat.role_name(r), 0);
             }
             self.stamps += 1;
-            let members = self.role_frameworks.entry(role.clone()).or_default();
-            members.joined = self.stamps;
-            members.sorter.set(&key, 0);
-            members.handles.insert(key.idx);
-            self.reshare(Some(id), &role);
+            let rs = &mut self.role_states[r as usize];
+            rs.joined = self.stamps;
+            rs.members.set(h, &name, 0);
+            self.reshare(Some(h), r);
         }
     }
 
     /// Drops a framework's refuse filters for `roles` (all when `None`).
-    fn clear_filters(&mut self, id: &FrameworkId, roles: Option<&BTreeSet<String>>) {
-        let Some(fw) = self.frameworks.get_mut(id) else { return };
-        let idx = fw.key.idx;
+    fn clear_filters(&mut self, h: FwIdx, roles: Option<&[RoleIdx]>) {
+        let Some(state) = self.fws.get_mut(&h).and_then(|f| f.state.as_mut()) else { return };
         let agents = &mut self.agents;
-        fw.filtered_on.retain(|slot| {
+        state.filtered_on.retain(|slot| {
             let Some(agent) = agents.get_mut(*slot as usize).and_then(Option::as_mut) else { return false };
-            let range = agent.filters_of(idx);
-            let kept: Vec<Filter> = agent
-                .filters
+            let filters = &mut agent.filters;
+            let range = filters.of(h);
+            let kept: Vec<Filter> = filters
+                .list
                 .drain(range.clone())
                 .filter(|f| roles.is_some_and(|r| !r.contains(&f.refused.role)))
                 .collect();
             let any = !kept.is_empty();
-            agent.filters.splice(range.start..range.start, kept);
+            filters.list.splice(range.start..range.start, kept);
             any
         });
-    }
-
-    /// Gives resources without an allocation role the framework's first role, and merges
-    /// them (resources straight off the wire may repeat entries or hold unsorted ranges).
-    fn with_default_role(&self, id: &FrameworkId, res: &Resources) -> Resources {
-        let role = self.frameworks.get(id).and_then(|f| f.roles.first()).map_or("*", String::as_str);
-        let fill = |r: &Resource| r.clone().with_allocation(Some(r.allocation_role().unwrap_or(role)));
-        Resources::from_vec(res.iter().map(fill).collect())
     }
 }
 
@@ -949,84 +1038,118 @@ mod tests {
         allocs.iter().map(|a| format!("{}>{}", a.agent_id, a.framework_id)).collect()
     }
 
+    /// `allocatable` over wire resources.
+    fn api_allocatable(config: &Config, r: &Resources) -> bool {
+        r.scalar("cpus") >= config.min_allocatable_cpus || r.scalar("mem") >= config.min_allocatable_mem
+    }
+
     impl Allocator {
+        fn framework(&self, id: &FrameworkId) -> Option<&FwState> {
+            self.fw_ids.get(id).and_then(|h| self.fws.get(h)).and_then(|f| f.state.as_ref())
+        }
+
         /// Checks the internal invariants, panicking otherwise.
         fn check(&self) {
-            let mut by_fw: HashMap<(FrameworkId, String), Qty> = HashMap::new();
-            let mut by_role: HashMap<String, Qty> = HashMap::new();
+            let mut by_fw: HashMap<(FwIdx, RoleIdx), Qty> = HashMap::new();
+            let mut by_role: HashMap<RoleIdx, Qty> = HashMap::new();
             let mut total = [0; 4];
             assert_eq!(self.agent_slots.len(), self.agents.iter().flatten().count());
             for (id, slot) in &self.agent_slots {
                 let agent = self.agents[*slot as usize].as_ref().expect("slot in use");
                 assert_eq!(&agent.id, id);
-                add_qty(&mut total, &qty(&agent.total), 1);
-                let mut sum = agent.available.clone();
-                let mut ports = agent.available.ranges_of("ports");
-                for (fw, alloc) in &agent.allocations {
-                    assert!(!alloc.is_empty() && self.usage[fw].agents.contains(slot), "{fw} on {id}");
-                    sum.add_all(&alloc.allocated_to(None));
-                    ports.extend(alloc.ranges_of("ports"));
-                    for (role, part) in split_roles(alloc) {
-                        add_qty(by_role.entry(role.clone()).or_default(), &qty(&part), 1);
-                        add_qty(by_fw.entry((fw.clone(), role)).or_default(), &qty(&part), 1);
-                    }
+                add_qty(&mut total, &agent.total.qty(&self.cat), 1);
+                // Summed as wire resources: an independent check of the bundles.
+                let mut sum = agent.available.to_resources(&self.cat, None);
+                let mut ports = sum.ranges_of("ports");
+                let keys: Vec<_> = agent.allocations.iter().map(|h| (h.fw, h.role)).collect();
+                assert!(keys.windows(2).all(|w| w[0] < w[1]), "{id}: allocation order");
+                for held in &agent.allocations {
+                    let fw = &self.fws[&held.fw];
+                    assert!(!held.res.is_empty() && fw.agents.contains(slot), "{} on {id}", fw.id);
+                    let wire = held.res.to_resources(&self.cat, None);
+                    sum.add_all(&wire);
+                    ports.extend(wire.ranges_of("ports"));
+                    add_qty(by_role.entry(held.role).or_default(), &held.res.qty(&self.cat), 1);
+                    add_qty(by_fw.entry((held.fw, held.role)).or_default(), &held.res.qty(&self.cat), 1);
                 }
-                assert!(sum.contains(&agent.total) && agent.total.contains(&sum), "{id}: {sum}");
+                let agent_total = agent.total.to_resources(&self.cat, None);
+                assert!(sum.contains(&agent_total) && agent_total.contains(&sum), "{id}: {sum}");
                 ports.sort_unstable();
                 assert!(ports.windows(2).all(|w| w[0].1 < w[1].0), "{id}: ports overlap: {ports:?}");
-                assert!(agent.filters.windows(2).all(|w| w[0].framework <= w[1].framework), "{id}: filter order");
-                for f in &agent.filters {
-                    let fw = self.frameworks.values().find(|x| x.key.idx == f.framework).expect("a known framework");
-                    assert!(fw.filtered_on.contains(slot), "{} filters {id}", fw.key.id);
+                let filters = &agent.filters.list;
+                assert!(filters.windows(2).all(|w| w[0].framework <= w[1].framework), "{id}: filter order");
+                for f in filters {
+                    let state = self.fws.get(&f.framework).and_then(|x| x.state.as_ref()).expect("an added framework");
+                    assert!(state.filtered_on.contains(slot), "{} filters {id}", f.framework);
                 }
             }
             assert_eq!(total, self.total);
-            for (role, q) in &self.role_alloc {
-                assert_eq!(*q, by_role.get(role).copied().unwrap_or_default(), "{role}");
+            for (r, rs) in self.role_states.iter().enumerate() {
+                assert_eq!(rs.alloc, by_role.get(&(r as RoleIdx)).copied().unwrap_or_default(), "role {r}");
             }
-            for (fw, usage) in &self.usage {
-                assert!(usage
+            assert_eq!(self.fw_ids.len(), self.fws.len());
+            for (h, fw) in &self.fws {
+                assert_eq!(self.fw_ids.get(&fw.id), Some(h));
+                assert!(fw.state.is_some() || !fw.agents.is_empty(), "{} kept for nothing", fw.id);
+                assert!(fw
                     .agents
                     .iter()
-                    .all(|s| self.agents[*s as usize].as_ref().is_some_and(|a| a.allocations.contains_key(fw))));
-                for (role, q) in &usage.by_role {
-                    let want = by_fw.get(&(fw.clone(), role.clone())).copied().unwrap_or_default();
-                    assert_eq!(*q, want, "{fw} in {role}");
+                    .all(|s| self.agents[*s as usize].as_ref().is_some_and(|a| !a.held_of(*h).is_empty())));
+                for (role, q) in &fw.by_role {
+                    let want = by_fw.get(&(*h, *role)).copied().unwrap_or_default();
+                    assert_eq!(*q, want, "{} in role {role}", fw.id);
                 }
             }
             let mut offerable = BTreeSet::new();
-            for (id, fw) in &self.frameworks {
-                assert_eq!(&fw.key.id, id);
-                offerable.extend(fw.offerable_roles().map(|r| (r.clone(), id.clone())));
+            for fw in self.fws.values() {
+                let Some(state) = &fw.state else { continue };
+                offerable.extend(state.offerable_roles().map(|r| (r.clone(), fw.id.clone())));
             }
-            let listed =
-                self.role_frameworks.iter().flat_map(|(r, m)| m.sorter.share.keys().map(|k| (r.clone(), k.id.clone())));
-            assert_eq!(offerable, listed.collect());
-            assert_eq!(self.roles.share.keys().collect::<BTreeSet<_>>(), self.role_frameworks.keys().collect());
+            let mut listed = BTreeSet::new();
+            for (r, rs) in self.role_states.iter().enumerate() {
+                let r = r as RoleIdx;
+                assert_eq!(rs.members.order.len(), rs.members.len());
+                assert_eq!(self.roles.contains(r), !rs.members.is_empty(), "role {r} listed");
+                for (h, (s, _)) in &rs.members.share {
+                    let fw = &self.fws[h];
+                    listed.insert((self.cat.role_name(r).to_string(), fw.id.clone()));
+                    if !self.shares_stale {
+                        let alloc = fw.by_role.iter().find(|x| x.0 == r).map_or([0; 4], |x| x.1);
+                        assert_eq!(*s, share(&alloc, &self.total, 1.0), "{} share in {r}", fw.id);
+                    }
+                }
+                if !self.shares_stale && self.roles.contains(r) {
+                    assert_eq!(self.roles.share[&r].0, share(&rs.alloc, &self.total, rs.weight), "role {r} share");
+                }
+            }
+            assert_eq!(offerable, listed);
+            assert_eq!(self.roles.order.len(), self.roles.len());
         }
 
         /// (agent, role) pairs where some offerable framework of the role has no live filter
         /// covering what the agent has for the role: none may be left after a full cycle.
-        /// Looks at every filter, ignoring what `all_filtered` remembers.
+        /// Looks at every filter, ignoring what `all_filtered` remembers, and compares as
+        /// wire resources.
         fn left_unoffered(&self, now: Duration) -> Vec<(AgentId, String)> {
             let mut out = Vec::new();
             for agent in self.agents.iter().flatten().filter(|a| a.active) {
-                for (role, members) in &self.role_frameworks {
-                    let usable = agent.available.usable_by(role);
-                    if !allocatable(&self.config, &usable) {
+                for (r, rs) in self.role_states.iter().enumerate().filter(|(_, rs)| !rs.members.is_empty()) {
+                    let (r, name) = (r as RoleIdx, self.cat.role_name(r as RoleIdx));
+                    let usable = agent.available.to_resources(&self.cat, None).usable_by(name);
+                    if !api_allocatable(&self.config, &usable) {
                         continue;
                     }
-                    let offered = offer_of(&usable, role);
-                    let refused = |fw: &FwKey| {
-                        agent.filters.iter().any(|f| {
-                            f.framework == fw.idx
+                    let offered = usable.allocated_to(Some(name));
+                    let refused = |h: &FwIdx| {
+                        agent.filters.list.iter().any(|f| {
+                            f.framework == *h
                                 && f.until > now
-                                && f.refused.role == *role
-                                && f.refused.resources.contains(&offered)
+                                && f.refused.role == r
+                                && f.refused.resources.to_resources(&self.cat, Some(name)).contains(&offered)
                         })
                     };
-                    if !members.sorter.share.keys().all(refused) {
-                        out.push((agent.id.clone(), role.clone()));
+                    if !rs.members.share.keys().all(refused) {
+                        out.push((agent.id.clone(), name.to_string()));
                     }
                 }
             }
@@ -1034,7 +1157,7 @@ mod tests {
         }
 
         fn filter_count(&self) -> usize {
-            self.agents.iter().flatten().map(|a| a.filters.len()).sum()
+            self.agents.iter().flatten().map(|a| a.filters.list.len()).sum()
         }
     }
 
@@ -1339,7 +1462,7 @@ mod tests {
                         a.add_framework(&f(fw), &mask(roles), &mask(suppressed), true);
                     }
                     Op::RemoveFramework(i) => a.remove_framework(&f(i)),
-                    Op::ToggleFramework(i) => match a.frameworks.get(&f(i)).map(|x| x.active) {
+                    Op::ToggleFramework(i) => match a.framework(&f(i)).map(|x| x.active) {
                         Some(true) => a.deactivate_framework(&f(i)),
                         _ => a.activate_framework(&f(i)),
                     },
@@ -1364,11 +1487,11 @@ mod tests {
                 // Every new allocation came out of what was available, none of it twice.
                 let mut given: BTreeMap<AgentId, Resources> = BTreeMap::new();
                 for x in &made {
-                    let fw = &a.frameworks[&x.framework_id];
+                    let fw = a.framework(&x.framework_id).expect("an added framework");
                     prop_assert!(fw.offerable_roles().any(|r| *r == x.role) && a.agent(&x.agent_id).is_some_and(|s| s.active));
                     prop_assert!(x.resources.iter().all(|r| r.allocation_role() == Some(x.role.as_str())));
                     prop_assert!(x.resources.iter().all(|r| !r.is_reserved() || r.reservation_role() == x.role));
-                    prop_assert!(allocatable(&a.config, &x.resources));
+                    prop_assert!(api_allocatable(&a.config, &x.resources));
                     given.entry(x.agent_id.clone()).or_default().add_all(&x.resources.allocated_to(None));
                 }
                 for (agent, sum) in &given {
