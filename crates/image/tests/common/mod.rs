@@ -266,3 +266,4 @@ pub fn digests(images: &Path) -> HashMap<String, String> {
         .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
         .collect()
 }
+pub mod layers;
