@@ -111,6 +111,15 @@ async fn import_layer(store: &Store, image: &str, layer: LocalLayer, opts: Unpac
         BlobUnpackError::Unpack(source) if source.is_no_space() => StoreError::NoSpace { path: store.root().into() },
         BlobUnpackError::Unpack(source) => StoreError::Unpack { image: image.into(), layer: name.clone(), source },
         BlobUnpackError::Decompress(e) => StoreError::Decompress { image: image.into(), layer: name.clone(), message: e.to_string() },
+            BlobUnpackError::Corrupt { blob, error } => match layer.blob.as_ref().map(|b| &b.digest) {
+                Some(expected) if *expected != blob.blob => StoreError::DigestMismatch {
+                    image: image.into(),
+                    what: "layer",
+                    expected: expected.clone(),
+                    actual: blob.blob,
+                },
+                _ => StoreError::Decompress { image: image.into(), layer: name.clone(), message: error.to_string() },
+            },
     })?;
     if let Some(b) = &layer.blob {
         if digests.blob_size != b.size {

@@ -589,6 +589,15 @@ impl Store {
             BlobUnpackError::Unpack(source) if source.is_no_space() => StoreError::NoSpace { path: self.inner.root.clone() },
             BlobUnpackError::Unpack(source) => StoreError::Unpack { image: image.into(), layer: layer.clone(), source },
             BlobUnpackError::Decompress(e) => StoreError::Decompress { image: image.into(), layer: layer.clone(), message: e.to_string() },
+            BlobUnpackError::Corrupt { blob, error } => match Some(&desc.digest) {
+                Some(expected) if *expected != blob.blob => StoreError::DigestMismatch {
+                    image: image.into(),
+                    what: "layer",
+                    expected: expected.clone(),
+                    actual: blob.blob,
+                },
+                _ => StoreError::Decompress { image: image.into(), layer: layer.clone(), message: error.to_string() },
+            },
         })?;
         if digests.blob_size != desc.size {
             return Err(StoreError::SizeMismatch {

@@ -559,6 +559,10 @@ pub enum BlobUnpackError {
     Unpack(#[from] UnpackError),
     #[error("decompressing layer: {0}")]
     Decompress(#[source] io::Error),
+    /// The blob could not be decompressed; `blob` holds the digest and size of what was read
+    /// (its `diff_id` field is meaningless).
+    #[error("layer blob {} is corrupt: {error}", blob.blob)]
+    Corrupt { blob: BlobDigests, error: io::Error },
 }
 
 /// Decompresses and unpacks a layer blob, hashing both the blob and the uncompressed tar.
@@ -575,9 +579,9 @@ pub fn unpack_blob<R: Read + Send + 'static>(
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
     let decompressor = std::thread::Builder::new()
         .name("layer-decompress".into())
-        .spawn(move || -> io::Result<(Digest, u64, Digest)> {
+        .spawn(move || -> (io::Result<Digest>, io::Result<(Digest, u64)>) {
             let mut blob = HashingReader::new(reader, algorithm);
-            let diff_id = {
+            let diff_id = (|| {
                 let decoder: Box<dyn Read + '_> = match compression {
                     Compression::None => Box::new(&mut blob),
                     Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
@@ -585,18 +589,27 @@ pub fn unpack_blob<R: Read + Send + 'static>(
                 };
                 let mut tar = HashingReader::new(decoder, Algorithm::Sha256);
                 pump(&mut tar, &tx)?;
-                tar.finish()?.0
-            };
-            let (blob_digest, blob_size) = blob.finish()?;
-            Ok((blob_digest, blob_size, diff_id))
+                Ok(tar.finish()?.0)
+            })();
+            drop(tx);
+            // Hash the rest of the blob even after a decoding error, so a corrupt blob is
+            // reported as the digest mismatch it is.
+            (diff_id, blob.finish())
         })
         .map_err(BlobUnpackError::Decompress)?;
     let result = unpack(ChannelReader { rx, cur: Vec::new(), pos: 0 }, root, opts);
     // The receiver is gone now: a decompressor still sending stops with an error.
-    let joined = decompressor.join().map_err(|_| BlobUnpackError::Decompress(io::Error::other("thread panicked")));
-    let stats = result?;
-    let (blob, blob_size, diff_id) = joined?.map_err(BlobUnpackError::Decompress)?;
-    Ok((stats, BlobDigests { blob, blob_size, diff_id }))
+    let (diff_id, blob) = decompressor
+        .join()
+        .map_err(|_| BlobUnpackError::Decompress(io::Error::other("decompression thread panicked")))?;
+    let (blob, blob_size) = blob.map_err(BlobUnpackError::Decompress)?;
+    match (result, diff_id) {
+        (Ok(stats), Ok(diff_id)) => Ok((stats, BlobDigests { blob, blob_size, diff_id })),
+        (Err(UnpackError::Read(_)), Err(e)) | (Ok(_), Err(e)) => {
+            Err(BlobUnpackError::Corrupt { blob: BlobDigests { blob: blob.clone(), blob_size, diff_id: blob }, error: e })
+        }
+        (Err(e), _) => Err(BlobUnpackError::Unpack(e)),
+    }
 }
 
 fn pump<R: Read>(r: &mut R, tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> {
