@@ -216,7 +216,8 @@ mod tests {
         let c = parse_challenges(r#"Basic realm="fixture-registry""#);
         assert_eq!(c[0].scheme, "basic");
         assert_eq!(c[0].param("realm"), Some("fixture-registry"));
-        let c = parse_challenges(r#"Basic realm="a, b", Bearer realm="http://x/token",service=svc, error="invalid_token""#);
+        let c =
+            parse_challenges(r#"Basic realm="a, b", Bearer realm="http://x/token",service=svc, error="invalid_token""#);
         assert_eq!(c.len(), 2);
         assert_eq!(c[0].param("realm"), Some("a, b"));
         assert_eq!(c[1].scheme, "bearer");

@@ -131,18 +131,20 @@ impl tower_service::Service<Uri> for Connector {
             let host = uri.host().ok_or_else(|| io::Error::other("URL without host"))?.to_string();
             let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
             let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
-            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect((bare.as_str(), port)))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {host}:{port} timed out")))??;
+            let tcp =
+                tokio::time::timeout(this.connect_timeout, TcpStream::connect((bare.as_str(), port))).await.map_err(
+                    |_| io::Error::new(io::ErrorKind::TimedOut, format!("connecting to {host}:{port} timed out")),
+                )??;
             let _ = tcp.set_nodelay(true);
             if !https {
                 return Ok(TokioIo::new(Stream::Plain(tcp)));
             }
             let name = rustls::pki_types::ServerName::try_from(bare)
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let tls = tokio::time::timeout(this.connect_timeout, this.tls.connect(name, tcp))
-                .await
-                .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {host}:{port} timed out")))??;
+            let tls =
+                tokio::time::timeout(this.connect_timeout, this.tls.connect(name, tcp)).await.map_err(|_| {
+                    io::Error::new(io::ErrorKind::TimedOut, format!("TLS handshake with {host}:{port} timed out"))
+                })??;
             Ok(TokioIo::new(Stream::Tls(Box::new(tls))))
         })
     }

@@ -134,7 +134,12 @@ impl Provisioner {
 
     /// Builds the rootfs of `container_id` from `image` and returns its path. The image's
     /// layers must be in the store (pull first).
-    pub async fn provision(&self, container_id: &str, image: &Image, backend: Backend) -> Result<PathBuf, ProvisionError> {
+    pub async fn provision(
+        &self,
+        container_id: &str,
+        image: &Image,
+        backend: Backend,
+    ) -> Result<PathBuf, ProvisionError> {
         let span = tracing::info_span!("provision", container = container_id, image = %image.id, %backend);
         let _e = span.enter();
         if !valid_id(container_id) {
@@ -160,42 +165,51 @@ impl Provisioner {
         }
         if backend == Backend::Overlay {
             if !overlay_supported() {
-                return Err(ProvisionError::OverlayUnavailable { container: cid, reason: "kernel has no overlayfs".into() });
+                return Err(ProvisionError::OverlayUnavailable {
+                    container: cid,
+                    reason: "kernel has no overlayfs".into(),
+                });
             }
             if lowers.iter().any(|(_, w)| *w != WhiteoutMode::Overlay) {
                 return Err(ProvisionError::OverlayUnavailable {
                     container: cid,
-                    reason: "layers were stored without overlay whiteouts (store filesystem lacks trusted xattrs)".into(),
+                    reason: "layers were stored without overlay whiteouts (store filesystem lacks trusted xattrs)"
+                        .into(),
                 });
             }
         }
         fs::create_dir(&dir).map_err(ioe("create", &dir))?;
         let rootfs = dir.join("rootfs");
-        let rec = Provisioned { container_id: cid.clone(), image: image.id.clone(), backend, rootfs: rootfs.clone(), mounted: false };
+        let rec = Provisioned {
+            container_id: cid.clone(),
+            image: image.id.clone(),
+            backend,
+            rootfs: rootfs.clone(),
+            mounted: false,
+        };
         let meta = dir.join("provision.json");
         let json = serde_json::to_vec_pretty(&rec).map_err(|e| ioe("encode", &meta)(io::Error::other(e)))?;
-        crate::store::write_atomic(&dir, &meta, &json).map_err(|e| ioe("write", &meta)(io::Error::other(e.to_string())))?;
+        crate::store::write_atomic(&dir, &meta, &json)
+            .map_err(|e| ioe("write", &meta)(io::Error::other(e.to_string())))?;
         fs::create_dir(&rootfs).map_err(ioe("create", &rootfs))?;
-        let res = match backend {
-            Backend::Overlay => self.mount_overlay(&cid, &dir, &lowers),
-            Backend::Copy => {
-                let (root2, cid2) = (rootfs.clone(), cid.clone());
-                tokio::task::spawn_blocking(move || -> Result<(), ProvisionError> {
-                    for (layer, mode) in &lowers {
-                        let mut links = HashMap::new();
-                        flatten(layer, &root2, *mode, &mut links).map_err(|(op, path, source)| ProvisionError::Io {
-                            container: cid2.clone(),
-                            op,
-                            path,
-                            source,
-                        })?;
-                    }
-                    Ok(())
-                })
-                .await
-                .unwrap_or_else(|e| Err(ioe("copy", &rootfs)(io::Error::other(e))))
-            }
-        };
+        let res =
+            match backend {
+                Backend::Overlay => self.mount_overlay(&cid, &dir, &lowers),
+                Backend::Copy => {
+                    let (root2, cid2) = (rootfs.clone(), cid.clone());
+                    tokio::task::spawn_blocking(move || -> Result<(), ProvisionError> {
+                        for (layer, mode) in &lowers {
+                            let mut links = HashMap::new();
+                            flatten(layer, &root2, *mode, &mut links).map_err(|(op, path, source)| {
+                                ProvisionError::Io { container: cid2.clone(), op, path, source }
+                            })?;
+                        }
+                        Ok(())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(ioe("copy", &rootfs)(io::Error::other(e))))
+                }
+            };
         if let Err(e) = res {
             let _ = self.destroy(container_id).await;
             return Err(e);
@@ -205,7 +219,12 @@ impl Provisioner {
     }
 
     fn mount_overlay(&self, cid: &str, dir: &Path, lowers: &[(PathBuf, WhiteoutMode)]) -> Result<(), ProvisionError> {
-        let ioe = |op: &'static str, path: &Path, source| ProvisionError::Io { container: cid.into(), op, path: path.into(), source };
+        let ioe = |op: &'static str, path: &Path, source| ProvisionError::Io {
+            container: cid.into(),
+            op,
+            path: path.into(),
+            source,
+        };
         let upper = dir.join("upper");
         let work = dir.join("work");
         for d in [&upper, &work] {
@@ -221,7 +240,10 @@ impl Provisioner {
         if opts.len() >= 4000 {
             return Err(ProvisionError::OverlayUnavailable {
                 container: cid.into(),
-                reason: format!("{} layers make the mount options longer than a page; use the copy backend", lowers.len()),
+                reason: format!(
+                    "{} layers make the mount options longer than a page; use the copy backend",
+                    lowers.len()
+                ),
             });
         }
         let rootfs = dir.join("rootfs");
@@ -241,18 +263,31 @@ impl Provisioner {
         let rootfs = dir.join("rootfs");
         let cid = container_id.to_string();
         tokio::task::spawn_blocking(move || -> Result<bool, ProvisionError> {
-            let ioe = |op: &'static str, path: &Path, source| ProvisionError::Io { container: cid.clone(), op, path: path.into(), source };
+            let ioe = |op: &'static str, path: &Path, source| ProvisionError::Io {
+                container: cid.clone(),
+                op,
+                path: path.into(),
+                source,
+            };
             // Everything mounted at or under the rootfs (the launcher may have added mounts).
             let mut mounts: Vec<PathBuf> = mount_points().into_iter().filter(|m| m.starts_with(&rootfs)).collect();
             mounts.sort_by_key(|m| std::cmp::Reverse(m.as_os_str().len()));
             for m in mounts {
-                nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH).map_err(|e| ioe("unmount", &m, io::Error::from(e)))?;
+                nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(|e| ioe("unmount", &m, io::Error::from(e)))?;
             }
             fs::remove_dir_all(&dir).map_err(|e| ioe("remove", &dir, e))?;
             Ok(true)
         })
         .await
-        .unwrap_or_else(|e| Err(ProvisionError::Io { container: container_id.into(), op: "destroy", path: PathBuf::new(), source: io::Error::other(e) }))
+        .unwrap_or_else(|e| {
+            Err(ProvisionError::Io {
+                container: container_id.into(),
+                op: "destroy",
+                path: PathBuf::new(),
+                source: io::Error::other(e),
+            })
+        })
     }
 
     /// Every provisioned rootfs on disk (after a restart: what to keep or destroy).
@@ -285,7 +320,9 @@ fn mount_points() -> Vec<PathBuf> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")))
+        .map(|p| {
+            PathBuf::from(p.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
+        })
         .collect()
 }
 
@@ -298,7 +335,12 @@ fn is_overlay_whiteout(m: &fs::Metadata) -> bool {
 /// Copies layer tree `src` over `dst`, applying its whiteouts (either form). `dst` must be a
 /// real directory; every directory descended into is made one (a symlink or file in the way
 /// from a lower layer is replaced), so nothing is ever written through a symlink.
-fn flatten(src: &Path, dst: &Path, mode: WhiteoutMode, links: &mut HashMap<(u64, u64), PathBuf>) -> Result<(), FlattenError> {
+fn flatten(
+    src: &Path,
+    dst: &Path,
+    mode: WhiteoutMode,
+    links: &mut HashMap<(u64, u64), PathBuf>,
+) -> Result<(), FlattenError> {
     let e = |op: &'static str, p: &Path| {
         let p = p.to_path_buf();
         move |err| (op, p, err)
@@ -313,7 +355,8 @@ fn flatten(src: &Path, dst: &Path, mode: WhiteoutMode, links: &mut HashMap<(u64,
             remove_any(&p).map_err(e("remove", &p))?;
         }
     }
-    let mut entries: Vec<_> = fs::read_dir(src).map_err(e("read", src))?.collect::<Result<_, _>>().map_err(e("read", src))?;
+    let mut entries: Vec<_> =
+        fs::read_dir(src).map_err(e("read", src))?.collect::<Result<_, _>>().map_err(e("read", src))?;
     entries.sort_by_key(|x| x.file_name());
     for entry in entries {
         let name = entry.file_name();
@@ -325,7 +368,7 @@ fn flatten(src: &Path, dst: &Path, mode: WhiteoutMode, links: &mut HashMap<(u64,
             if nb.starts_with(b".wh..wh.") {
                 continue;
             }
-            let target = dst.join(std::ffi::OsStr::from_encoded_bytes_unchecked_safe(&nb[4..]));
+            let target = dst.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(&nb[4..]));
             remove_any(&target).map_err(e("remove", &target))?;
             continue;
         }
@@ -362,22 +405,14 @@ fn flatten(src: &Path, dst: &Path, mode: WhiteoutMode, links: &mut HashMap<(u64,
             let t = fs::read_link(&s).map_err(e("readlink", &s))?;
             std::os::unix::fs::symlink(&t, &d).map_err(e("symlink", &d))?;
         } else if ft.is_fifo() {
-            nix::unistd::mkfifo(&d, nix::sys::stat::Mode::from_bits_truncate(0o600)).map_err(|x| ("mkfifo", d.clone(), io::Error::from(x)))?;
+            nix::unistd::mkfifo(&d, nix::sys::stat::Mode::from_bits_truncate(0o600))
+                .map_err(|x| ("mkfifo", d.clone(), io::Error::from(x)))?;
         } else {
             continue; // devices are never in stored layers (whiteouts handled above)
         }
         copy_meta(&s, &d, &m).map_err(e("set metadata", &d))?;
     }
     Ok(())
-}
-
-trait OsStrSafe {
-    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr;
-}
-impl OsStrSafe for std::ffi::OsStr {
-    fn from_encoded_bytes_unchecked_safe(b: &[u8]) -> &std::ffi::OsStr {
-        std::os::unix::ffi::OsStrExt::from_bytes(b)
-    }
 }
 
 fn remove_any(p: &Path) -> io::Result<()> {

@@ -9,7 +9,8 @@ use crate::digest::Digest;
 /// Docker Hub's registry API host, where references without a registry go by default.
 pub const DOCKER_HUB: &str = "registry-1.docker.io";
 /// Names that mean Docker Hub in a reference.
-const DOCKER_HUB_ALIASES: &[&str] = &["docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"];
+const DOCKER_HUB_ALIASES: &[&str] =
+    &["docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"];
 
 /// A reference that does not follow Docker's grammar.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,11 +91,8 @@ impl Reference {
             validate_component(component).map_err(err)?;
         }
         let registry = if DOCKER_HUB_ALIASES.contains(&registry.as_str()) { DOCKER_HUB.to_string() } else { registry };
-        let repository = if registry == DOCKER_HUB && !path.contains('/') {
-            format!("library/{path}")
-        } else {
-            path.to_string()
-        };
+        let repository =
+            if registry == DOCKER_HUB && !path.contains('/') { format!("library/{path}") } else { path.to_string() };
         let tag = match (tag, &digest) {
             (Some(t), _) => Some(t.to_string()),
             (None, Some(_)) => None,
@@ -104,7 +102,12 @@ impl Reference {
     }
 
     /// Builds a reference from parts (already valid); used by local sources.
-    pub fn new(registry: &str, repository: &str, tag: Option<&str>, digest: Option<Digest>) -> Result<Self, ReferenceError> {
+    pub fn new(
+        registry: &str,
+        repository: &str,
+        tag: Option<&str>,
+        digest: Option<Digest>,
+    ) -> Result<Self, ReferenceError> {
         let mut s = format!("{registry}/{repository}");
         if let Some(t) = tag {
             s.push(':');
@@ -280,7 +283,11 @@ fn validate_domain(d: &str) -> Result<(), &'static str> {
         }
     }
     if let Some(p) = port {
-        if p.is_empty() || p.len() > 5 || !p.bytes().all(|c| c.is_ascii_digit()) || p.parse::<u32>().map_or(true, |n| n > 65535) {
+        if p.is_empty()
+            || p.len() > 5
+            || !p.bytes().all(|c| c.is_ascii_digit())
+            || p.parse::<u32>().map_or(true, |n| n > 65535)
+        {
             return Err("invalid registry port");
         }
     }

@@ -183,7 +183,10 @@ impl Response {
         while let Some(c) = self.chunk().await? {
             out.extend_from_slice(&c);
             if out.len() as u64 > limit {
-                return Err(RegistryError::Transport { url: self.url.clone(), message: format!("body larger than {limit} bytes") });
+                return Err(RegistryError::Transport {
+                    url: self.url.clone(),
+                    message: format!("body larger than {limit} bytes"),
+                });
             }
         }
         Ok(Bytes::from(out))
@@ -214,7 +217,11 @@ impl RegistryClient {
     }
 
     /// `GET /v2/<repo>/manifests/<ref>` → (body, content type, digest of the body).
-    pub async fn get_manifest(&self, r: &Reference, manifest_ref: &str) -> Result<(Bytes, String, Digest), RegistryError> {
+    pub async fn get_manifest(
+        &self,
+        r: &Reference,
+        manifest_ref: &str,
+    ) -> Result<(Bytes, String, Digest), RegistryError> {
         let url = format!("{}/v2/{}/manifests/{}", self.base(r.registry()), r.repository(), manifest_ref);
         let mut resp = self.get(r, &url, &[("accept", MANIFEST_ACCEPT)]).await?;
         let ct = resp.headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
@@ -280,12 +287,17 @@ impl RegistryClient {
                 match spec::parse_manifest(Some(&ct2), &body2).map_err(invalid2)? {
                     ManifestKind::Image(m) => {
                         let media_type = m.media_type.clone().unwrap_or(ct2);
-                        Ok(Resolved { digest: d2, manifest: m, manifest_bytes: body2, media_type, index_digest: Some(digest) })
+                        Ok(Resolved {
+                            digest: d2,
+                            manifest: m,
+                            manifest_bytes: body2,
+                            media_type,
+                            index_digest: Some(digest),
+                        })
                     }
-                    ManifestKind::Index(_) => Err(RegistryError::InvalidManifest {
-                        url: url2,
-                        reason: "nested image index".into(),
-                    }),
+                    ManifestKind::Index(_) => {
+                        Err(RegistryError::InvalidManifest { url: url2, reason: "nested image index".into() })
+                    }
                 }
             }
         }
@@ -295,7 +307,10 @@ impl RegistryClient {
     pub async fn get_blob_bytes(&self, r: &Reference, desc: &Descriptor) -> Result<Bytes, RegistryError> {
         let url = self.blob_url(r, &desc.digest);
         if desc.size > MAX_DOCUMENT {
-            return Err(RegistryError::InvalidManifest { url, reason: format!("config of {} bytes is too large", desc.size) });
+            return Err(RegistryError::InvalidManifest {
+                url,
+                reason: format!("config of {} bytes is too large", desc.size),
+            });
         }
         let mut resp = self.get(r, &url, &[]).await?;
         let body = resp.bytes(desc.size + 1).await?;
@@ -309,7 +324,12 @@ impl RegistryClient {
 
     /// Starts a blob download at byte `offset` (a `Range` request when > 0). Returns the
     /// response and whether the server honoured the range (206).
-    pub async fn open_blob(&self, r: &Reference, digest: &Digest, offset: u64) -> Result<(Response, bool), RegistryError> {
+    pub async fn open_blob(
+        &self,
+        r: &Reference,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<(Response, bool), RegistryError> {
         let url = self.blob_url(r, digest);
         let range = format!("bytes={offset}-");
         let headers: Vec<(&str, &str)> = if offset > 0 { vec![("range", range.as_str())] } else { vec![] };
@@ -353,7 +373,11 @@ impl RegistryClient {
                 redirects += 1;
                 let loc = resp.headers.get("location").and_then(|v| v.to_str().ok()).map(str::to_string);
                 let Some(loc) = loc.filter(|_| redirects <= 5) else {
-                    return Err(RegistryError::Status { url, status: status.as_u16(), body: "bad or too many redirects".into() });
+                    return Err(RegistryError::Status {
+                        url,
+                        status: status.as_u16(),
+                        body: "bad or too many redirects".into(),
+                    });
                 };
                 let next = join_url(&url, &loc);
                 same_host = host_of(&next) == host_of(&self.blob_base(registry));
@@ -410,7 +434,12 @@ impl RegistryClient {
 
     /// The Authorization header for a request to `registry` needing `scope`, fetching a
     /// token when the registry wants bearer auth and none is cached.
-    async fn auth_header(&self, registry: &str, scope: &str, hint: Option<&str>) -> Result<Option<String>, RegistryError> {
+    async fn auth_header(
+        &self,
+        registry: &str,
+        scope: &str,
+        hint: Option<&str>,
+    ) -> Result<Option<String>, RegistryError> {
         let mode = self.inner.modes.lock().ok().and_then(|m| m.get(registry).cloned());
         let creds = self.inner.config.credentials.get(registry).cloned();
         match mode {
@@ -466,7 +495,8 @@ impl RegistryClient {
             expires_in: Option<u64>,
         }
         let t: T = serde_json::from_slice(&body).map_err(|e| err(format!("invalid token response: {e}")))?;
-        let value = t.token.or(t.access_token).filter(|v| !v.is_empty()).ok_or_else(|| err("no token in response".into()))?;
+        let value =
+            t.token.or(t.access_token).filter(|v| !v.is_empty()).ok_or_else(|| err("no token in response".into()))?;
         // Refresh a little early; the spec's default lifetime is 60 s.
         let life = Duration::from_secs(t.expires_in.unwrap_or(60).max(10));
         Ok(Token { value, expires: Instant::now() + life - Duration::from_secs(5) })
@@ -506,9 +536,10 @@ async fn check_status(mut resp: Response) -> Result<Response, RegistryError> {
     let body = resp.bytes(64 << 10).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&body).trim().chars().take(512).collect::<String>();
     Err(match status {
-        StatusCode::UNAUTHORIZED => {
-            RegistryError::Unauthorized { url, detail: if text.is_empty() { String::new() } else { format!(": {text}") } }
-        }
+        StatusCode::UNAUTHORIZED => RegistryError::Unauthorized {
+            url,
+            detail: if text.is_empty() { String::new() } else { format!(": {text}") },
+        },
         StatusCode::FORBIDDEN => RegistryError::Forbidden { url },
         StatusCode::NOT_FOUND => RegistryError::NotFound { url },
         s => RegistryError::Status { url, status: s.as_u16(), body: text },

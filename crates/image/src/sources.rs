@@ -18,7 +18,7 @@ use crate::digest::{Algorithm, Digest};
 use crate::reference::{Reference, DOCKER_HUB};
 use crate::spec::{self, Compression, Descriptor, ImageConfigDoc, ManifestKind, Platform, RootFs};
 use crate::store::{sha256, Image, ImageKind, LayerRecord, Store, StoreError, TempDir};
-use crate::unpack::{self, BlobUnpackError, UnpackOptions, WhiteoutMode};
+use crate::unpack::{self, BlobUnpackError, UnpackOptions};
 
 /// Where a layer's bytes are.
 #[derive(Clone)]
@@ -83,7 +83,12 @@ struct LocalLayer {
 }
 
 /// Unpacks one local layer into the store (once per diff_id).
-async fn import_layer(store: &Store, image: &str, layer: LocalLayer, opts: UnpackOptions) -> Result<LayerRecord, StoreError> {
+async fn import_layer(
+    store: &Store,
+    image: &str,
+    layer: LocalLayer,
+    opts: UnpackOptions,
+) -> Result<LayerRecord, StoreError> {
     if let Some(d) = &layer.diff_id {
         if let Some(rec) = store.layer(d) {
             return Ok(rec);
@@ -101,25 +106,28 @@ async fn import_layer(store: &Store, image: &str, layer: LocalLayer, opts: Unpac
     let fs2 = fs_dir.clone();
     let src = slice.path.clone();
     let res = tokio::task::spawn_blocking(move || {
-        let r = slice.open().map_err(|e| BlobUnpackError::Decompress(e))?;
+        let r = slice.open().map_err(BlobUnpackError::Decompress)?;
         unpack::unpack_blob(r, compression, algo, &fs2, &opts)
     })
     .await
     .map_err(|e| StoreError::Io { op: "unpack task", path: src.clone(), source: io::Error::other(e) })?;
-    let name = layer.blob.as_ref().map(|b| b.digest.to_string()).unwrap_or_else(|| layer.slice.path.display().to_string());
+    let name =
+        layer.blob.as_ref().map(|b| b.digest.to_string()).unwrap_or_else(|| layer.slice.path.display().to_string());
     let (stats, digests) = res.map_err(|e| match e {
         BlobUnpackError::Unpack(source) if source.is_no_space() => StoreError::NoSpace { path: store.root().into() },
         BlobUnpackError::Unpack(source) => StoreError::Unpack { image: image.into(), layer: name.clone(), source },
-        BlobUnpackError::Decompress(e) => StoreError::Decompress { image: image.into(), layer: name.clone(), message: e.to_string() },
-            BlobUnpackError::Corrupt { blob, error } => match layer.blob.as_ref().map(|b| &b.digest) {
-                Some(expected) if *expected != blob.blob => StoreError::DigestMismatch {
-                    image: image.into(),
-                    what: "layer",
-                    expected: expected.clone(),
-                    actual: blob.blob,
-                },
-                _ => StoreError::Decompress { image: image.into(), layer: name.clone(), message: error.to_string() },
+        BlobUnpackError::Decompress(e) => {
+            StoreError::Decompress { image: image.into(), layer: name.clone(), message: e.to_string() }
+        }
+        BlobUnpackError::Corrupt { blob, error } => match layer.blob.as_ref().map(|b| &b.digest) {
+            Some(expected) if *expected != blob.blob => StoreError::DigestMismatch {
+                image: image.into(),
+                what: "layer",
+                expected: expected.clone(),
+                actual: blob.blob,
             },
+            _ => StoreError::Decompress { image: image.into(), layer: name.clone(), message: error.to_string() },
+        },
     })?;
     if let Some(b) = &layer.blob {
         if digests.blob_size != b.size {
@@ -132,26 +140,39 @@ async fn import_layer(store: &Store, image: &str, layer: LocalLayer, opts: Unpac
             });
         }
         if digests.blob != b.digest {
-            return Err(StoreError::DigestMismatch { image: image.into(), what: "layer", expected: b.digest.clone(), actual: digests.blob });
+            return Err(StoreError::DigestMismatch {
+                image: image.into(),
+                what: "layer",
+                expected: b.digest.clone(),
+                actual: digests.blob,
+            });
         }
     }
     if let Some(d) = &layer.diff_id {
         if *d != digests.diff_id {
-            return Err(StoreError::DigestMismatch { image: image.into(), what: "layer diff_id", expected: d.clone(), actual: digests.diff_id });
+            return Err(StoreError::DigestMismatch {
+                image: image.into(),
+                what: "layer diff_id",
+                expected: d.clone(),
+                actual: digests.diff_id,
+            });
         }
     }
     if let Some(rec) = store.layer(&digests.diff_id) {
         return Ok(rec);
     }
     store
-        .publish_layer(tmp, LayerRecord {
-            diff_id: digests.diff_id,
-            blob_digest: Some(digests.blob),
-            compression,
-            whiteouts: store.whiteout_mode(),
-            size: 0,
-            stats,
-        })
+        .publish_layer(
+            tmp,
+            LayerRecord {
+                diff_id: digests.diff_id,
+                blob_digest: Some(digests.blob),
+                compression,
+                whiteouts: store.whiteout_mode(),
+                size: 0,
+                stats,
+            },
+        )
         .await
 }
 
@@ -172,6 +193,7 @@ fn synth_manifest(config: &[u8], layers: &[(Digest, u64)]) -> Vec<u8> {
     serde_json::to_vec(&m).unwrap_or_default()
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn finish_image(
     store: &Store,
     id: Digest,
@@ -249,7 +271,8 @@ impl Store {
                 for (lp, diff) in item.layers.iter().zip(diff_ids.iter()) {
                     let slice = index.get(lp.as_str()).ok_or_else(|| invalid(&shown, format!("layer {lp} missing")))?;
                     sizes.push((diff.clone(), slice.len));
-                    let l = LocalLayer { slice: slice.clone(), compression: None, blob: None, diff_id: Some(diff.clone()) };
+                    let l =
+                        LocalLayer { slice: slice.clone(), compression: None, blob: None, diff_id: Some(diff.clone()) };
                     layers.push(import_layer(self, &shown, l, self.unpack_options()).await?.diff_id);
                 }
                 let mut refs = Vec::new();
@@ -262,8 +285,18 @@ impl Store {
                 let manifest = synth_manifest(&config, &sizes);
                 let id = sha256(&manifest);
                 out.push(
-                    finish_image(self, id, ImageKind::Docker, &manifest, &config, &doc, layers, "docker-archive", &refs)
-                        .await?,
+                    finish_image(
+                        self,
+                        id,
+                        ImageKind::Docker,
+                        &manifest,
+                        &config,
+                        &doc,
+                        layers,
+                        "docker-archive",
+                        &refs,
+                    )
+                    .await?,
                 );
             }
             return Ok(out);
@@ -299,7 +332,9 @@ impl Store {
             let mut layers = Vec::new();
             let mut sizes = Vec::new();
             for id in &chain {
-                let slice = index.get(&format!("{id}/layer.tar")).ok_or_else(|| invalid(&shown, format!("{id}/layer.tar missing")))?;
+                let slice = index
+                    .get(&format!("{id}/layer.tar"))
+                    .ok_or_else(|| invalid(&shown, format!("{id}/layer.tar missing")))?;
                 let l = LocalLayer { slice: slice.clone(), compression: None, blob: None, diff_id: None };
                 let rec = import_layer(self, &shown, l, self.unpack_options()).await?;
                 sizes.push((rec.diff_id.clone(), slice.len));
@@ -314,7 +349,10 @@ impl Store {
             }
             let manifest = synth_manifest(&config, &sizes);
             let id = sha256(&manifest);
-            out.push(finish_image(self, id, ImageKind::Docker, &manifest, &config, &doc, layers, "docker-archive", &refs).await?);
+            out.push(
+                finish_image(self, id, ImageKind::Docker, &manifest, &config, &doc, layers, "docker-archive", &refs)
+                    .await?,
+            );
         }
         if out.is_empty() {
             return Err(invalid(&shown, "no image in the archive"));
@@ -325,7 +363,12 @@ impl Store {
     /// Imports the image tagged `tag` (annotation `org.opencontainers.image.ref.name`;
     /// `None` = the only one) from an OCI image layout directory, picking the store's
     /// platform from an index, and registers it as `name`.
-    pub async fn import_oci_layout(&self, dir: &Path, tag: Option<&str>, name: &Reference) -> Result<Image, StoreError> {
+    pub async fn import_oci_layout(
+        &self,
+        dir: &Path,
+        tag: Option<&str>,
+        name: &Reference,
+    ) -> Result<Image, StoreError> {
         let shown = format!("{}:{}", dir.display(), tag.unwrap_or(""));
         let blob = |d: &Digest| dir.join("blobs").join(d.algorithm().name()).join(d.hex());
         let read_verified = |desc: &Descriptor| -> Result<Vec<u8>, StoreError> {
@@ -341,7 +384,12 @@ impl Store {
                 });
             }
             if !desc.digest.matches(&b) {
-                return Err(StoreError::DigestMismatch { image: shown.clone(), what: "blob", expected: desc.digest.clone(), actual: sha256(&b) });
+                return Err(StoreError::DigestMismatch {
+                    image: shown.clone(),
+                    what: "blob",
+                    expected: desc.digest.clone(),
+                    actual: sha256(&b),
+                });
             }
             Ok(b)
         };
@@ -349,7 +397,10 @@ impl Store {
         let index: spec::Index = serde_json::from_slice(&std::fs::read(&ip).map_err(StoreError::io("read", &ip))?)
             .map_err(|e| invalid(&shown, format!("bad index.json: {e}")))?;
         let entry = match tag {
-            Some(t) => index.manifests.iter().find(|d| d.annotations.get("org.opencontainers.image.ref.name").map(String::as_str) == Some(t)),
+            Some(t) => index
+                .manifests
+                .iter()
+                .find(|d| d.annotations.get("org.opencontainers.image.ref.name").map(String::as_str) == Some(t)),
             None if index.manifests.len() == 1 => index.manifests.first(),
             None => None,
         }
@@ -375,18 +426,20 @@ impl Store {
             }
         };
         let config = read_verified(&manifest.config)?;
-        let doc: ImageConfigDoc = serde_json::from_slice(&config).map_err(|e| invalid(&shown, format!("bad config: {e}")))?;
+        let doc: ImageConfigDoc =
+            serde_json::from_slice(&config).map_err(|e| invalid(&shown, format!("bad config: {e}")))?;
         let diff_ids = doc.rootfs.as_ref().map(|r| r.diff_ids.clone()).unwrap_or_default();
         if diff_ids.len() != manifest.layers.len() {
             return Err(invalid(&shown, "layer count differs from the config's diff_ids"));
         }
         let mut layers = Vec::new();
         for (l, diff) in manifest.layers.iter().zip(diff_ids.iter()) {
-            let compression = Compression::from_layer_media_type(&l.media_type).ok_or_else(|| StoreError::UnsupportedMediaType {
-                image: shown.clone(),
-                digest: l.digest.clone(),
-                media_type: l.media_type.clone(),
-            })?;
+            let compression =
+                Compression::from_layer_media_type(&l.media_type).ok_or_else(|| StoreError::UnsupportedMediaType {
+                    image: shown.clone(),
+                    digest: l.digest.clone(),
+                    media_type: l.media_type.clone(),
+                })?;
             let p = blob(&l.digest);
             let len = std::fs::metadata(&p).map_err(StoreError::io("stat", &p))?.len();
             let ll = LocalLayer {
@@ -399,7 +452,18 @@ impl Store {
         }
         let id = desc.digest.clone();
         self.write_blob(&id, &manifest_bytes).await?;
-        finish_image(self, id, ImageKind::Docker, &manifest_bytes, &config, &doc, layers, "oci-layout", std::slice::from_ref(name)).await
+        finish_image(
+            self,
+            id,
+            ImageKind::Docker,
+            &manifest_bytes,
+            &config,
+            &doc,
+            layers,
+            "oci-layout",
+            std::slice::from_ref(name),
+        )
+        .await
     }
 
     /// Imports an appc ACI (a tar, optionally gzip/zstd-compressed, holding `manifest` and
@@ -432,12 +496,20 @@ impl Store {
         .map_err(|e| StoreError::Io { op: "read", path: path.into(), source: io::Error::other(e) })?
         .map_err(|e| invalid(&shown, format!("not an ACI: {e}")))?
         .ok_or_else(|| invalid(&shown, "no manifest in the ACI"))?;
-        let aci: AciManifest = serde_json::from_slice(&manifest).map_err(|e| invalid(&shown, format!("bad ACI manifest: {e}")))?;
+        let aci: AciManifest =
+            serde_json::from_slice(&manifest).map_err(|e| invalid(&shown, format!("bad ACI manifest: {e}")))?;
         if aci.ac_kind != "ImageManifest" {
             return Err(invalid(&shown, format!("acKind is {:?}, not ImageManifest", aci.ac_kind)));
         }
-        let opts = UnpackOptions { strip_prefix: Some("rootfs".into()), whiteouts_enabled: false, ..self.unpack_options() };
-        let rec = import_layer(self, &shown, LocalLayer { slice, compression: Some(compression), blob: None, diff_id: None }, opts).await?;
+        let opts =
+            UnpackOptions { strip_prefix: Some("rootfs".into()), whiteouts_enabled: false, ..self.unpack_options() };
+        let rec = import_layer(
+            self,
+            &shown,
+            LocalLayer { slice, compression: Some(compression), blob: None, diff_id: None },
+            opts,
+        )
+        .await?;
         let label = |k: &str| aci.labels.iter().find(|l| l.name == k).map(|l| l.value.clone());
         let app = aci.app.unwrap_or_default();
         let mut cfg = spec::RuntimeConfig {
@@ -449,7 +521,9 @@ impl Store {
                 (Some(u), None) => Some(u.clone()),
                 _ => None,
             },
-            exposed_ports: Some(app.ports.iter().map(|p| (format!("{}/{}", p.port, p.protocol), serde_json::json!({}))).collect()),
+            exposed_ports: Some(
+                app.ports.iter().map(|p| (format!("{}/{}", p.port, p.protocol), serde_json::json!({}))).collect(),
+            ),
             ..Default::default()
         };
         cfg.labels = Some(aci.labels.iter().map(|l| (l.name.clone(), l.value.clone())).collect());
@@ -463,7 +537,18 @@ impl Store {
         let config = serde_json::to_vec(&doc).map_err(|e| invalid(&shown, e.to_string()))?;
         let manifest_doc = synth_manifest(&config, &[(rec.diff_id.clone(), len)]);
         let id = sha256(&manifest_doc);
-        let img = finish_image(self, id.clone(), ImageKind::Appc, &manifest_doc, &config, &doc, vec![rec.diff_id], "appc", &[]).await?;
+        let img = finish_image(
+            self,
+            id.clone(),
+            ImageKind::Appc,
+            &manifest_doc,
+            &config,
+            &doc,
+            vec![rec.diff_id],
+            "appc",
+            &[],
+        )
+        .await?;
         let key = match label("version") {
             Some(v) => format!("appc:{}:{v}", aci.name),
             None => format!("appc:{}", aci.name),
@@ -525,7 +610,11 @@ fn tcp() -> String {
 /// Candidate tarball paths for `r` in a Mesos-style local registry directory.
 pub fn local_registry_candidates(dir: &Path, r: &Reference) -> Vec<PathBuf> {
     let full = r.repository().to_string();
-    let familiar = if r.registry() == DOCKER_HUB { full.strip_prefix("library/").unwrap_or(&full).to_string() } else { full.clone() };
+    let familiar = if r.registry() == DOCKER_HUB {
+        full.strip_prefix("library/").unwrap_or(&full).to_string()
+    } else {
+        full.clone()
+    };
     let tag = r.tag().unwrap_or("latest");
     let mut v = vec![dir.join(format!("{familiar}:{tag}.tar")), dir.join(format!("{full}:{tag}.tar"))];
     if tag == "latest" {
@@ -552,7 +641,3 @@ pub(crate) async fn pull_local_registry(store: &Store, dir: &Path, r: &Reference
     img.source = "local-registry".into();
     Ok(img)
 }
-
-/// Unused-variable guard for WhiteoutMode in docs.
-#[allow(dead_code)]
-fn _uses(_: WhiteoutMode) {}

@@ -234,6 +234,7 @@ pub struct RootFs {
 
 /// What a manifest endpoint answered: an image manifest or an index.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)]
 pub enum ManifestKind {
     Image(Manifest),
     Index(Index),
@@ -311,16 +312,21 @@ mod tests {
     #[test]
     fn manifest_parsing_by_type_and_shape() {
         let d = Digest::sha256_of(b"x");
-        let m = format!(r#"{{"schemaVersion":2,"config":{{"mediaType":"{OCI_CONFIG}","digest":"{d}","size":1}},"layers":[]}}"#);
+        let m = format!(
+            r#"{{"schemaVersion":2,"config":{{"mediaType":"{OCI_CONFIG}","digest":"{d}","size":1}},"layers":[]}}"#
+        );
         assert!(matches!(parse_manifest(None, m.as_bytes()), Ok(ManifestKind::Image(_))));
         assert!(matches!(parse_manifest(Some(DOCKER_MANIFEST), m.as_bytes()), Ok(ManifestKind::Image(_))));
-        let i = format!(r#"{{"schemaVersion":2,"manifests":[{{"digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#);
+        let i = format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"digest":"{d}","size":1,"platform":{{"os":"linux","architecture":"amd64"}}}}]}}"#
+        );
         let ManifestKind::Index(idx) = parse_manifest(Some("application/json"), i.as_bytes()).expect("index") else {
             panic!("not an index")
         };
         assert!(select_platform(&idx, &Platform::linux_amd64()).is_some());
         assert!(select_platform(&idx, &Platform::parse("linux/arm64").expect("p")).is_none());
-        let e = parse_manifest(Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), b"{}").expect_err("v1");
+        let e =
+            parse_manifest(Some("application/vnd.docker.distribution.manifest.v1+prettyjws"), b"{}").expect_err("v1");
         assert!(e.contains("schema1"), "{e}");
         assert!(parse_manifest(Some("application/x-foo"), m.as_bytes()).is_err());
     }

@@ -427,7 +427,11 @@ impl Store {
         let id = resolved.digest.clone();
         let m = &resolved.manifest;
         if let Some(p) = &opts.progress {
-            p(&PullEvent::Resolved { image: id.clone(), layers: m.layers.len(), bytes: m.layers.iter().map(|l| l.size).sum() });
+            p(&PullEvent::Resolved {
+                image: id.clone(),
+                layers: m.layers.len(),
+                bytes: m.layers.iter().map(|l| l.size).sum(),
+            });
         }
         // Serialise pulls of one image: the second finds everything in place.
         let _img_lock = self.inner.locks.lock(&format!("image:{id}")).await;
@@ -562,9 +566,12 @@ impl Store {
             }
             return Ok(rec);
         }
-        let compression = Compression::from_layer_media_type(&desc.media_type).ok_or_else(|| {
-            StoreError::UnsupportedMediaType { image: image.into(), digest: desc.digest.clone(), media_type: desc.media_type.clone() }
-        })?;
+        let compression =
+            Compression::from_layer_media_type(&desc.media_type).ok_or_else(|| StoreError::UnsupportedMediaType {
+                image: image.into(),
+                digest: desc.digest.clone(),
+                media_type: desc.media_type.clone(),
+            })?;
         let _permit = self.inner.downloads.acquire().await.map_err(|_| StoreError::Io {
             op: "acquire download slot",
             path: self.inner.root.clone(),
@@ -577,18 +584,27 @@ impl Store {
         let opts = self.unpack_options();
         let algo = desc.digest.algorithm();
         let fs2 = fs_dir.clone();
-        let unpacker =
-            tokio::task::spawn_blocking(move || unpack::unpack_blob(SyncReader::new(rx), compression, algo, &fs2, &opts));
+        let unpacker = tokio::task::spawn_blocking(move || {
+            unpack::unpack_blob(SyncReader::new(rx), compression, algo, &fs2, &opts)
+        });
         let downloaded = self.download(r, desc, tx, progress).await;
-        let unpacked = unpacker.await.map_err(|e| StoreError::Io { op: "unpack task", path: fs_dir.clone(), source: io::Error::other(e) })?;
+        let unpacked = unpacker.await.map_err(|e| StoreError::Io {
+            op: "unpack task",
+            path: fs_dir.clone(),
+            source: io::Error::other(e),
+        })?;
         let layer = desc.digest.to_string();
         if let Err(e) = downloaded {
             return Err(StoreError::Registry { image: image.into(), source: e });
         }
         let (stats, digests) = unpacked.map_err(|e| match e {
-            BlobUnpackError::Unpack(source) if source.is_no_space() => StoreError::NoSpace { path: self.inner.root.clone() },
+            BlobUnpackError::Unpack(source) if source.is_no_space() => {
+                StoreError::NoSpace { path: self.inner.root.clone() }
+            }
             BlobUnpackError::Unpack(source) => StoreError::Unpack { image: image.into(), layer: layer.clone(), source },
-            BlobUnpackError::Decompress(e) => StoreError::Decompress { image: image.into(), layer: layer.clone(), message: e.to_string() },
+            BlobUnpackError::Decompress(e) => {
+                StoreError::Decompress { image: image.into(), layer: layer.clone(), message: e.to_string() }
+            }
             BlobUnpackError::Corrupt { blob, error } => match Some(&desc.digest) {
                 Some(expected) if *expected != blob.blob => StoreError::DigestMismatch {
                     image: image.into(),
@@ -609,20 +625,33 @@ impl Store {
             });
         }
         if digests.blob != desc.digest {
-            return Err(StoreError::DigestMismatch { image: image.into(), what: "layer", expected: desc.digest.clone(), actual: digests.blob });
+            return Err(StoreError::DigestMismatch {
+                image: image.into(),
+                what: "layer",
+                expected: desc.digest.clone(),
+                actual: digests.blob,
+            });
         }
         if &digests.diff_id != diff_id {
-            return Err(StoreError::DigestMismatch { image: image.into(), what: "layer diff_id", expected: diff_id.clone(), actual: digests.diff_id });
+            return Err(StoreError::DigestMismatch {
+                image: image.into(),
+                what: "layer diff_id",
+                expected: diff_id.clone(),
+                actual: digests.diff_id,
+            });
         }
         let rec = self
-            .publish_layer(tmp, LayerRecord {
-                diff_id: diff_id.clone(),
-                blob_digest: Some(desc.digest.clone()),
-                compression,
-                whiteouts: self.inner.whiteouts,
-                size: 0,
-                stats,
-            })
+            .publish_layer(
+                tmp,
+                LayerRecord {
+                    diff_id: diff_id.clone(),
+                    blob_digest: Some(desc.digest.clone()),
+                    compression,
+                    whiteouts: self.inner.whiteouts,
+                    size: 0,
+                    stats,
+                },
+            )
             .await?;
         if let Some(p) = progress {
             p(&PullEvent::LayerDone { digest: desc.digest.clone() });
@@ -641,7 +670,8 @@ impl Store {
         tokio::task::spawn_blocking(move || -> Result<LayerRecord, StoreError> {
             rec.size = unpack::disk_usage(&tmp.path().join("fs"));
             let meta = tmp.path().join("layer.json");
-            let json = serde_json::to_vec_pretty(&rec).map_err(|e| StoreError::io("encode", &meta)(io::Error::other(e)))?;
+            let json =
+                serde_json::to_vec_pretty(&rec).map_err(|e| StoreError::io("encode", &meta)(io::Error::other(e)))?;
             fs::write(&meta, json).map_err(StoreError::io("write", &meta))?;
             if sync {
                 let f = fs::File::open(tmp.path()).map_err(StoreError::io("open", tmp.path()))?;
@@ -660,7 +690,11 @@ impl Store {
             Ok(rec)
         })
         .await
-        .map_err(|e| StoreError::Io { op: "publish", path: self.inner.root.clone(), source: io::Error::other(e) })?
+        .map_err(|e| StoreError::Io {
+            op: "publish",
+            path: self.inner.root.clone(),
+            source: io::Error::other(e),
+        })?
     }
 
     /// Streams a blob into `tx`, resuming with `Range` after transient failures.
@@ -839,7 +873,8 @@ impl Store {
             self.save_refs(&refs)?;
             d
         } else {
-            let key = if name.starts_with("appc:") { name.to_string() } else { self.parse_reference(name)?.to_string() };
+            let key =
+                if name.starts_with("appc:") { name.to_string() } else { self.parse_reference(name)?.to_string() };
             let mut refs = self.inner.refs.lock().unwrap_or_else(|p| p.into_inner());
             let Some(id) = refs.remove(&key) else {
                 return Ok(false);
@@ -920,13 +955,16 @@ impl Store {
         refs.retain(|_, v| *v != img.id);
         self.save_refs(&refs)?;
         let p = self.image_path(&img.id);
-        fs::remove_file(&p).or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }).map_err(StoreError::io("remove", &p))
+        fs::remove_file(&p)
+            .or_else(|e| if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+            .map_err(StoreError::io("remove", &p))
     }
 
     fn collect_layers(&self, report: &mut PruneReport) -> Result<(), StoreError> {
         let images = self.list();
         let used: BTreeSet<&Digest> = images.iter().flat_map(|i| i.layers.iter()).collect();
-        let used_blobs: BTreeSet<Digest> = images.iter().flat_map(|i| [i.id.clone(), i.config_digest.clone()]).collect();
+        let used_blobs: BTreeSet<Digest> =
+            images.iter().flat_map(|i| [i.id.clone(), i.config_digest.clone()]).collect();
         for l in self.layers() {
             if used.contains(&l.diff_id) {
                 continue;

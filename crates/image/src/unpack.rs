@@ -263,7 +263,7 @@ impl Unpacker<'_> {
                     std::os::unix::fs::fchown(&f, Some(uid as u32), Some(gid as u32))
                         .map_err(UnpackError::io("chown", &dest))?;
                 }
-                f.set_permissions(fs::Permissions::from(std::os::unix::fs::PermissionsExt::from_mode(mode)))
+                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
                     .map_err(UnpackError::io("chmod", &dest))?;
                 apply_xattrs(&dest, &xattrs)?;
                 let t = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime);
@@ -605,9 +605,10 @@ pub fn unpack_blob<R: Read + Send + 'static>(
     let (blob, blob_size) = blob.map_err(BlobUnpackError::Decompress)?;
     match (result, diff_id) {
         (Ok(stats), Ok(diff_id)) => Ok((stats, BlobDigests { blob, blob_size, diff_id })),
-        (Err(UnpackError::Read(_)), Err(e)) | (Ok(_), Err(e)) => {
-            Err(BlobUnpackError::Corrupt { blob: BlobDigests { blob: blob.clone(), blob_size, diff_id: blob }, error: e })
-        }
+        (Err(UnpackError::Read(_)), Err(e)) | (Ok(_), Err(e)) => Err(BlobUnpackError::Corrupt {
+            blob: BlobDigests { blob: blob.clone(), blob_size, diff_id: blob },
+            error: e,
+        }),
         (Err(e), _) => Err(BlobUnpackError::Unpack(e)),
     }
 }

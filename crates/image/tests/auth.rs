@@ -38,7 +38,8 @@ async fn basic_auth() {
     assert_eq!(img.layers.len(), 1);
     // Credentials from a docker config.json file.
     let cfg_path = tmp.path().join("config.json");
-    std::fs::write(&cfg_path, format!(r#"{{"auths":{{"http://{}":{{"auth":"dGVzdDp0ZXN0"}}}}}}"#, reg.addr)).expect("write");
+    std::fs::write(&cfg_path, format!(r#"{{"auths":{{"http://{}":{{"auth":"dGVzdDp0ZXN0"}}}}}}"#, reg.addr))
+        .expect("write");
     let mut c = config(&tmp.path().join("f"), &reg.addr, None);
     c.registry.credentials = agora_image::auth::DockerConfig::load(&cfg_path).expect("load");
     let s = Store::open(c).await.expect("open");

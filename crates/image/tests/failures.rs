@@ -91,13 +91,17 @@ fn image(layer_media_type: &str) -> Image {
 const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const GZ: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
-async fn pull_with(routes: Routes, reference_suffix: &str) -> (Result<agora_image::store::Image, StoreError>, Store, tempfile::TempDir) {
+async fn pull_with(
+    routes: Routes,
+    reference_suffix: &str,
+) -> (Result<agora_image::store::Image, StoreError>, Store, tempfile::TempDir) {
     let (addr, _h) = serve(routes).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut c = StoreConfig::new(tmp.path().join("store"));
     c.registry.insecure = vec![addr.clone()];
     c.registry.attempts = 2;
-    c.registry.timeouts = Timeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1), idle: Duration::from_secs(1) };
+    c.registry.timeouts =
+        Timeouts { connect: Duration::from_secs(1), response: Duration::from_secs(1), idle: Duration::from_secs(1) };
     c.sync = false;
     let store = Store::open(c).await.expect("open");
     let r = Reference::parse(&format!("{addr}/test/img{reference_suffix}")).expect("ref");
@@ -182,7 +186,8 @@ async fn manifest_not_matching_the_pinned_digest_is_refused() {
 #[tokio::test]
 async fn truncated_blob_fails_after_resume_attempts() {
     let routes = routes_for(image(GZ), |p, img| {
-        p.ends_with(&Digest::sha256_of(&img.layer).to_string()).then(|| Reply::Truncated(img.layer.clone(), img.layer.len() / 2))
+        p.ends_with(&Digest::sha256_of(&img.layer).to_string())
+            .then(|| Reply::Truncated(img.layer.clone(), img.layer.len() / 2))
     });
     let (res, store, _t) = pull_with(routes, ":v1").await;
     let err = res.expect_err("must fail");
@@ -192,12 +197,14 @@ async fn truncated_blob_fails_after_resume_attempts() {
 
 #[tokio::test]
 async fn not_found_and_server_errors() {
-    let (res, store, _t) = pull_with(routes_for(image(GZ), |p, _| p.contains("/manifests/").then_some(Reply::Status(404))), ":v1").await;
+    let (res, store, _t) =
+        pull_with(routes_for(image(GZ), |p, _| p.contains("/manifests/").then_some(Reply::Status(404))), ":v1").await;
     let err = res.expect_err("404");
     assert!(matches!(err, StoreError::Registry { source: RegistryError::NotFound { .. }, .. }), "{err}");
     assert!(err.to_string().contains("/v2/test/img/manifests/v1"), "{err}");
     nothing_stored(&store);
-    let (res, store, _t) = pull_with(routes_for(image(GZ), |p, _| p.contains("/blobs/").then_some(Reply::Status(500))), ":v1").await;
+    let (res, store, _t) =
+        pull_with(routes_for(image(GZ), |p, _| p.contains("/blobs/").then_some(Reply::Status(500))), ":v1").await;
     let err = res.expect_err("500");
     assert!(matches!(err, StoreError::Registry { source: RegistryError::Status { status: 500, .. }, .. }), "{err}");
     nothing_stored(&store);
@@ -206,7 +213,8 @@ async fn not_found_and_server_errors() {
 #[tokio::test]
 async fn a_hanging_registry_times_out() {
     let started = std::time::Instant::now();
-    let (res, store, _t) = pull_with(routes_for(image(GZ), |p, _| p.contains("/blobs/").then_some(Reply::Hang)), ":v1").await;
+    let (res, store, _t) =
+        pull_with(routes_for(image(GZ), |p, _| p.contains("/blobs/").then_some(Reply::Hang)), ":v1").await;
     let err = res.expect_err("hang");
     assert!(matches!(err, StoreError::Registry { source: RegistryError::Timeout { .. }, .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());

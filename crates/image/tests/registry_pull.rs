@@ -18,7 +18,8 @@ fn config(root: &std::path::Path, host: &str) -> StoreConfig {
     let mut c = StoreConfig::new(root);
     c.registry.insecure = vec![host.to_string()];
     c.registry.attempts = 2;
-    c.registry.timeouts = Timeouts { connect: Duration::from_secs(2), response: Duration::from_secs(5), idle: Duration::from_secs(3) };
+    c.registry.timeouts =
+        Timeouts { connect: Duration::from_secs(2), response: Duration::from_secs(5), idle: Duration::from_secs(3) };
     c.sync = false;
     c
 }
@@ -39,7 +40,10 @@ async fn pulls_every_fixture_image_provisions_both_backends_and_reuses_the_store
 
     let events = Arc::new(Mutex::new(Vec::new()));
     let ev2 = events.clone();
-    let opts = PullOptions { progress: Some(Arc::new(move |e: &PullEvent| ev2.lock().expect("lock").push(e.clone()))), ..Default::default() };
+    let opts = PullOptions {
+        progress: Some(Arc::new(move |e: &PullEvent| ev2.lock().expect("lock").push(e.clone()))),
+        ..Default::default()
+    };
     let mut pulled = std::collections::HashMap::new();
     for (name, tag) in [
         ("busybox", "latest"),
@@ -100,7 +104,10 @@ async fn pulls_every_fixture_image_provisions_both_backends_and_reuses_the_store
         std::fs::write(rootfs.join("tmp/x"), "x").expect("write in rootfs");
     }
     let hp = prov.provision("c-httpd", &pulled["httpd:latest"], backends[backends.len() - 1]).await.expect("httpd");
-    assert_eq!(std::fs::read_to_string(hp.join("www/index.html")).expect("index").trim(), "hello from the httpd fixture");
+    assert_eq!(
+        std::fs::read_to_string(hp.join("www/index.html")).expect("index").trim(),
+        "hello from the httpd fixture"
+    );
     let listed = prov.list();
     assert_eq!(listed.len(), backends.len() + 1);
     assert!(prov.images_in_use().contains(&ml.id.to_string()));
@@ -108,7 +115,10 @@ async fn pulls_every_fixture_image_provisions_both_backends_and_reuses_the_store
     // Reopen: the images are there and a pull downloads no blob.
     drop(store);
     let store = Store::open(config(&root, &host)).await.expect("reopen");
-    assert_eq!(store.list().len(), pulled.values().map(|i| i.id.clone()).collect::<std::collections::BTreeSet<_>>().len());
+    assert_eq!(
+        store.list().len(),
+        pulled.values().map(|i| i.id.clone()).collect::<std::collections::BTreeSet<_>>().len()
+    );
     proxy.reset();
     for r in ["busybox:latest", "multilayer:v2s2", "httpd:latest"] {
         let r = Reference::parse(&format!("{host}/{r}")).expect("ref");

@@ -26,9 +26,14 @@ async fn docker_archives_and_oci_layouts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let store = Store::open(config(&tmp.path().join("store"))).await.expect("open");
     for name in ["busybox", "multilayer", "httpd"] {
-        let imgs = store.import_docker_archive(&images.join(format!("docker-archive/{name}.tar")), None).await.expect(name);
+        let imgs =
+            store.import_docker_archive(&images.join(format!("docker-archive/{name}.tar")), None).await.expect(name);
         assert_eq!(imgs.len(), 1);
-        assert!(imgs[0].references.contains(&format!("registry-1.docker.io/library/{name}:latest")), "{:?}", imgs[0].references);
+        assert!(
+            imgs[0].references.contains(&format!("registry-1.docker.io/library/{name}:latest")),
+            "{:?}",
+            imgs[0].references
+        );
     }
     let ml = store.inspect("multilayer").expect("multilayer by familiar name");
     assert_eq!(ml.layers.len(), 3);
@@ -62,7 +67,8 @@ async fn local_registry_directory() {
     let store = Store::open(c).await.expect("open");
     let bb = store.pull(&Reference::parse("busybox").expect("ref"), &PullOptions::default()).await.expect("busybox");
     assert_eq!(bb.config.cmd, Some(vec!["sh".to_string()]));
-    let web = store.pull(&Reference::parse("team/web:1.0").expect("ref"), &PullOptions::default()).await.expect("team/web");
+    let web =
+        store.pull(&Reference::parse("team/web:1.0").expect("ref"), &PullOptions::default()).await.expect("team/web");
     assert_eq!(web.config.exposed_ports, vec!["8080/tcp".to_string()]);
     let err = store.pull(&Reference::parse("nope").expect("ref"), &PullOptions::default()).await.expect_err("missing");
     assert!(err.to_string().contains("local registry"), "{err}");

@@ -75,7 +75,8 @@ impl Registry {
         ));
         let script = fx.join("registry.sh");
         let mut reg = Registry { addr: String::new(), state: state.clone(), script: script.clone() };
-        let log = std::env::temp_dir().join(format!("agora-image-registry-{}.log", state.file_name().expect("n").to_string_lossy()));
+        let log = std::env::temp_dir()
+            .join(format!("agora-image-registry-{}.log", state.file_name().expect("n").to_string_lossy()));
         let mut cmd = Command::new("bash");
         cmd.arg(&script).arg("start");
         if !mode.is_empty() {
@@ -159,7 +160,13 @@ impl CountingProxy {
     }
 
     pub fn blob_counts(&self) -> HashMap<String, usize> {
-        self.counts.lock().expect("lock").iter().filter(|(k, _)| k.contains("/blobs/")).map(|(k, v)| (k.clone(), *v)).collect()
+        self.counts
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|(k, _)| k.contains("/blobs/"))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
     }
 
     pub fn reset(&self) {
@@ -174,7 +181,7 @@ impl Drop for CountingProxy {
 }
 
 /// One connection: read a request head, count it, open a fresh upstream connection, send
-/// it with `Connection: close`, and stream the answer back; repeat for keep-alive.
+/// it with `Connection: close`, and stream the answer back, then close.
 async fn proxy_conn(
     mut client: TcpStream,
     upstream: &str,
@@ -182,41 +189,40 @@ async fn proxy_conn(
     up: Arc<AtomicBool>,
     throttle: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
-    loop {
-        let mut head = Vec::new();
-        let mut b = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") {
-            if client.read(&mut b).await? == 0 {
-                return Ok(());
-            }
-            head.push(b[0]);
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if client.read(&mut b).await? == 0 {
+            return Ok(());
         }
-        let text = String::from_utf8_lossy(&head).to_string();
-        let path = text.split(' ').nth(1).unwrap_or("").to_string();
-        *counts.lock().expect("lock").entry(path).or_insert(0) += 1;
-        let mut lines: Vec<&str> = text.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
-        lines.push("Connection: close");
-        let req = format!("{}\r\n\r\n", lines.join("\r\n"));
-        let mut server = TcpStream::connect(upstream).await?;
-        server.write_all(req.as_bytes()).await?;
-        // Read the response fully (upstream closes), forward it with Connection: close.
-        let mut buf = vec![0u8; 16384];
-        loop {
-            if !up.load(Ordering::SeqCst) {
-                return Ok(()); // cut mid-response
-            }
-            let n = server.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            client.write_all(&buf[..n]).await?;
-            let bps = throttle.load(Ordering::SeqCst);
-            if bps > 0 {
-                tokio::time::sleep(std::time::Duration::from_secs_f64(n as f64 / bps as f64)).await;
-            }
-        }
-        return Ok(());
+        head.push(b[0]);
     }
+    let text = String::from_utf8_lossy(&head).to_string();
+    let path = text.split(' ').nth(1).unwrap_or("").to_string();
+    *counts.lock().expect("lock").entry(path).or_insert(0) += 1;
+    let mut lines: Vec<&str> =
+        text.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
+    lines.push("Connection: close");
+    let req = format!("{}\r\n\r\n", lines.join("\r\n"));
+    let mut server = TcpStream::connect(upstream).await?;
+    server.write_all(req.as_bytes()).await?;
+    // Read the response fully (upstream closes), forward it with Connection: close.
+    let mut buf = vec![0u8; 16384];
+    loop {
+        if !up.load(Ordering::SeqCst) {
+            return Ok(()); // cut mid-response
+        }
+        let n = server.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        client.write_all(&buf[..n]).await?;
+        let bps = throttle.load(Ordering::SeqCst);
+        if bps > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(n as f64 / bps as f64)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Parses expected/multilayer.txt and checks `root` against it.
