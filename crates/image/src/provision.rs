@@ -20,6 +20,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::digest::Digest;
 use crate::store::{Image, Store};
@@ -141,7 +142,15 @@ impl Provisioner {
         backend: Backend,
     ) -> Result<PathBuf, ProvisionError> {
         let span = tracing::info_span!("provision", container = container_id, image = %image.id, %backend);
-        let _e = span.enter();
+        self.provision_inner(container_id, image, backend).instrument(span).await
+    }
+
+    async fn provision_inner(
+        &self,
+        container_id: &str,
+        image: &Image,
+        backend: Backend,
+    ) -> Result<PathBuf, ProvisionError> {
         if !valid_id(container_id) {
             return Err(ProvisionError::InvalidContainerId(container_id.into()));
         }

@@ -335,7 +335,9 @@ mod tests {
         let defaults = ReferenceDefaults { registry: "127.0.0.1:5000".into() };
         let r = Reference::parse_with("busybox", &defaults).expect("parse");
         assert_eq!(r.to_string(), "127.0.0.1:5000/busybox:latest");
-        assert_eq!(p("a.b-c__d---e/f").repository(), "a.b-c__d---e/f");
+        assert_eq!(p("ns/a.b-c__d---e").repository(), "ns/a.b-c__d---e");
+        // A first component with a dot is a registry host, as in Docker.
+        assert!(Reference::parse("a.b_c/f").is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use tracing::Instrument;
 
 use crate::digest::{Algorithm, Digest};
 use crate::reference::{Reference, DOCKER_HUB};
@@ -221,9 +222,17 @@ impl Store {
     /// `repositories` + `<id>/json` + `<id>/layer.tar` format). Each image is registered under
     /// its `RepoTags`, and under `name` too when given.
     pub async fn import_docker_archive(&self, path: &Path, name: Option<&Reference>) -> Result<Vec<Image>, StoreError> {
+        let span = tracing::info_span!("import", image = %path.display());
+        let _gc = self.inner.gc.read().await;
+        self.import_docker_archive_inner(path, name).instrument(span).await
+    }
+
+    async fn import_docker_archive_inner(
+        &self,
+        path: &Path,
+        name: Option<&Reference>,
+    ) -> Result<Vec<Image>, StoreError> {
         let shown = path.display().to_string();
-        let span = tracing::info_span!("import", image = %shown);
-        let _s = span.enter();
         let p = path.to_path_buf();
         let index = tokio::task::spawn_blocking(move || index_tar(&p))
             .await
@@ -469,6 +478,12 @@ impl Store {
     /// Imports an appc ACI (a tar, optionally gzip/zstd-compressed, holding `manifest` and
     /// `rootfs/`) as a one-layer image, registered as `appc:<name>` (+`:<version>` label).
     pub async fn import_aci(&self, path: &Path) -> Result<Image, StoreError> {
+        let span = tracing::info_span!("import", image = %path.display());
+        let _gc = self.inner.gc.read().await;
+        self.import_aci_inner(path).instrument(span).await
+    }
+
+    async fn import_aci_inner(&self, path: &Path) -> Result<Image, StoreError> {
         let shown = path.display().to_string();
         let len = std::fs::metadata(path).map_err(StoreError::io("stat", path))?.len();
         let slice = FileSlice { path: path.to_path_buf(), offset: 0, len };
@@ -629,6 +644,7 @@ pub(crate) async fn pull_local_registry(store: &Store, dir: &Path, r: &Reference
         return Err(StoreError::NotFound { image: format!("{r} (no tarball in local registry {})", dir.display()) });
     };
     let images = store.import_docker_archive(&path, Some(r)).await?;
+    let _gc = store.inner.gc.read().await;
     let wanted = r.to_string();
     let img = images
         .iter()

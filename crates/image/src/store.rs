@@ -295,7 +295,7 @@ pub(crate) struct Inner {
     pub(crate) whiteouts: WhiteoutMode,
     locks: KeyedLocks,
     downloads: tokio::sync::Semaphore,
-    gc: tokio::sync::RwLock<()>,
+    pub(crate) gc: tokio::sync::RwLock<()>,
     refs: Mutex<BTreeMap<String, Digest>>,
 }
 

@@ -48,6 +48,8 @@ pub fn images_dir() -> PathBuf {
         .status()
         .expect("make-images.sh");
     assert!(st.success(), "make-images.sh failed; see {}", log.display());
+    let _ = std::fs::remove_file(&log);
+    let _ = std::fs::remove_file(log.with_extension("err"));
     out
 }
 
@@ -60,6 +62,7 @@ pub struct Registry {
     pub addr: String,
     state: PathBuf,
     script: PathBuf,
+    log: PathBuf,
 }
 
 impl Registry {
@@ -74,9 +77,9 @@ impl Registry {
             N.fetch_add(1, Ordering::SeqCst)
         ));
         let script = fx.join("registry.sh");
-        let mut reg = Registry { addr: String::new(), state: state.clone(), script: script.clone() };
         let log = std::env::temp_dir()
             .join(format!("agora-image-registry-{}.log", state.file_name().expect("n").to_string_lossy()));
+        let mut reg = Registry { addr: String::new(), state: state.clone(), script: script.clone(), log: log.clone() };
         let mut cmd = Command::new("bash");
         cmd.arg(&script).arg("start");
         if !mode.is_empty() {
@@ -116,6 +119,10 @@ impl Drop for Registry {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+            let _ = std::fs::remove_file(self.log.with_extension("push"));
+        }
     }
 }
 
