@@ -13,7 +13,7 @@
 //! empty, containment per class, empty entries dropped); property tests compare the two.
 
 use crate::HandleHasher;
-use agora_api::resources::{normalize_ranges, Range, Ranges, Scalar, Set, ValueType};
+use agora_api::resources::{normalize_ranges, AllocationInfo, Range, Ranges, Scalar, Set, ValueType};
 use agora_api::{Resource, Resources};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -448,15 +448,32 @@ impl Bundle {
     }
 
     fn wire(&self, e: &Entry, cat: &Catalog, role: Option<&str>) -> Resource {
-        let mut r = cat.protos[e.kind as usize].clone().with_allocation(role);
+        let p = &cat.protos[e.kind as usize];
+        let (mut scalar, mut ranges, mut set) = (None, None, None);
         match &e.value {
-            Value::Scalar(v) => r.scalar = Some(Scalar { value: *v as f64 / 1000.0 }),
+            Value::Scalar(v) => scalar = Some(Scalar { value: *v as f64 / 1000.0 }),
             Value::Ranges(v) => {
-                r.ranges = Some(Ranges { range: v.iter().map(|&(begin, end)| Range { begin, end }).collect() })
+                ranges = Some(Ranges { range: v.iter().map(|&(begin, end)| Range { begin, end }).collect() })
             }
-            Value::Set(v) => r.set = Some(Set { item: v.clone() }),
+            Value::Set(v) => set = Some(Set { item: v.clone() }),
         }
-        r
+        // Built field by field rather than cloned from the prototype and overwritten: this
+        // is the one place a cycle allocates memory per resource.
+        Resource {
+            name: p.name.clone(),
+            kind: p.kind,
+            scalar,
+            ranges,
+            set,
+            role: p.role.clone(),
+            allocation_info: role.map(|r| AllocationInfo { role: Some(r.to_string()) }),
+            reservation: p.reservation.clone(),
+            reservations: p.reservations.clone(),
+            disk: p.disk.clone(),
+            revocable: p.revocable.clone(),
+            shared: p.shared.clone(),
+            provider_id: p.provider_id.clone(),
+        }
     }
 }
 

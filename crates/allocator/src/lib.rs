@@ -30,7 +30,7 @@ mod compact;
 
 use agora_api::{AgentId, FrameworkId, Resources};
 use compact::{Bundle, Catalog, Qty, RoleIdx};
-use std::borrow::Cow;
+use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::ops::Bound::{Excluded, Unbounded};
@@ -119,32 +119,92 @@ impl Hasher for HandleHasher {
 type HandleSet = HashSet<u32, BuildHasherDefault<HandleHasher>>;
 type HandleMap<V> = HashMap<u32, V, BuildHasherDefault<HandleHasher>>;
 
+/// A member of a [`Sorter`]: (share, name, handle), ordered in that order.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key(Share, Arc<str>, u32);
+
+/// A [`Key`] as borrowed parts, so that a sorter is searched without cloning the name.
+trait KeyParts {
+    fn parts(&self) -> (Share, &str, u32);
+}
+
+impl KeyParts for Key {
+    fn parts(&self) -> (Share, &str, u32) {
+        (self.0, &self.1, self.2)
+    }
+}
+
+impl KeyParts for (Share, &str, u32) {
+    fn parts(&self) -> (Share, &str, u32) {
+        *self
+    }
+}
+
+impl<'a> Borrow<dyn KeyParts + 'a> for Key {
+    fn borrow(&self) -> &(dyn KeyParts + 'a) {
+        self
+    }
+}
+
+impl PartialEq for dyn KeyParts + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.parts() == other.parts()
+    }
+}
+
+impl Eq for dyn KeyParts + '_ {}
+
+impl PartialOrd for dyn KeyParts + '_ {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Agrees with [`Key`]'s derived order (`Arc<str>` orders as `str`).
+impl Ord for dyn KeyParts + '_ {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.parts().cmp(&other.parts())
+    }
+}
+
 /// Members (role or framework handles) kept in (share, name, handle) order; updating one
-/// costs O(log n). Names are shared, so re-sorting allocates nothing.
+/// costs O(log n) and moves its name rather than cloning it.
 #[derive(Debug, Default)]
 struct Sorter {
-    order: BTreeSet<(Share, Arc<str>, u32)>,
+    order: BTreeSet<Key>,
     share: HandleMap<(Share, Arc<str>)>,
+    /// The members in handle order, to walk beside other lists in handle order.
+    handles: Vec<u32>,
 }
 
 impl Sorter {
     fn set(&mut self, h: u32, name: &Arc<str>, share: Share) {
         match self.share.get_mut(&h) {
-            Some((old, _)) if *old == share => return,
+            Some((old, _)) if *old == share => {}
             Some((old, name)) => {
-                self.order.remove(&(*old, Arc::clone(name), h));
+                let key = match self.order.take(&(*old, &**name, h) as &dyn KeyParts) {
+                    Some(Key(_, taken, _)) => Key(share, taken, h),
+                    None => Key(share, Arc::clone(name), h),
+                };
                 *old = share;
+                self.order.insert(key);
             }
             None => {
                 self.share.insert(h, (share, Arc::clone(name)));
+                if let Err(at) = self.handles.binary_search(&h) {
+                    self.handles.insert(at, h);
+                }
+                self.order.insert(Key(share, Arc::clone(name), h));
             }
         }
-        self.order.insert((share, Arc::clone(name), h));
     }
 
     fn remove(&mut self, h: u32) {
         if let Some((old, name)) = self.share.remove(&h) {
-            self.order.remove(&(old, name, h));
+            self.order.remove(&(old, &*name, h) as &dyn KeyParts);
+            if let Ok(at) = self.handles.binary_search(&h) {
+                self.handles.remove(at);
+            }
         }
     }
 
@@ -161,7 +221,13 @@ impl Sorter {
     }
 
     fn first(&self) -> Option<u32> {
-        self.order.first().map(|e| e.2)
+        self.order.first().map(|k| k.2)
+    }
+
+    /// The first member after `(share, name, h)`.
+    fn after(&self, share: Share, name: &str, h: u32) -> Option<&Key> {
+        let key = (share, name, h);
+        self.order.range::<dyn KeyParts, _>((Excluded(&key as &dyn KeyParts), Unbounded)).next()
     }
 }
 
@@ -341,14 +407,24 @@ pub struct Allocator {
 struct Covers<'a> {
     role: RoleIdx,
     offered: &'a Bundle,
+    /// The last one looked at: consecutive filters usually share it.
+    last: Option<(usize, bool)>,
     known: HashMap<usize, bool, BuildHasherDefault<HandleHasher>>,
 }
 
 impl Covers<'_> {
     fn check(&mut self, f: &Filter) -> bool {
-        let (role, offered) = (self.role, self.offered);
         let key = Arc::as_ptr(&f.refused) as usize;
-        *self.known.entry(key).or_insert_with(|| f.refused.role == role && f.refused.resources.contains(offered))
+        if let Some((last, covers)) = self.last {
+            if last == key {
+                return covers;
+            }
+        }
+        let (role, offered) = (self.role, self.offered);
+        let covers =
+            *self.known.entry(key).or_insert_with(|| f.refused.role == role && f.refused.resources.contains(offered));
+        self.last = Some((key, covers));
+        covers
     }
 }
 
@@ -363,14 +439,22 @@ fn pick_framework(
     now: Duration,
 ) -> Result<FwIdx, Duration> {
     filters.expire(now);
-    let mut covers = Covers { role, offered, known: HashMap::default() };
+    let mut covers = Covers { role, offered, last: None, known: HashMap::default() };
     // Unless most of the agent's filters are other roles' (then members are looked up one
-    // by one), one pass over them, one block of memory, tells whether every member refused:
-    // the common case once offers get declined.
+    // by one), one pass over them beside the members, both in handle order, tells whether
+    // every member refused: the common case once offers get declined.
     if filters.list.len() <= 4 * members.len() {
         let (mut refusing, mut earliest) = (0, Duration::MAX);
+        let mut m = 0;
         for block in filters.list.chunk_by(|a, b| a.framework == b.framework) {
-            if !members.contains(block[0].framework) {
+            let fw = block[0].framework;
+            // Both lists are usually dense: step, and search only when far behind.
+            let rest = &members.handles[m..];
+            m += match rest.get(8) {
+                Some(h) if *h < fw => rest.partition_point(|h| *h < fw),
+                _ => rest.iter().take_while(|h| **h < fw).count(),
+            };
+            if members.handles.get(m) != Some(&fw) {
                 continue;
             }
             if let Some(until) = block.iter().filter(|f| covers.check(f)).map(|f| f.until).max() {
@@ -383,7 +467,7 @@ fn pick_framework(
         }
     }
     let mut earliest = Duration::MAX;
-    for &(_, _, fw) in &members.order {
+    for &Key(_, _, fw) in &members.order {
         match filters.list[filters.of(fw)].iter().filter(|f| covers.check(f)).map(|f| f.until).max() {
             None => return Ok(fw),
             Some(until) => earliest = earliest.min(until),
@@ -536,7 +620,8 @@ impl Allocator {
         self.agent_slots.insert(id.clone(), slot);
         for (h, role, taken) in grants {
             if !taken.is_empty() {
-                self.grant(slot, h, role, taken);
+                let q = taken.qty(&self.cat);
+                self.grant(slot, h, role, taken, &q);
             }
         }
         for (fw, _) in used {
@@ -808,31 +893,35 @@ impl Allocator {
 
     /// Offers what the agent has left, role by role in DRF order.
     fn allocate_agent(&mut self, slot: AgentIdx, now: Duration, out: &mut Vec<Allocation>) {
-        let mut cursor: Option<(Share, Arc<str>, RoleIdx)> = None;
+        let mut cursor: Option<(Share, RoleIdx)> = None;
         loop {
             let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
-            if !agent.active || !allocatable(&self.config, &agent.available.qty(&self.cat)) {
+            let available = agent.available.qty(&self.cat);
+            if !agent.active || !allocatable(&self.config, &available) {
                 return;
             }
             // A role that gets resources moves back, with nothing left to use here, so
             // meeting it again is harmless.
-            let next = match &cursor {
+            let next = match cursor {
                 None => self.roles.order.first(),
-                Some(c) => self.roles.order.range((Excluded(c), Unbounded)).next(),
+                Some((share, r)) => self.roles.after(share, self.cat.role_name(r), r),
             };
-            let Some(entry) = next else { return };
-            let role = entry.2;
-            cursor = Some(entry.clone());
+            let Some(&Key(share, _, role)) = next else { return };
+            cursor = Some((share, role));
             let Some(rs) = self.role_states.get(role as usize) else { continue };
             if agent.all_filtered.get(&role).is_some_and(|f| f.joined == rs.joined && now < f.until) {
                 continue;
             }
             let all_usable = agent.available.all_usable_by(&self.cat, role);
-            let usable = match all_usable {
-                true => Cow::Borrowed(&agent.available),
-                false => Cow::Owned(agent.available.usable_by(&self.cat, role)),
+            let (usable, q) = match all_usable {
+                true => (Cow::Borrowed(&agent.available), available),
+                false => {
+                    let usable = agent.available.usable_by(&self.cat, role);
+                    let q = usable.qty(&self.cat);
+                    (Cow::Owned(usable), q)
+                }
             };
-            if !allocatable(&self.config, &usable.qty(&self.cat)) {
+            if !allocatable(&self.config, &q) {
                 continue;
             }
             let fw = if agent.filters.list.is_empty() {
@@ -855,7 +944,7 @@ impl Allocator {
             let name = self.cat.role_name(role);
             let resources = taken.to_resources(&self.cat, Some(name));
             let (agent_id, role_name) = (agent.id.clone(), name.to_string());
-            self.grant(slot, fw, role, taken);
+            self.grant(slot, fw, role, taken, &q);
             if let Some(f) = self.fws.get(&fw) {
                 out.push(Allocation { framework_id: f.id.clone(), agent_id, role: role_name, resources });
             }
@@ -863,8 +952,8 @@ impl Allocator {
     }
 
     /// Records `res` for the framework and role, already taken from the agent's available.
-    fn grant(&mut self, slot: AgentIdx, fw: FwIdx, role: RoleIdx, res: Bundle) {
-        let q = res.qty(&self.cat);
+    /// `q`: the amounts of `res`.
+    fn grant(&mut self, slot: AgentIdx, fw: FwIdx, role: RoleIdx, res: Bundle, q: &Qty) {
         if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
             match agent.allocations.binary_search_by_key(&(fw, role), |x| (x.fw, x.role)) {
                 Ok(i) => agent.allocations[i].res.add_owned(res),
@@ -874,7 +963,7 @@ impl Allocator {
         if let Some(f) = self.fws.get_mut(&fw) {
             f.agents.insert(slot);
         }
-        self.track(fw, role, &q, 1);
+        self.track(fw, role, q, 1);
     }
 
     /// Adds (`sign` 1) or takes off (-1) allocated amounts in the share accounting.
@@ -1109,6 +1198,9 @@ mod tests {
             for (r, rs) in self.role_states.iter().enumerate() {
                 let r = r as RoleIdx;
                 assert_eq!(rs.members.order.len(), rs.members.len());
+                let mut handles: Vec<u32> = rs.members.share.keys().copied().collect();
+                handles.sort_unstable();
+                assert_eq!(handles, rs.members.handles, "role {r} member handles");
                 assert_eq!(self.roles.contains(r), !rs.members.is_empty(), "role {r} listed");
                 for (h, (s, _)) in &rs.members.share {
                     let fw = &self.fws[h];
@@ -1159,6 +1251,12 @@ mod tests {
         fn filter_count(&self) -> usize {
             self.agents.iter().flatten().map(|a| a.filters.list.len()).sum()
         }
+    }
+
+    #[test]
+    fn the_allocator_can_move_between_threads() {
+        fn send<T: Send + Sync>() {}
+        send::<Allocator>();
     }
 
     #[test]
