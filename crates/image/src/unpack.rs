@@ -30,13 +30,14 @@
 //!   can be used as an overlay lowerdir; [`WhiteoutMode::Keep`] keeps the marker files (empty
 //!   regular files) for stores that cannot create those; the copy backend understands both.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::digest::{Algorithm, Digest, HashingReader};
@@ -68,6 +69,8 @@ pub struct UnpackOptions {
     pub strip_prefix: Option<String>,
     /// Interpret `.wh.` names at all (false for ACIs, which have no whiteouts).
     pub whiteouts_enabled: bool,
+    /// Threads creating small files (0 = all on the reading thread).
+    pub writer_threads: usize,
 }
 
 impl Default for UnpackOptions {
@@ -77,6 +80,7 @@ impl Default for UnpackOptions {
             same_owner: nix::unistd::geteuid().is_root(),
             strip_prefix: None,
             whiteouts_enabled: true,
+            writer_threads: 2,
         }
     }
 }
@@ -127,6 +131,168 @@ impl UnpackError {
     }
 }
 
+/// Copies `r` into `f`, skipping all-zero chunks so the file stays sparse.
+fn copy_sparse<R: Read>(r: &mut R, f: &mut File, dest: &Path, buf: &mut [u8]) -> Result<u64, UnpackError> {
+    let mut total = 0u64;
+    let mut hole = false;
+    loop {
+        let n = match r.read(buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(UnpackError::Read(e)),
+        };
+        let chunk = &buf[..n];
+        if n >= 4096 && chunk.iter().all(|&b| b == 0) {
+            f.seek(SeekFrom::Current(n as i64)).map_err(UnpackError::io("seek", dest))?;
+            hole = true;
+        } else {
+            f.write_all(chunk).map_err(UnpackError::io("write", dest))?;
+            hole = false;
+        }
+        total += n as u64;
+    }
+    if hole {
+        f.set_len(total).map_err(UnpackError::io("truncate", dest))?;
+    }
+    Ok(total)
+}
+
+fn create_file(dest: &Path, m: &FileMeta) -> Result<File, UnpackError> {
+    // Created with its final permission bits when the umask cannot change them (saves an
+    // fchmod per file); otherwise private until `finish_file` sets the mode.
+    let mode = if m.mode_at_create() { m.mode & 0o777 } else { 0o600 };
+    OpenOptions::new().write(true).create_new(true).mode(mode).open(dest).map_err(UnpackError::io("create", dest))
+}
+
+/// The process umask, from /proc (reading it with umask(2) would race other threads).
+fn read_umask() -> Option<u32> {
+    let s = fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+    u32::from_str_radix(line.trim_start_matches("Umask:").trim(), 8).ok()
+}
+
+/// Metadata applied to a regular file once its data is written.
+struct FileMeta {
+    mode: u32,
+    uid: u64,
+    gid: u64,
+    mtime: u64,
+    xattrs: Vec<(String, Vec<u8>)>,
+    same_owner: bool,
+    umask: Option<u32>,
+}
+
+impl FileMeta {
+    fn mode_at_create(&self) -> bool {
+        self.mode & 0o7000 == 0 && self.umask.is_some_and(|u| self.mode & u == 0)
+    }
+}
+
+/// Owner (only if it differs from ours: a new file already has our ids, and no directory
+/// is setgid while a layer is unpacked since modes are applied at the end), mode (only if
+/// the creation mode was not already right), xattrs, times.
+fn finish_file(f: &File, dest: &Path, m: &FileMeta) -> Result<(), UnpackError> {
+    let (euid, egid) = (nix::unistd::geteuid().as_raw() as u64, nix::unistd::getegid().as_raw() as u64);
+    let chowned = m.same_owner && (m.uid != euid || m.gid != egid);
+    if chowned {
+        std::os::unix::fs::fchown(f, Some(m.uid as u32), Some(m.gid as u32)).map_err(UnpackError::io("chown", dest))?;
+    }
+    if chowned || !m.mode_at_create() {
+        f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(m.mode))
+            .map_err(UnpackError::io("chmod", dest))?;
+    }
+    apply_xattrs(dest, &m.xattrs)?;
+    let t = SystemTime::UNIX_EPOCH + Duration::from_secs(m.mtime);
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(UnpackError::io("set times", dest))
+}
+
+/// Files up to this size are handed to writer threads whole.
+const INLINE_MAX: u64 = 1 << 20;
+
+struct Job {
+    dest: PathBuf,
+    data: Vec<u8>,
+    meta: FileMeta,
+}
+
+#[derive(Default)]
+struct PoolState {
+    pending: HashSet<PathBuf>,
+    error: Option<UnpackError>,
+}
+
+/// Writer threads for small files: the tar stream is read in order by one thread, and
+/// creating/writing/closing files (where the time goes) overlaps on others. An entry that
+/// touches a path still being written, and every entry other than plain files, dirs and
+/// symlinks, waits for the writers to drain first ([`Pool::flush`]).
+struct Pool {
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    state: std::sync::Arc<(Mutex<PoolState>, Condvar)>,
+}
+
+impl Pool {
+    fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+    fn is_pending(&self, p: &Path) -> bool {
+        self.tx.is_some() && self.state.0.lock().unwrap_or_else(|e| e.into_inner()).pending.contains(p)
+    }
+    fn submit(&self, job: Job) -> Result<(), UnpackError> {
+        {
+            let mut st = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(e) = st.error.take() {
+                return Err(e);
+            }
+            st.pending.insert(job.dest.clone());
+        }
+        let Some(tx) = &self.tx else { return Err(UnpackError::Read(io::Error::other("no writer threads"))) };
+        tx.send(job).map_err(|_| UnpackError::Read(io::Error::other("writer threads stopped")))
+    }
+    fn flush(&self) -> Result<(), UnpackError> {
+        if self.tx.is_none() {
+            return Ok(());
+        }
+        let (lock, cv) = &*self.state;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        while !st.pending.is_empty() && st.error.is_none() {
+            st = cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+        match st.error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn writer(
+    rx: std::sync::Arc<Mutex<std::sync::mpsc::Receiver<Job>>>,
+    state: std::sync::Arc<(Mutex<PoolState>, Condvar)>,
+) {
+    loop {
+        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(j) => j,
+            Err(_) => return,
+        };
+        let res = (|| {
+            let mut f = create_file(&job.dest, &job.meta)?;
+            if job.data.len() >= 4096 && job.data.iter().all(|&b| b == 0) {
+                f.set_len(job.data.len() as u64).map_err(UnpackError::io("truncate", &job.dest))?;
+            } else {
+                f.write_all(&job.data).map_err(UnpackError::io("write", &job.dest))?;
+            }
+            finish_file(&f, &job.dest, &job.meta)
+        })();
+        let (lock, cv) = &*state;
+        let mut st = lock.lock().unwrap_or_else(|e| e.into_inner());
+        st.pending.remove(&job.dest);
+        if let Err(e) = res {
+            st.error.get_or_insert(e);
+        }
+        cv.notify_all();
+    }
+}
+
 struct DirMeta {
     path: PathBuf,
     mode: u32,
@@ -144,28 +310,63 @@ struct Unpacker<'a> {
     /// Only holds verified directories; cleared whenever a directory is removed.
     parents: HashMap<Vec<u8>, PathBuf>,
     buf: Vec<u8>,
+    pool: Pool,
+    umask: Option<u32>,
 }
 
 /// Unpacks the (uncompressed) tar stream `reader` into `root`, which must exist.
 pub fn unpack<R: Read>(reader: R, root: &Path, opts: &UnpackOptions) -> Result<UnpackStats, UnpackError> {
-    let mut u = Unpacker {
-        root: root.to_path_buf(),
-        opts,
-        stats: UnpackStats::default(),
-        dirs: Vec::new(),
-        parents: HashMap::new(),
-        buf: vec![0u8; CHUNK],
-    };
-    let mut archive = tar::Archive::new(reader);
-    for entry in archive.entries().map_err(UnpackError::Read)? {
-        let mut entry = entry.map_err(UnpackError::Read)?;
-        u.entry(&mut entry)?;
+    let state = std::sync::Arc::new((Mutex::new(PoolState::default()), Condvar::new()));
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(32);
+    let rx = std::sync::Arc::new(Mutex::new(rx));
+    let threads = opts.writer_threads;
+    std::thread::scope(|scope| {
+        let mut tx = Some(tx);
+        for _ in 0..threads {
+            let (rx, st) = (rx.clone(), state.clone());
+            if std::thread::Builder::new()
+                .name("layer-writer".into())
+                .spawn_scoped(scope, move || writer(rx, st))
+                .is_err()
+            {
+                break;
+            }
+        }
+        if threads == 0 {
+            tx = None;
+        }
+        let mut u = Unpacker {
+            root: root.to_path_buf(),
+            opts,
+            stats: UnpackStats::default(),
+            dirs: Vec::new(),
+            parents: HashMap::new(),
+            buf: vec![0u8; CHUNK],
+            pool: Pool { tx, state: state.clone() },
+            umask: read_umask(),
+        };
+        let res = u.run(reader);
+        let flushed = u.pool.flush();
+        u.pool.tx = None; // writers exit
+        res?;
+        flushed?;
+        u.finish_dirs()?;
+        Ok(u.stats)
+    })
+}
+
+impl Unpacker<'_> {
+    fn run<R: Read>(&mut self, reader: R) -> Result<(), UnpackError> {
+        let mut archive = tar::Archive::new(reader);
+        for entry in archive.entries().map_err(UnpackError::Read)? {
+            let mut entry = entry.map_err(UnpackError::Read)?;
+            self.entry(&mut entry)?;
+        }
+        // Drain trailing blocks so whoever hashes the stream sees all of it.
+        let mut inner = archive.into_inner();
+        io::copy(&mut inner, &mut io::sink()).map_err(UnpackError::Read)?;
+        Ok(())
     }
-    // Drain trailing blocks so whoever hashes the stream sees all of it.
-    let mut inner = archive.into_inner();
-    io::copy(&mut inner, &mut io::sink()).map_err(UnpackError::Read)?;
-    u.finish_dirs()?;
-    Ok(u.stats)
 }
 
 /// Splits an archive path into safe components (no `..`, no leading `/`).
@@ -241,34 +442,39 @@ impl Unpacker<'_> {
                 self.dirs.push(DirMeta { path: dest, mode, uid, gid, mtime });
             }
             T::Regular | T::Continuous | T::GNUSparse => {
+                if self.pool.is_pending(&dest) {
+                    self.pool.flush()?;
+                }
                 self.remove_existing(&dest)?;
                 let xattrs = pax_xattrs(entry)?;
                 let size = entry.size();
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&dest)
-                    .map_err(UnpackError::io("create", &dest))?;
-                let written = self.copy_sparse(entry, &mut f, &dest)?;
-                if written != size && kind != T::GNUSparse {
-                    return Err(UnpackError::Read(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{}: archive ended inside the file", shown()),
-                    )));
-                }
-                self.stats.file_bytes += written;
+                let meta =
+                    FileMeta { mode, uid, gid, mtime, xattrs, same_owner: self.opts.same_owner, umask: self.umask };
                 self.stats.files += 1;
-                if self.opts.same_owner {
-                    std::os::unix::fs::fchown(&f, Some(uid as u32), Some(gid as u32))
-                        .map_err(UnpackError::io("chown", &dest))?;
+                if size <= INLINE_MAX && kind != T::GNUSparse && self.pool.enabled() {
+                    // Small file: read it here, let a writer thread create it.
+                    let mut data = Vec::with_capacity(size as usize);
+                    entry.read_to_end(&mut data).map_err(UnpackError::Read)?;
+                    if data.len() as u64 != size {
+                        return Err(UnpackError::Read(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{}: archive ended inside the file", shown()),
+                        )));
+                    }
+                    self.stats.file_bytes += size;
+                    self.pool.submit(Job { dest, data, meta })?;
+                } else {
+                    let mut f = create_file(&dest, &meta)?;
+                    let written = copy_sparse(entry, &mut f, &dest, &mut self.buf)?;
+                    if written != size && kind != T::GNUSparse {
+                        return Err(UnpackError::Read(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            format!("{}: archive ended inside the file", shown()),
+                        )));
+                    }
+                    self.stats.file_bytes += written;
+                    finish_file(&f, &dest, &meta)?;
                 }
-                f.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))
-                    .map_err(UnpackError::io("chmod", &dest))?;
-                apply_xattrs(&dest, &xattrs)?;
-                let t = SystemTime::UNIX_EPOCH + Duration::from_secs(mtime);
-                f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
-                    .map_err(UnpackError::io("set times", &dest))?;
             }
             T::Symlink => {
                 let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
@@ -287,6 +493,7 @@ impl Unpacker<'_> {
                 self.stats.symlinks += 1;
             }
             T::Link => {
+                self.pool.flush()?;
                 let target = entry.link_name_bytes().map(|c| c.into_owned()).unwrap_or_default();
                 let bad = |reason| UnpackError::BadLink {
                     path: shown(),
@@ -341,6 +548,7 @@ impl Unpacker<'_> {
     }
 
     fn whiteout(&mut self, parent: &[&[u8]], name: &OsStr) -> Result<(), UnpackError> {
+        self.pool.flush()?;
         let dir = self.parent_dir(parent)?;
         self.stats.whiteouts += 1;
         let bytes = name.as_bytes();
@@ -384,10 +592,16 @@ impl Unpacker<'_> {
     fn remove_existing(&mut self, dest: &Path) -> Result<(), UnpackError> {
         match fs::symlink_metadata(dest) {
             Ok(m) if m.is_dir() => {
+                self.pool.flush()?;
                 self.parents.clear();
                 fs::remove_dir_all(dest).map_err(UnpackError::io("remove", dest))
             }
-            Ok(_) => fs::remove_file(dest).map_err(UnpackError::io("remove", dest)),
+            Ok(_) => {
+                if self.pool.is_pending(dest) {
+                    self.pool.flush()?;
+                }
+                fs::remove_file(dest).map_err(UnpackError::io("remove", dest))
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(UnpackError::io("stat", dest)(e)),
         }
@@ -409,33 +623,6 @@ impl Unpacker<'_> {
 
     fn resolve_existing(&self, comps: &[&[u8]]) -> Result<PathBuf, UnpackError> {
         resolve_in_root(&self.root, comps, false)
-    }
-
-    /// Copies the entry's data, skipping all-zero chunks so the file stays sparse.
-    fn copy_sparse<R: Read>(&mut self, r: &mut R, f: &mut File, dest: &Path) -> Result<u64, UnpackError> {
-        let mut total = 0u64;
-        let mut hole = false;
-        loop {
-            let n = match r.read(&mut self.buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(UnpackError::Read(e)),
-            };
-            let chunk = &self.buf[..n];
-            if n >= 4096 && chunk.iter().all(|&b| b == 0) {
-                f.seek(SeekFrom::Current(n as i64)).map_err(UnpackError::io("seek", dest))?;
-                hole = true;
-            } else {
-                f.write_all(chunk).map_err(UnpackError::io("write", dest))?;
-                hole = false;
-            }
-            total += n as u64;
-        }
-        if hole {
-            f.set_len(total).map_err(UnpackError::io("truncate", dest))?;
-        }
-        Ok(total)
     }
 
     fn finish_dirs(&mut self) -> Result<(), UnpackError> {

@@ -173,3 +173,34 @@ fn whiteouts_kept_as_markers() {
     assert!(root.join("data/opq/.wh..wh..opq").is_file());
     assert!(std::fs::symlink_metadata(root.join("data/a")).is_err());
 }
+
+#[test]
+fn later_entries_win_with_writer_threads() {
+    let (_t, root, _outside) = setup();
+    let mut b = LayerBuilder::new();
+    for i in 0..200 {
+        b = b.file(&format!("d/f{i}"), format!("first {i}").as_bytes(), 0o644);
+    }
+    let layer = b
+        .file("d/f1", b"second", 0o600)
+        .symlink("d/f2", "f1")
+        .hardlink("d/f3", "d/f1")
+        .file("d/.wh.f4", b"", 0o644)
+        .dir("d", 0o700)
+        .tar();
+    for threads in [0, 2, 4] {
+        let r = root.join(format!("t{threads}"));
+        std::fs::create_dir(&r).expect("mkdir");
+        let o = UnpackOptions { writer_threads: threads, ..opts(WhiteoutMode::Keep) };
+        unpack(&layer[..], &r, &o).expect("unpack");
+        assert_eq!(std::fs::read_to_string(r.join("d/f1")).expect("f1"), "second");
+        let m = std::fs::metadata(r.join("d/f1")).expect("f1");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600);
+        assert_eq!(m.mtime(), 1_700_000_000);
+        assert_eq!(m.nlink(), 2, "f3 is a hard link to the second f1");
+        assert!(std::fs::symlink_metadata(r.join("d/f2")).expect("f2").is_symlink());
+        assert_eq!(std::fs::read_to_string(r.join("d/f199")).expect("f199"), "first 199");
+        assert_eq!(std::fs::metadata(r.join("d")).expect("d").permissions().mode() & 0o777, 0o700);
+        assert_eq!(std::fs::metadata(r.join("d")).expect("d").mtime(), 1_700_000_000);
+    }
+}
