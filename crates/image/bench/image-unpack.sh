@@ -19,19 +19,24 @@ zstd -q -3 -c "$W/layer.tar" >"$W/layer.tar.zst"
 FILES=$(tar -tf "$W/layer.tar" | wc -l)
 echo "layer: $SRC, $FILES entries, $(du -h "$W/layer.tar" | cut -f1) tar, $(du -h "$W/layer.tar.gz" | cut -f1) gz, $(du -h "$W/layer.tar.zst" | cut -f1) zst"
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-run() { # NAME CMD... ; each run into a fresh dir, page cache warm, output dropped
-  local i t out
-  for i in $(seq 1 "$N"); do
-    out="$W/out-$i"; rm -rf "$out"; mkdir -p "$out"; sync
-    t=$( { /usr/bin/time -f %e "$@" "$out" >/dev/null; } 2>&1 | tail -1 )
-    echo "$t"; rm -rf "$out"
-  done | median
+once() { # CMD... OUT: one run into a fresh dir (page cache warm, dirty data synced first)
+  local out=$W/out t
+  rm -rf "$out"; mkdir -p "$out"; sync
+  t=$( { /usr/bin/time -f %e "$@" "$out" >/dev/null; } 2>&1 | tail -1 )
+  rm -rf "$out"; echo "$t"
 }
-tar_gz=$(run sh -c 'tar -xzf "$0" -C "$1"' "$W/layer.tar.gz")
-ag_gz=$(run "$BIN" "$W/layer.tar.gz")
-ag_zst=$(run "$BIN" "$W/layer.tar.zst")
-ag_tar=$(run "$BIN" "$W/layer.tar")
-tar_plain=$(run sh -c 'tar -xf "$0" -C "$1"' "$W/layer.tar")
+# Interleaved: run i of every variant back to back, so background noise hits all alike.
+declare -A T
+for i in $(seq 1 "$N"); do
+  T[tar_gz]+="$(once sh -c 'tar -xzf "$0" -C "$1"' "$W/layer.tar.gz") "
+  T[ag_gz]+="$(once "$BIN" "$W/layer.tar.gz") "
+  T[ag_zst]+="$(once "$BIN" "$W/layer.tar.zst") "
+  T[ag_tar]+="$(once "$BIN" "$W/layer.tar") "
+  T[tar_plain]+="$(once sh -c 'tar -xf "$0" -C "$1"' "$W/layer.tar") "
+done
+med() { tr ' ' '\n' <<<"${T[$1]}" | grep . | median; }
+tar_gz=$(med tar_gz); ag_gz=$(med ag_gz); ag_zst=$(med ag_zst); ag_tar=$(med ag_tar); tar_plain=$(med tar_plain)
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg), runs: $N (median), $(nproc) CPUs"
 printf '%-28s %8s s\n' "GNU tar -xzf" "$tar_gz" "agora-image gzip" "$ag_gz" "agora-image zstd" "$ag_zst" \
   "GNU tar -xf (plain)" "$tar_plain" "agora-image plain" "$ag_tar"
 awk -v a="$ag_gz" -v b="$tar_gz" -v z="$ag_zst" -v p="$ag_tar" -v q="$tar_plain" 'BEGIN {

@@ -18,8 +18,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&out)?;
     let start = Instant::now();
     let f = std::fs::File::open(&layer)?;
-    let (stats, digests) =
-        unpack_blob(f, compression, agora_image::digest::Algorithm::Sha256, out.as_ref(), &UnpackOptions::default())?;
+    let mut opts = UnpackOptions::default();
+    if let Some(n) = std::env::var("AGORA_IMAGE_WRITERS").ok().and_then(|v| v.parse().ok()) {
+        opts.writer_threads = n;
+    }
+    let (stats, digests) = unpack_blob(f, compression, agora_image::digest::Algorithm::Sha256, out.as_ref(), &opts)?;
     let secs = start.elapsed().as_secs_f64();
     println!("{secs:.4} {} files, {} bytes, diff_id {}", stats.files, stats.file_bytes, digests.diff_id);
     Ok(())

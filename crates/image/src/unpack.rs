@@ -69,7 +69,10 @@ pub struct UnpackOptions {
     pub strip_prefix: Option<String>,
     /// Interpret `.wh.` names at all (false for ACIs, which have no whiteouts).
     pub whiteouts_enabled: bool,
-    /// Threads creating small files (0 = all on the reading thread).
+    /// Threads creating small files besides the reading thread (0 = none). Measured on a
+    /// 2-CPU ext4 machine, extra writers were slower (contention on the directory lock and
+    /// for CPU with decompression): 0.45 s with 0, 0.47 s with 1, 0.55 s with 2 for a
+    /// 1,400-file layer; worth raising on many-core machines with fast disks.
     pub writer_threads: usize,
 }
 
@@ -80,7 +83,7 @@ impl Default for UnpackOptions {
             same_owner: nix::unistd::geteuid().is_root(),
             strip_prefix: None,
             whiteouts_enabled: true,
-            writer_threads: 2,
+            writer_threads: 0,
         }
     }
 }
@@ -193,7 +196,7 @@ impl FileMeta {
 /// is setgid while a layer is unpacked since modes are applied at the end), mode (only if
 /// the creation mode was not already right), xattrs, times.
 fn finish_file(f: &File, dest: &Path, m: &FileMeta) -> Result<(), UnpackError> {
-    let (euid, egid) = (nix::unistd::geteuid().as_raw() as u64, nix::unistd::getegid().as_raw() as u64);
+    let (euid, egid) = ids();
     let chowned = m.same_owner && (m.uid != euid || m.gid != egid);
     if chowned {
         std::os::unix::fs::fchown(f, Some(m.uid as u32), Some(m.gid as u32)).map_err(UnpackError::io("chown", dest))?;
@@ -205,6 +208,12 @@ fn finish_file(f: &File, dest: &Path, m: &FileMeta) -> Result<(), UnpackError> {
     apply_xattrs(dest, &m.xattrs)?;
     let t = SystemTime::UNIX_EPOCH + Duration::from_secs(m.mtime);
     f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t)).map_err(UnpackError::io("set times", dest))
+}
+
+/// Effective uid and gid, read once.
+fn ids() -> (u64, u64) {
+    static IDS: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    *IDS.get_or_init(|| (nix::unistd::geteuid().as_raw() as u64, nix::unistd::getegid().as_raw() as u64))
 }
 
 /// Files up to this size are handed to writer threads whole.
