@@ -4,14 +4,27 @@
 //! between cycles is not timed.
 //!
 //! `cargo bench -p agora-allocator` runs them all; a filter such as
-//! `cargo bench -p agora-allocator -- unfiltered/10000x1000` runs one.
+//! `cargo bench -p agora-allocator -- unfiltered/10000x1000` runs one. At the end, every
+//! benchmark that ran is printed beside its goal (issue 8) and Mesos's published figure.
 
 mod shapes;
 
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode};
+use criterion::{BenchmarkGroup, Criterion, SamplingMode};
 use shapes::{Cluster, Roles};
+use std::collections::BTreeSet;
 use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+/// The benchmarks that ran in this invocation (a filter may leave some out).
+static RAN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+fn ran(group: &str, name: &str) {
+    if let Ok(mut ran) = RAN.lock() {
+        ran.insert(format!("{group}/{name}"));
+    }
+}
 
 /// Agents × frameworks, as issue 8 lists them, plus 10,000 × 100 to compare with the
 /// fully filtered round.
@@ -39,6 +52,7 @@ fn unfiltered(c: &mut Criterion) {
         let mut cl = Cluster::new(agents, frameworks, Roles::Star);
         let mut offers = Vec::new();
         g.bench_function(format!("{agents}x{frameworks}"), |b| {
+            ran("unfiltered", &format!("{agents}x{frameworks}"));
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
@@ -65,6 +79,7 @@ fn filtered(c: &mut Criterion) {
         let mut cl = Cluster::new(agents, frameworks, Roles::Star);
         cl.decline_everywhere();
         g.bench_function(format!("{agents}x{frameworks}"), |b| {
+            ran("filtered", &format!("{agents}x{frameworks}"));
             b.iter(|| {
                 cl.now += Duration::from_secs(1);
                 let offers = cl.allocator.allocate(cl.now);
@@ -73,6 +88,7 @@ fn filtered(c: &mut Criterion) {
         });
         let dummy = agora_api::FrameworkId::new("dummy");
         g.bench_function(format!("first/{agents}x{frameworks}"), |b| {
+            ran("filtered", &format!("first/{agents}x{frameworks}"));
             b.iter_custom(|iters| {
                 let mut spent = Duration::ZERO;
                 for _ in 0..iters {
@@ -102,6 +118,7 @@ fn agent_change(c: &mut Criterion) {
         let mut offers = cl.allocator.allocate(cl.now);
         let mut next = 0;
         g.bench_function(format!("{agents}x{frameworks}"), |b| {
+            ran("agent_change", &format!("{agents}x{frameworks}"));
             b.iter(|| {
                 let o = &offers[next];
                 cl.allocator.recover(&o.framework_id, &o.agent_id, &o.resources, None, cl.now);
@@ -122,6 +139,7 @@ fn quota_shape(c: &mut Criterion) {
     let mut cl = Cluster::new(agents, roles, Roles::OnePerFramework);
     let mut offers = Vec::new();
     g.bench_function(format!("{agents}x{roles}/full"), |b| {
+        ran("quota_shape", &format!("{agents}x{roles}/full"));
         b.iter_custom(|iters| {
             let mut spent = Duration::ZERO;
             for _ in 0..iters {
@@ -136,6 +154,7 @@ fn quota_shape(c: &mut Criterion) {
         })
     });
     g.bench_function(format!("{agents}x{roles}/empty"), |b| {
+        ran("quota_shape", &format!("{agents}x{roles}/empty"));
         b.iter(|| {
             cl.now += Duration::from_secs(1);
             assert!(cl.allocator.allocate(cl.now).is_empty());
@@ -143,5 +162,111 @@ fn quota_shape(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, unfiltered, filtered, agent_change, quota_shape);
-criterion_main!(benches);
+/// Issue 8's goal for a benchmark, in seconds.
+fn goal(name: &str) -> Option<f64> {
+    match name {
+        "unfiltered/10000x1000" => Some(0.050),
+        "unfiltered/20000x2000" => Some(0.150),
+        "unfiltered/30000x200" => Some(0.100),
+        "unfiltered/30000x3000" => Some(0.250),
+        "quota_shape/3000x3000/full" => Some(0.5),
+        "quota_shape/3000x3000/empty" => Some(0.010),
+        _ if name.starts_with("agent_change/") => Some(0.001),
+        _ => None,
+    }
+}
+
+/// Mesos's published figure for the shape (seconds, low and high), measured on other
+/// hardware: only the order of magnitude compares. Sources in docs/benchmarks.md.
+fn mesos(name: &str) -> Option<(f64, f64)> {
+    match name {
+        "unfiltered/10000x1000" => Some((1.06, 1.06)),
+        "unfiltered/20000x2000" => Some((3.8, 3.8)),
+        "quota_shape/3000x3000/full" => Some((15.0, 17.0)),
+        "quota_shape/3000x3000/empty" => Some((13.0, 14.0)),
+        _ => None,
+    }
+}
+
+/// Where criterion keeps its results, as criterion itself works it out, except that the
+/// cargo target directory is taken to be the workspace's `target` rather than asked of
+/// `cargo metadata`; the directory is then given to criterion, so both agree.
+fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    target.join("criterion")
+}
+
+/// Median and its 95 % interval, in seconds, from criterion's `estimates.json`.
+fn median(dir: &Path, name: &str) -> Option<(f64, f64, f64)> {
+    // Criterion's directory for `group/a/b` is `group/a_b`.
+    let (group, id) = name.split_once('/')?;
+    let path = dir.join(group).join(id.replace('/', "_")).join("new/estimates.json");
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    let m = &json["median"];
+    let ci = &m["confidence_interval"];
+    let ns = |v: &serde_json::Value| v.as_f64().map(|x| x / 1e9);
+    Some((ns(&m["point_estimate"])?, ns(&ci["lower_bound"])?, ns(&ci["upper_bound"])?))
+}
+
+fn show(s: f64) -> String {
+    match s {
+        s if s >= 1.0 => format!("{s:.2} s"),
+        s if s >= 1e-3 => format!("{:.3} ms", s * 1e3),
+        s => format!("{:.2} µs", s * 1e6),
+    }
+}
+
+/// One line per benchmark that ran: median [95 % interval], then its goal, Mesos's figure
+/// and, for a fully filtered round, the unfiltered cycle of the same shape, each with the
+/// ratio of the median to it.
+fn summary(dir: &Path) {
+    let ran = RAN.lock().map(|r| r.clone()).unwrap_or_default();
+    if ran.is_empty() {
+        return;
+    }
+    let shown = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    println!("\nallocator figures (medians from {}):", shown.display());
+    for name in &ran {
+        let Some((m, lo, hi)) = median(dir, name) else {
+            println!("  {name:<30} no estimate (run without --test or --profile-time)");
+            continue;
+        };
+        let mut line = format!("  {name:<30} {} [{} – {}]", show(m), show(lo), show(hi));
+        if let Some(g) = goal(name) {
+            let verdict = if m <= g { "met" } else { "MISSED" };
+            line += &format!("  goal ≤ {}: {:.3}× ({verdict})", show(g), m / g);
+        }
+        if let Some(base) = name.strip_prefix("filtered/").map(|s| s.trim_start_matches("first/")) {
+            match median(dir, &format!("unfiltered/{base}")) {
+                Some((u, _, _)) => {
+                    let verdict = if m <= 1.5 * u { "met" } else { "MISSED" };
+                    line += &format!("  goal ≤ 1.5× unfiltered ({}): {:.2}× ({verdict})", show(u), m / u);
+                }
+                None => line += &format!("  (run unfiltered/{base} for the ratio)"),
+            }
+        }
+        if let Some((lo, hi)) = mesos(name) {
+            match lo == hi {
+                true => line += &format!("  Mesos {}: {:.2e}×", show(lo), m / lo),
+                false => line += &format!("  Mesos {lo}–{hi} s: {:.2e}–{:.2e}×", m / hi, m / lo),
+            }
+        }
+        println!("{line}");
+    }
+}
+
+fn main() {
+    let dir = criterion_dir();
+    let mut c = Criterion::default().output_directory(&dir).configure_from_args();
+    unfiltered(&mut c);
+    filtered(&mut c);
+    agent_change(&mut c);
+    quota_shape(&mut c);
+    c.final_summary();
+    summary(&dir);
+}
