@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod http;
 pub mod link;
 pub mod resources;
+pub mod simulate;
 pub mod state;
 
 use agora_api::{AgentInfo, Attribute, Resources};
@@ -19,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::net::TcpListener;
 
 /// Everything the agent is configured with.
 #[derive(Clone, Debug)]
@@ -223,7 +223,7 @@ impl Agent {
         };
         let bind = format!("{}:{}", config.ip, config.port);
         let listener =
-            TcpListener::bind(&bind).await.map_err(|source| AgentError::Bind { addr: bind.clone(), source })?;
+            agora_http::listen(&bind).await.map_err(|source| AgentError::Bind { addr: bind.clone(), source })?;
         let addr = listener.local_addr().map_err(|source| AgentError::Bind { addr: bind, source })?;
         config.port = addr.port();
         let hostname = config.hostname.clone().unwrap_or_else(|| config.ip.clone());

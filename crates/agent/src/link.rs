@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 
 /// One detector per `--master` value in this process: the registration loop and the
 /// outbound queue must talk to the same leader.
-fn detector(master: &str) -> Result<Arc<Detector>, String> {
+pub(crate) fn detector(master: &str) -> Result<Arc<Detector>, String> {
     static DETECTORS: OnceLock<Mutex<HashMap<String, Arc<Detector>>>> = OnceLock::new();
     let map = DETECTORS.get_or_init(Default::default);
     let mut map = map.lock().map_err(|_| "detector table poisoned".to_string())?;
@@ -33,7 +33,7 @@ fn detector(master: &str) -> Result<Arc<Detector>, String> {
 }
 
 /// Whether a failed call says "not the leader" (307 to it, 503 none elected yet).
-fn not_leader(e: &ClientError) -> bool {
+pub(crate) fn not_leader(e: &ClientError) -> bool {
     matches!(e, ClientError::Status { status, .. }
         if *status == StatusCode::TEMPORARY_REDIRECT || *status == StatusCode::SERVICE_UNAVAILABLE)
 }

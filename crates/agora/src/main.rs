@@ -44,6 +44,8 @@ enum Command {
         #[command(subcommand)]
         list: ListCommand,
     },
+    /// Load generator for scale benchmarks: frameworks launching tasks as fast as offers allow.
+    Load(LoadArgs),
     /// The built-in command executor (started by the agent).
     #[command(hide = true)]
     Executor,
@@ -257,6 +259,26 @@ struct AgentArgs {
     /// How long executors have to re-subscribe after an agent restart.
     #[arg(long, env = "AGORA_EXECUTOR_REREGISTRATION_TIMEOUT", default_value = "2secs", value_parser = parse_duration)]
     executor_reregistration_timeout: Duration,
+    /// Scale testing: run N simulated agents in this process instead of a real agent. Each
+    /// registers over its own connection with `--resources` (default
+    /// 'cpus:24;mem:4096;disk:4096;ports:[31000-32000]') and a fake containerizer.
+    #[arg(long, env = "AGORA_SIMULATE")]
+    simulate: Option<usize>,
+    /// Simulated tasks finish after this long; `never`: they run until killed.
+    #[arg(long, env = "AGORA_SIMULATE_TASK_DURATION", default_value = "never")]
+    simulate_task_duration: String,
+    /// Simulated agents' names are `<name>-<i>`; unique per simulating process (default sim-<pid>).
+    #[arg(long, env = "AGORA_SIMULATE_NAME")]
+    simulate_name: Option<String>,
+    /// Spread the simulated agents' registrations over this long (0: all at once).
+    #[arg(long, env = "AGORA_SIMULATE_RAMP", default_value = "0secs", value_parser = parse_duration)]
+    simulate_ramp: Duration,
+    /// Simulated agents sharing one HTTP/2 connection (1: each its own HTTP/1.1 connection).
+    #[arg(long, env = "AGORA_SIMULATE_AGENTS_PER_CONNECTION", default_value_t = agora_http::H2_AGENTS_PER_CONNECTION)]
+    simulate_agents_per_connection: usize,
+    /// Print the simulation's counters (JSON, one line) this often.
+    #[arg(long, env = "AGORA_SIMULATE_REPORT_INTERVAL", default_value = "5secs", value_parser = parse_duration)]
+    simulate_report_interval: Duration,
 }
 
 impl AgentArgs {
@@ -344,6 +366,33 @@ struct RunArgs {
     command: Vec<String>,
 }
 
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// The master: host:port, several (h1:5050,h2:5050) or etcd://h1:2379,h2:2379[/prefix].
+    #[arg(long, env = "AGORA_MASTER", default_value = "127.0.0.1:5050")]
+    master: String,
+    /// Number of frameworks.
+    #[arg(long, default_value_t = 10)]
+    frameworks: usize,
+    /// Number of roles the frameworks are spread over.
+    #[arg(long, default_value_t = 1)]
+    roles: usize,
+    /// Tasks in all (spread evenly over the frameworks).
+    #[arg(long, default_value_t = 1000)]
+    tasks: usize,
+    #[arg(long, default_value_t = 0.1)]
+    cpus: f64,
+    /// Memory per task in MB.
+    #[arg(long, default_value_t = 16.0)]
+    mem: f64,
+    /// Give up after this long.
+    #[arg(long, default_value = "10mins", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Keep the frameworks (and their tasks) until Ctrl-C instead of tearing them down.
+    #[arg(long)]
+    hold: bool,
+}
+
 /// Accepts the Mesos spelling of flags (`--work_dir`) as an alias of `--work-dir`.
 fn normalize_args(args: impl Iterator<Item = String>) -> Vec<String> {
     let mut out = Vec::new();
@@ -411,6 +460,8 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Master(args) => {
             init_tracing("info");
+            // One connection per agent and framework, plus its calls.
+            raise_fd_limit(200_000);
             let m = Master::start(args.config()).await?;
             println!("agora master {} listening on {}", m.id, m.addr);
             wait_for_shutdown().await;
@@ -418,6 +469,10 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Agent { list: Some(ListCommand::List(l)), .. } => list(View::Agents, l).await,
+        Command::Agent { list: None, args } if args.simulate.is_some() => {
+            init_tracing("warn");
+            simulate(&args).await
+        }
         Command::Agent { list: None, args } => {
             init_tracing("info");
             let a = match Agent::start(args.config()?).await {
@@ -475,6 +530,27 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Framework { list: ListCommand::List(l) } => list(View::Frameworks, l).await,
         Command::Task { list: ListCommand::List(l) } => list(View::Tasks, l).await,
+        Command::Load(args) => {
+            init_tracing("warn");
+            raise_fd_limit(65_536);
+            let opts = agora_client::load::LoadOptions {
+                master: args.master,
+                frameworks: args.frameworks,
+                roles: args.roles,
+                tasks: args.tasks,
+                cpus: args.cpus,
+                mem: args.mem,
+                timeout: args.timeout,
+                teardown: !args.hold,
+            };
+            let report = agora_client::load::run(opts).await?;
+            println!("{}", serde_json::to_string(&report)?);
+            let ok = report.overcommit.is_empty() && report.duplicate_starts == 0 && !report.timed_out;
+            if args.hold {
+                wait_for_shutdown().await;
+            }
+            Ok(if ok { 0 } else { 1 })
+        }
         Command::Supervisor { .. } => Ok(0),
         Command::Executor => {
             // The executor's log lands in the task's sandbox stderr: keep it quiet.
@@ -483,6 +559,75 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             agora_executor::run(config).await?;
             Ok(0)
         }
+    }
+}
+
+/// `agora agent --simulate N`: N simulated agents against the master (see
+/// `agora_agent::simulate`); prints counters as JSON lines until stopped.
+async fn simulate(args: &AgentArgs) -> anyhow::Result<i32> {
+    let count = args.simulate.unwrap_or(0);
+    let resources = agora_api::Resources::parse(
+        args.resources.as_deref().unwrap_or("cpus:24;mem:4096;disk:4096;ports:[31000-32000]"),
+    )?;
+    let attributes = match &args.attributes {
+        Some(a) => agora_api::Attribute::parse_list(a).map_err(|e| anyhow::anyhow!("--attributes: {e}"))?,
+        None => vec![],
+    };
+    let task_duration = match args.simulate_task_duration.as_str() {
+        "never" => None,
+        d => Some(parse_duration(d).map_err(|e| anyhow::anyhow!("--simulate-task-duration: {e}"))?),
+    };
+    let need = (count as u64).saturating_mul(3).saturating_add(1024);
+    raise_fd_limit(need);
+    // One source address per 10,000 agents: each has its own ephemeral port range.
+    let local_ips: Vec<std::net::IpAddr> = if args.master.starts_with("127.") || args.master.starts_with("localhost") {
+        (0..count.div_ceil(10_000).max(1))
+            .map(|i| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 1 + (i / 250) as u8, 1 + (i % 250) as u8)))
+            .collect()
+    } else {
+        vec![]
+    };
+    let config = agora_agent::simulate::SimConfig {
+        master: args.master.clone(),
+        count,
+        resources,
+        attributes,
+        task_duration,
+        name: args.simulate_name.clone().unwrap_or_else(|| format!("sim-{}", std::process::id())),
+        ramp: args.simulate_ramp,
+        status_update_retry_interval: args.status_update_retry_interval,
+        local_ips,
+        agents_per_connection: args.simulate_agents_per_connection,
+    };
+    let sim = agora_agent::simulate::start(config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("agora: simulating {count} agents against {}", args.master);
+    let stats = sim.stats.clone();
+    let mut tick = tokio::time::interval(args.simulate_report_interval.max(Duration::from_millis(100)));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = wait_for_shutdown() => break,
+            _ = tick.tick() => println!("{}", stats.snapshot()),
+        }
+    }
+    sim.stop();
+    println!("{}", stats.snapshot());
+    Ok(0)
+}
+
+/// Raises the open-files limit towards `want` (as root also the hard limit): the master
+/// and simulations hold one connection per agent.
+fn raise_fd_limit(want: u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return };
+    if soft >= want {
+        return;
+    }
+    let nr_open =
+        std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(hard);
+    let target = want.min(nr_open.max(hard));
+    if setrlimit(Resource::RLIMIT_NOFILE, target, target.max(hard)).is_err() {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

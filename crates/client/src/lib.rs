@@ -8,6 +8,7 @@
 //! does not lead is followed.
 #![forbid(unsafe_code)]
 
+pub mod load;
 pub mod run;
 pub mod views;
 
@@ -68,13 +69,28 @@ fn not_leader(e: &ClientError) -> bool {
             || *status == agora_http::http::StatusCode::SERVICE_UNAVAILABLE)
 }
 
-/// A subscribed framework: the event stream plus the ids every call needs.
+/// A subscribed framework: the event stream plus (through `Deref`) the [`Calls`] that
+/// need its ids.
 pub struct Scheduler {
+    calls: Calls,
+    stream: RecordStream,
+}
+
+impl std::ops::Deref for Scheduler {
+    type Target = Calls;
+    fn deref(&self) -> &Calls {
+        &self.calls
+    }
+}
+
+/// The calls of a subscribed framework; cheap to clone, so calls can be made from other
+/// tasks while one reads the event stream.
+#[derive(Clone)]
+pub struct Calls {
     client: Client,
     url: String,
     pub framework_id: FrameworkId,
     pub stream_id: String,
-    stream: RecordStream,
 }
 
 impl Scheduler {
@@ -106,7 +122,7 @@ impl Scheduler {
         let event: Event = serde_json::from_slice(&first).map_err(|e| SchedulerError::Decode(e.to_string()))?;
         match (event.kind, event.subscribed, event.error) {
             (sched::EventType::Subscribed, Some(s), _) => {
-                Ok(Scheduler { client, url, framework_id: s.framework_id, stream_id, stream })
+                Ok(Scheduler { calls: Calls { client, url, framework_id: s.framework_id, stream_id }, stream })
             }
             (_, _, Some(e)) => Err(SchedulerError::Refused(e.message)),
             _ => Err(SchedulerError::Decode("first event is not SUBSCRIBED".into())),
@@ -119,6 +135,13 @@ impl Scheduler {
         serde_json::from_slice(&rec).map_err(|e| SchedulerError::Decode(e.to_string()))
     }
 
+    /// A clonable handle for making calls while another task reads events.
+    pub fn calls(&self) -> Calls {
+        self.calls.clone()
+    }
+}
+
+impl Calls {
     /// Sends a call on a separate connection with the stream id header.
     pub async fn call(&self, mut call: Call) -> Result<(), SchedulerError> {
         call.framework_id = Some(self.framework_id.clone());

@@ -183,6 +183,28 @@ pub type Handler =
     Arc<dyn Fn(Request<Incoming>, SocketAddr) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> + Send + Sync>;
 
 /// Serves HTTP/1.1 on `listener` until the task is dropped, one task per connection.
+/// Binds a listener with a deep accept backlog (capped by the kernel's somaxconn): tens of
+/// thousands of agents reconnect at once after a master failover.
+pub async fn listen(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let socket = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(a).and_then(|()| socket.listen(65_535)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{addr}: no address"))))
+}
+
+/// Streams one HTTP/2 connection may carry at once (a simulating process puts up to
+/// [`H2_AGENTS_PER_CONNECTION`] agents' streams and their calls on one).
+const H2_MAX_STREAMS: u32 = 20_000;
+const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+/// Agents a simulating process puts on one HTTP/2 connection.
+pub const H2_AGENTS_PER_CONNECTION: usize = 2_000;
+
 pub async fn serve(listener: TcpListener, handler: Handler) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -200,8 +222,12 @@ pub async fn serve(listener: TcpListener, handler: Handler) {
                 let h = h.clone();
                 async move { Ok::<_, Infallible>(h(req, peer).await) }
             });
-            let conn =
-                hyper::server::conn::http1::Builder::new().keep_alive(true).serve_connection(TokioIo::new(stream), svc);
+            // HTTP/1.1, or HTTP/2 with prior knowledge (h2c): many agents of one simulating
+            // process, or any client that multiplexes, share a connection.
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            builder.http1().keep_alive(true);
+            builder.http2().max_concurrent_streams(H2_MAX_STREAMS).initial_connection_window_size(H2_CONNECTION_WINDOW);
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
@@ -278,12 +304,37 @@ impl RecordStream {
 
 impl Client {
     pub fn new() -> Self {
+        Self::build(None, false)
+    }
+
+    /// A client whose connections leave from `local` (e.g. one of the 127.0.0.0/8
+    /// addresses, so that tens of thousands of simulated agents on one machine do not run
+    /// out of ephemeral ports towards one master address).
+    pub fn bound_to(local: std::net::IpAddr) -> Self {
+        Self::build(Some(local), false)
+    }
+
+    /// A client that speaks HTTP/2 with prior knowledge (h2c): all its requests to one
+    /// server, long-lived streams included, share one connection.
+    pub fn http2() -> Self {
+        Self::build(None, true)
+    }
+
+    fn build(local: Option<std::net::IpAddr>, h2: bool) -> Self {
         let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
+        conn.set_local_address(local);
         conn.set_nodelay(true);
         conn.set_connect_timeout(Some(Duration::from_secs(5)));
-        let inner = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(conn);
+        let mut builder = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
+        builder.pool_idle_timeout(Duration::from_secs(30));
+        if h2 {
+            builder
+                .http2_only(true)
+                .http2_initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .timer(hyper_util::rt::TokioTimer::new())
+                .http2_keep_alive_interval(Duration::from_secs(30));
+        }
+        let inner = builder.build(conn);
         Client { inner }
     }
 

@@ -298,10 +298,11 @@ fn state_summary(st: &State) -> Value {
 }
 
 fn count_on(st: &State, aid: &AgentId, state: TaskState) -> usize {
-    st.frameworks
-        .values()
-        .flat_map(|f| f.tasks.values())
-        .filter(|t| &t.task.agent_id == aid && t.task.state == state)
+    let Some(a) = st.agents.get(aid) else { return 0 };
+    a.tasks
+        .iter()
+        .filter_map(|(fid, tid)| st.frameworks.get(fid).and_then(|f| f.tasks.get(tid)))
+        .filter(|t| t.task.state == state)
         .count()
 }
 

@@ -16,7 +16,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::net::TcpListener;
 
 /// Everything the master is configured with.
 #[derive(Clone, Debug)]
@@ -130,7 +129,7 @@ impl Master {
             .map_err(|source| MasterError::WorkDir { path: config.work_dir.clone(), source })?;
         let bind = format!("{}:{}", config.ip, config.port);
         let listener =
-            TcpListener::bind(&bind).await.map_err(|source| MasterError::Bind { addr: bind.clone(), source })?;
+            agora_http::listen(&bind).await.map_err(|source| MasterError::Bind { addr: bind.clone(), source })?;
         let addr = listener.local_addr().map_err(|source| MasterError::Bind { addr: bind, source })?;
         let (handle, actor) = state::spawn(config.clone(), addr);
         let id = handle.master_id.clone();

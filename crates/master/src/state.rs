@@ -295,6 +295,8 @@ pub(crate) struct OfferEntry {
 
 pub(crate) struct UnreachableAgent {
     pub time: f64,
+    /// The tasks it had when it became unreachable (empty when recovered from the registry).
+    pub tasks: HashSet<(FrameworkId, TaskId)>,
 }
 
 /// An agent whose admission (or re-admission) is being written to the registry.
@@ -381,6 +383,9 @@ pub(crate) struct State {
     pending_agents: HashMap<AgentId, PendingAgent>,
     pending_frameworks: HashMap<FrameworkId, PendingFramework>,
     generations: u64,
+    /// The last agent (registered or recovered) seen at each `slave(1)@host:port`; may be
+    /// stale, so every use checks it (see [`State::agent_at`]).
+    by_pid: HashMap<String, AgentId>,
 }
 
 pub fn now_secs() -> f64 {
@@ -462,6 +467,7 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         pending_agents: HashMap::new(),
         pending_frameworks: HashMap::new(),
         generations: 0,
+        by_pid: HashMap::new(),
     };
     let task = tokio::spawn(run(state, rx));
     (handle, task)
@@ -699,10 +705,11 @@ impl State {
         }
         self.weights = weights;
         for (id, record) in registry.agents {
+            self.by_pid.insert(record.pid.clone(), AgentId::new(id.clone()));
             self.recovered_agents.insert(AgentId::new(id), record);
         }
         for (id, time) in registry.unreachable {
-            self.unreachable_agents.insert(AgentId::new(id), UnreachableAgent { time });
+            self.unreachable_agents.insert(AgentId::new(id), UnreachableAgent { time, tasks: HashSet::new() });
         }
         for (id, time) in registry.gone {
             self.gone_agents.insert(AgentId::new(id), time);
@@ -840,7 +847,7 @@ impl State {
         for id in missing {
             self.recovered_agents.remove(&id);
             self.counters.agents_unreachable += 1;
-            self.unreachable_agents.insert(id.clone(), UnreachableAgent { time: now });
+            self.unreachable_agents.insert(id.clone(), UnreachableAgent { time: now, tasks: HashSet::new() });
             ops.push(Op::MarkUnreachable { agent_id: id.value, time: now });
         }
         if !ops.is_empty() {
@@ -1710,19 +1717,17 @@ impl State {
         let id = agent_info.id.clone().unwrap_or_default();
         // An agent that restarted without its checkpoint registers afresh: the old
         // incarnation at the same address is gone.
-        let stale: Vec<AgentId> =
-            self.agents.values().filter(|a| a.pid == pid && a.id() != id).map(|a| a.id()).collect();
-        for old in stale {
-            tracing::info!(agent_id = %old, "agent at {pid} registered again without its id; removing the old one");
-            self.remove_agent(&old, TaskState::Gone, Reason::ReasonAgentRestarted, "Agent restarted");
+        if let Some(old) = self.agent_at(&pid).filter(|old| *old != id) {
+            if self.agents.contains_key(&old) {
+                tracing::info!(agent_id = %old, "agent at {pid} registered again without its id; removing the old one");
+                self.remove_agent(&old, TaskState::Gone, Reason::ReasonAgentRestarted, "Agent restarted");
+            } else {
+                tracing::info!(agent_id = %old, "recovered agent at {pid} registered again without its id; removing it");
+                self.recovered_agents.remove(&old);
+                self.submit(vec![Op::RemoveAgent { agent_id: old.value }], Ack::None);
+            }
         }
-        let stale: Vec<AgentId> =
-            self.recovered_agents.iter().filter(|(_, r)| r.pid == pid).map(|(id, _)| id.clone()).collect();
-        for old in stale {
-            tracing::info!(agent_id = %old, "recovered agent at {pid} registered again without its id; removing it");
-            self.recovered_agents.remove(&old);
-            self.submit(vec![Op::RemoveAgent { agent_id: old.value }], Ack::None);
-        }
+        self.by_pid.insert(pid.clone(), id.clone());
         let mut agent = Agent::new(agent_info, pid, version, total.clone(), self.agent_stream(&id, tx), now);
         agent.send(&MasterToAgent::Registered {
             agent_id: id.clone(),
@@ -1734,6 +1739,14 @@ impl State {
         self.counters.agents_registered += 1;
         self.allocator.add_agent(&id, &total, &[]);
         self.dirty_agents.insert(id);
+    }
+
+    /// The registered or recovered agent at `pid`, if any.
+    fn agent_at(&self, pid: &str) -> Option<AgentId> {
+        let id = self.by_pid.get(pid)?;
+        let here = self.agents.get(id).map(|a| a.pid == pid).unwrap_or(false)
+            || self.recovered_agents.get(id).map(|r| r.pid == pid).unwrap_or(false);
+        here.then(|| id.clone())
     }
 
     /// A stream for a new session of an agent (the stream's id is the session id).
@@ -1800,10 +1813,14 @@ impl State {
         let span = tracing::info_span!("reregister", agent_id = %id);
         let _e = span.enter();
         // Take the agent out of whatever state it was in; it is rebuilt from its report.
-        let was_unreachable = self.unreachable_agents.remove(&id).is_some();
+        let unreachable = self.unreachable_agents.remove(&id);
+        let was_unreachable = unreachable.is_some();
+        // The tasks the master believes are on this agent (none after a master failover).
+        let mut known: HashSet<(FrameworkId, TaskId)> = unreachable.map(|u| u.tasks).unwrap_or_default();
         let was_recovered = self.recovered_agents.remove(&id).is_some();
         let previous = self.agents.remove(&id);
         if let Some(prev) = &previous {
+            known.extend(prev.tasks.iter().cloned());
             for oid in prev.offers.clone() {
                 self.rescind_offer(&oid, true);
             }
@@ -1890,14 +1907,14 @@ impl State {
         }
         // Tasks the master believes are on this agent but the agent does not report are gone.
         let mut missing: Vec<(FrameworkId, TaskId)> = Vec::new();
-        for (fid, fw) in &self.frameworks {
-            for (tid, t) in fw.tasks.iter().chain(fw.unreachable_tasks.iter()) {
-                if t.task.agent_id == id
-                    && !reported.contains(&(fid.clone(), tid.clone()))
-                    && !t.task.state.is_terminal()
-                {
-                    missing.push((fid.clone(), tid.clone()));
-                }
+        for key in known {
+            if reported.contains(&key) {
+                continue;
+            }
+            let Some(fw) = self.frameworks.get(&key.0) else { continue };
+            let Some(t) = fw.tasks.get(&key.1).or_else(|| fw.unreachable_tasks.get(&key.1)) else { continue };
+            if t.task.agent_id == id && !t.task.state.is_terminal() {
+                missing.push(key);
             }
         }
         for (fid, tid) in missing {
@@ -1924,6 +1941,7 @@ impl State {
             agent.send(&MasterToAgent::KillTask { framework_id: fid.clone(), task_id: tid, kill_policy: None });
             agent.send(&MasterToAgent::ShutdownFramework { framework_id: fid });
         }
+        self.by_pid.insert(agent.pid.clone(), id.clone());
         self.agents.insert(id.clone(), agent);
         self.counters.agents_reregistered += 1;
         tracing::info!(was_unreachable, was_recovered, "agent re-registered");
@@ -2140,7 +2158,7 @@ impl State {
                 }));
             }
         }
-        self.unreachable_agents.insert(id.clone(), UnreachableAgent { time: now });
+        self.unreachable_agents.insert(id.clone(), UnreachableAgent { time: now, tasks: agent.tasks });
         // Dropping the agent entry closes its stream; when it wakes it re-registers.
     }
 

@@ -1,0 +1,608 @@
+//! Simulated agents for scale testing (`agora agent --simulate N`).
+//!
+//! Each simulated agent speaks the real agent protocol over its own connection: it
+//! registers (and re-registers with its frameworks and tasks after a master failover),
+//! answers pings, and runs a fake containerizer whose tasks go `TASK_RUNNING` at once and
+//! `TASK_FINISHED` after `task_duration` (or never). Status updates are reliable as on a
+//! real agent: one in flight per task, retried until acknowledged, resent after a
+//! re-registration. Nothing is written to disk; the master cannot tell these agents from
+//! real ones.
+//!
+//! Several processes can simulate agents against one master: give each its own `name`.
+//! By default agents share HTTP/2 connections (`agents_per_connection`, each agent on its
+//! own streams); with one agent per connection, connections leave from `local_ips` in turn
+//! so tens of thousands of agents do not run out of ephemeral ports.
+use crate::link::{detector, not_leader};
+use agora_api::agent_proto::{AgentToMaster, MasterToAgent, StatusUpdate, AGENT_PATH};
+use agora_api::json::Bytes as B64;
+use agora_api::{
+    AgentInfo, Attribute, ExecutorId, ExecutorInfo, FrameworkId, FrameworkInfo, Reason, Resource, Resources, Source,
+    Task, TaskId, TaskInfo, TaskState, TaskStatus,
+};
+use agora_http::http::StatusCode;
+use agora_http::{base_url, Client, ClientError};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// What every simulated agent of one process looks like.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// `--master`: one master, a list, or `etcd://...`.
+    pub master: String,
+    pub count: usize,
+    /// Each agent's total resources.
+    pub resources: Resources,
+    pub attributes: Vec<Attribute>,
+    /// How long a task runs before it finishes; `None`: until killed.
+    pub task_duration: Option<Duration>,
+    /// Unique per process: agents are `<name>-<i>` (their hostnames and pids).
+    pub name: String,
+    /// Registrations are spread evenly over this long (0: all at once, a storm).
+    pub ramp: Duration,
+    /// First retry interval of unacknowledged status updates.
+    pub status_update_retry_interval: Duration,
+    /// Addresses connections leave from, used in turn (empty: the system's choice).
+    pub local_ips: Vec<IpAddr>,
+    /// Agents sharing one HTTP/2 connection (each keeps its own stream and session); 1:
+    /// every agent has its own HTTP/1.1 connection, as real agents do. A process here may
+    /// hold at most 20,000 files, so tens of thousands of agents must share connections.
+    pub agents_per_connection: usize,
+}
+
+/// Counters of one simulation process, shared by its agents.
+#[derive(Debug, Default)]
+pub struct SimStats {
+    pub registered: AtomicU64,
+    pub reregistered: AtomicU64,
+    pub connected: AtomicU64,
+    pub disconnects: AtomicU64,
+    pub launched: AtomicU64,
+    pub running: AtomicU64,
+    pub finished: AtomicU64,
+    pub killed: AtomicU64,
+    pub updates_sent: AtomicU64,
+    pub updates_acked: AtomicU64,
+    pub pings: AtomicU64,
+    pub shut_down: AtomicU64,
+}
+
+impl SimStats {
+    pub fn snapshot(&self) -> serde_json::Value {
+        serde_json::json!({
+            "registered": self.registered.load(Relaxed),
+            "reregistered": self.reregistered.load(Relaxed),
+            "connected": self.connected.load(Relaxed),
+            "disconnects": self.disconnects.load(Relaxed),
+            "launched": self.launched.load(Relaxed),
+            "running": self.running.load(Relaxed),
+            "finished": self.finished.load(Relaxed),
+            "killed": self.killed.load(Relaxed),
+            "updates_sent": self.updates_sent.load(Relaxed),
+            "updates_acked": self.updates_acked.load(Relaxed),
+            "pings": self.pings.load(Relaxed),
+            "shut_down": self.shut_down.load(Relaxed),
+        })
+    }
+}
+
+/// A running simulation; dropping it stops every simulated agent.
+pub struct Simulation {
+    pub stats: Arc<SimStats>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Simulation {
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+
+    /// Waits until every simulated agent has stopped (only a master's SHUTDOWN stops one).
+    pub async fn wait(mut self) {
+        for t in std::mem::take(&mut self.tasks) {
+            let _ = t.await;
+        }
+    }
+}
+
+impl Drop for Simulation {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts `config.count` simulated agents.
+pub fn start(config: SimConfig) -> Result<Simulation, String> {
+    let detector = detector(&config.master)?;
+    let stats = Arc::new(SimStats::default());
+    let per = config.agents_per_connection.max(1);
+    let clients: Vec<Client> = if per > 1 {
+        (0..config.count.div_ceil(per).max(1)).map(|_| Client::http2()).collect()
+    } else if config.local_ips.is_empty() {
+        vec![Client::new()]
+    } else {
+        config.local_ips.iter().map(|ip| Client::bound_to(*ip)).collect()
+    };
+    let shared = Arc::new(Shared {
+        inflight: Arc::new(tokio::sync::Semaphore::new(CALLS_IN_FLIGHT)),
+        config: config.clone(),
+        stats: stats.clone(),
+        detector,
+    });
+    let mut tasks = Vec::with_capacity(config.count);
+    for i in 0..config.count {
+        let delay = if config.count > 1 { config.ramp.mul_f64(i as f64 / config.count as f64) } else { Duration::ZERO };
+        let client =
+            if per > 1 { clients[(i / per) % clients.len()].clone() } else { clients[i % clients.len()].clone() };
+        let agent = SimAgent::new(shared.clone(), client, i);
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            agent.run().await
+        }));
+    }
+    Ok(Simulation { stats, tasks })
+}
+
+/// Calls in flight at once from one simulating process (each holds a connection).
+const CALLS_IN_FLIGHT: usize = 256;
+
+struct Shared {
+    inflight: Arc<tokio::sync::Semaphore>,
+    config: SimConfig,
+    stats: Arc<SimStats>,
+    detector: Arc<agora_registry::detector::Detector>,
+}
+
+struct SimTask {
+    framework_id: FrameworkId,
+    info: TaskInfo,
+    resources: Vec<Resource>,
+    state: TaskState,
+    /// Unacknowledged updates, oldest first; only the head is in flight.
+    pending: std::collections::VecDeque<TaskStatus>,
+    statuses: Vec<TaskStatus>,
+    retry_interval: Duration,
+}
+
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Finish(TaskId),
+    /// Resend the head update of the task if it is still this one (by uuid).
+    Retry(TaskId, Vec<u8>),
+}
+
+struct SimAgent {
+    shared: Arc<Shared>,
+    client: Client,
+    info: AgentInfo,
+    session_id: String,
+    frameworks: HashMap<FrameworkId, FrameworkInfo>,
+    executors: HashMap<(FrameworkId, ExecutorId), ExecutorInfo>,
+    tasks: HashMap<TaskId, SimTask>,
+    timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
+    timer_seq: u64,
+    /// Calls that came back 403 / 307 / 503 ask for a re-registration here.
+    resync_tx: mpsc::UnboundedSender<()>,
+    resync_rx: mpsc::UnboundedReceiver<()>,
+    stopped: bool,
+}
+
+impl SimAgent {
+    fn new(shared: Arc<Shared>, client: Client, index: usize) -> SimAgent {
+        let hostname = format!("{}-{index}", shared.config.name);
+        let info = AgentInfo {
+            hostname,
+            port: 5051,
+            resources: shared.config.resources.clone().into_vec(),
+            attributes: shared.config.attributes.clone(),
+            id: None,
+            domain: None,
+        };
+        let (resync_tx, resync_rx) = mpsc::unbounded_channel();
+        SimAgent {
+            shared,
+            client,
+            info,
+            session_id: String::new(),
+            frameworks: HashMap::new(),
+            executors: HashMap::new(),
+            tasks: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_seq: 0,
+            resync_tx,
+            resync_rx,
+            stopped: false,
+        }
+    }
+
+    async fn run(mut self) {
+        let stats = self.shared.stats.clone();
+        let mut backoff = Duration::from_millis(100);
+        while !self.stopped {
+            let Some(leader) = self.shared.detector.leader().await else {
+                tokio::time::sleep(jitter(backoff)).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            };
+            let url = format!("{}{}", base_url(&leader), AGENT_PATH);
+            let call = self.registration_call();
+            match self.client.subscribe(&url, &[], &call, Duration::from_secs(30)).await {
+                Ok(mut stream) => {
+                    backoff = Duration::from_millis(100);
+                    while self.resync_rx.try_recv().is_ok() {}
+                    loop {
+                        let deadline = self.timers.peek().map(|Reverse((t, _, _))| *t);
+                        tokio::select! {
+                            rec = stream.next() => match rec {
+                                Some(Ok(r)) => match serde_json::from_slice::<MasterToAgent>(&r) {
+                                    Ok(m) => self.on_message(m, &url),
+                                    Err(e) => tracing::warn!(error = %e, "undecodable message from the master"),
+                                },
+                                _ => break,
+                            },
+                            _ = sleep_until(deadline) => self.on_timers(&url),
+                            _ = self.resync_rx.recv() => break,
+                        }
+                        if self.stopped {
+                            return;
+                        }
+                    }
+                    if !self.session_id.is_empty() {
+                        stats.connected.fetch_sub(1, Relaxed);
+                        stats.disconnects.fetch_add(1, Relaxed);
+                        self.session_id.clear();
+                    }
+                    self.shared.detector.forget();
+                }
+                Err(e) if not_leader(&e) => {
+                    if let Some(l) = self.shared.detector.ask(&leader).await.filter(|l| *l != leader) {
+                        self.shared.detector.remember(&l);
+                    } else {
+                        self.shared.detector.forget();
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(agent = %self.info.hostname, error = %e, "registration failed");
+                    if matches!(&e, ClientError::Status { status, .. } if *status == StatusCode::FORBIDDEN) {
+                        // Marked gone: a real agent would need a new identity to come back.
+                        tracing::warn!(agent = %self.info.hostname, error = %e, "refused by the master; stopping");
+                        stats.shut_down.fetch_add(1, Relaxed);
+                        return;
+                    }
+                    self.shared.detector.forget();
+                }
+            }
+            tokio::time::sleep(jitter(backoff)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    fn registration_call(&self) -> AgentToMaster {
+        let version = agora_api::MESOS_VERSION.to_string();
+        let Some(agent_id) = self.info.id.clone() else {
+            return AgentToMaster::Register { agent_info: self.info.clone(), version };
+        };
+        let tasks = self
+            .tasks
+            .iter()
+            .map(|(tid, t)| {
+                let head = t.pending.front();
+                Task {
+                    name: t.info.name.clone(),
+                    task_id: tid.clone(),
+                    framework_id: t.framework_id.clone(),
+                    executor_id: t.info.executor.as_ref().map(|e| e.executor_id.clone()),
+                    agent_id: agent_id.clone(),
+                    state: t.state,
+                    resources: t.resources.clone(),
+                    statuses: t.statuses.clone(),
+                    status_update_state: head.map(|s| s.state),
+                    status_update_uuid: head.and_then(|s| s.uuid.clone()),
+                    labels: t.info.labels.clone(),
+                    discovery: None,
+                    container: None,
+                    health_check: None,
+                    kill_policy: None,
+                    user: None,
+                    limits: None,
+                }
+            })
+            .collect();
+        let executors = self
+            .executors
+            .iter()
+            .map(|((fid, _), e)| agora_api::agent_proto::ExecutorReport {
+                framework_id: fid.clone(),
+                executor_info: e.clone(),
+            })
+            .collect();
+        AgentToMaster::Reregister {
+            agent_info: self.info.clone(),
+            version,
+            frameworks: self.frameworks.values().cloned().collect(),
+            executors,
+            tasks,
+        }
+    }
+
+    fn on_message(&mut self, m: MasterToAgent, url: &str) {
+        let stats = &self.shared.stats;
+        match m {
+            MasterToAgent::Registered { agent_id, session_id, .. }
+            | MasterToAgent::Reregistered { agent_id, session_id, .. } => {
+                if self.info.id.is_none() {
+                    stats.registered.fetch_add(1, Relaxed);
+                } else {
+                    stats.reregistered.fetch_add(1, Relaxed);
+                }
+                if self.session_id.is_empty() {
+                    stats.connected.fetch_add(1, Relaxed);
+                }
+                self.info.id = Some(agent_id);
+                self.session_id = session_id;
+                // Whatever was in flight may have been lost with the old session.
+                let heads: Vec<TaskId> =
+                    self.tasks.iter().filter(|(_, t)| !t.pending.is_empty()).map(|(id, _)| id.clone()).collect();
+                for tid in heads {
+                    self.send_head(&tid, url);
+                }
+            }
+            MasterToAgent::RunTask { framework_info, task, resources } => {
+                let Some(fid) = framework_info.id.clone() else { return };
+                stats.launched.fetch_add(1, Relaxed);
+                if let Some(e) = &task.executor {
+                    self.executors.insert((fid.clone(), e.executor_id.clone()), e.clone());
+                }
+                self.frameworks.insert(fid.clone(), framework_info);
+                let tid = task.task_id.clone();
+                if self.tasks.get(&tid).is_some_and(|t| !t.state.is_terminal()) {
+                    return;
+                }
+                let resources = if resources.is_empty() { task.resources.clone() } else { resources };
+                self.tasks.insert(
+                    tid.clone(),
+                    SimTask {
+                        framework_id: fid,
+                        info: task,
+                        resources,
+                        state: TaskState::Staging,
+                        pending: Default::default(),
+                        statuses: vec![],
+                        retry_interval: self.shared.config.status_update_retry_interval,
+                    },
+                );
+                self.transition(&tid, TaskState::Running, None, url);
+                if let Some(d) = self.shared.config.task_duration {
+                    self.add_timer(Instant::now() + d, Timer::Finish(tid));
+                }
+            }
+            MasterToAgent::KillTask { framework_id, task_id, .. } => {
+                match self.tasks.get(&task_id) {
+                    Some(t) if !t.state.is_terminal() => {
+                        self.transition(&task_id, TaskState::Killed, None, url);
+                    }
+                    Some(_) => {}
+                    None => {
+                        // Unknown here: tell the master it is lost, as a real agent does.
+                        let mut s = TaskStatus::new(task_id.clone(), TaskState::Lost);
+                        s.reason = Some(Reason::ReasonTaskUnknown);
+                        s.source = Some(Source::Agent);
+                        s.message = Some("Task is unknown to the agent".into());
+                        self.send_update(framework_id, s, url);
+                    }
+                }
+            }
+            MasterToAgent::ShutdownExecutor { framework_id, executor_id } => {
+                let victims: Vec<TaskId> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.framework_id == framework_id
+                            && t.info.executor.as_ref().map(|e| &e.executor_id) == Some(&executor_id)
+                            && !t.state.is_terminal()
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for tid in victims {
+                    self.transition(&tid, TaskState::Killed, Some(Reason::ReasonExecutorTerminated), url);
+                }
+                self.executor_exited(&framework_id, &executor_id, url);
+            }
+            MasterToAgent::ShutdownFramework { framework_id } => {
+                let victims: Vec<TaskId> = self
+                    .tasks
+                    .iter()
+                    .filter(|(_, t)| t.framework_id == framework_id && !t.state.is_terminal())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for tid in victims {
+                    self.transition(&tid, TaskState::Killed, Some(Reason::ReasonFrameworkRemoved), url);
+                }
+                // Nobody will acknowledge these: the framework is gone.
+                self.tasks.retain(|_, t| t.framework_id != framework_id);
+                self.executors.retain(|(f, _), _| *f != framework_id);
+                self.frameworks.remove(&framework_id);
+            }
+            MasterToAgent::UpdateFramework { framework_info } => {
+                if let Some(fid) = framework_info.id.clone() {
+                    if self.frameworks.contains_key(&fid) {
+                        self.frameworks.insert(fid, framework_info);
+                    }
+                }
+            }
+            MasterToAgent::Acknowledge { framework_id: _, task_id, uuid } => {
+                let Some(t) = self.tasks.get_mut(&task_id) else { return };
+                if t.pending.front().and_then(|s| s.uuid.as_ref()) != Some(&uuid) {
+                    return;
+                }
+                t.pending.pop_front();
+                t.retry_interval = self.shared.config.status_update_retry_interval;
+                stats.updates_acked.fetch_add(1, Relaxed);
+                if !t.pending.is_empty() {
+                    self.send_head(&task_id, url);
+                } else if t.state.is_terminal() {
+                    let t = self.tasks.remove(&task_id);
+                    if let Some(e) = t.and_then(|t| t.info.executor.map(|e| (t.framework_id, e.executor_id))) {
+                        let (fid, eid) = e;
+                        let busy = self.tasks.values().any(|t| {
+                            t.framework_id == fid && t.info.executor.as_ref().map(|x| &x.executor_id) == Some(&eid)
+                        });
+                        if !busy {
+                            self.executor_exited(&fid, &eid, url);
+                        }
+                    }
+                }
+            }
+            MasterToAgent::FrameworkMessage { .. } => {}
+            MasterToAgent::Ping => {
+                stats.pings.fetch_add(1, Relaxed);
+                if let Some(agent_id) = self.info.id.clone() {
+                    self.post(AgentToMaster::Pong { agent_id, session_id: self.session_id.clone() }, url);
+                }
+            }
+            MasterToAgent::Shutdown { message } => {
+                tracing::warn!(agent = %self.info.hostname, %message, "the master shut this agent down");
+                stats.shut_down.fetch_add(1, Relaxed);
+                self.stopped = true;
+            }
+        }
+    }
+
+    fn executor_exited(&mut self, fid: &FrameworkId, eid: &ExecutorId, url: &str) {
+        if self.executors.remove(&(fid.clone(), eid.clone())).is_none() {
+            return;
+        }
+        let Some(agent_id) = self.info.id.clone() else { return };
+        self.post(
+            AgentToMaster::ExecutorExited {
+                agent_id,
+                session_id: self.session_id.clone(),
+                framework_id: fid.clone(),
+                executor_id: eid.clone(),
+                status: Some(0),
+            },
+            url,
+        );
+    }
+
+    /// Moves a task to `state` and queues its status update.
+    fn transition(&mut self, tid: &TaskId, state: TaskState, reason: Option<Reason>, url: &str) {
+        let stats = &self.shared.stats;
+        let Some(t) = self.tasks.get_mut(tid) else { return };
+        if t.state == TaskState::Running {
+            stats.running.fetch_sub(1, Relaxed);
+        }
+        match state {
+            TaskState::Running => stats.running.fetch_add(1, Relaxed),
+            TaskState::Finished => stats.finished.fetch_add(1, Relaxed),
+            TaskState::Killed => stats.killed.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+        t.state = state;
+        let mut s = TaskStatus::new(tid.clone(), state);
+        s.source = Some(Source::Executor);
+        s.reason = reason;
+        s.agent_id = self.info.id.clone();
+        s.executor_id = t.info.executor.as_ref().map(|e| e.executor_id.clone());
+        s.timestamp = Some(crate::state::now_secs());
+        s.uuid = Some(B64(uuid::Uuid::new_v4().as_bytes().to_vec()));
+        t.statuses.push(s.clone());
+        t.pending.push_back(s);
+        if t.pending.len() == 1 {
+            self.send_head(tid, url);
+        }
+    }
+
+    fn send_head(&mut self, tid: &TaskId, url: &str) {
+        let Some(t) = self.tasks.get(tid) else { return };
+        let Some(head) = t.pending.front().cloned() else { return };
+        let retry = t.retry_interval;
+        let fid = t.framework_id.clone();
+        let latest = t.state;
+        let uuid = head.uuid.as_ref().map(|u| u.0.clone()).unwrap_or_default();
+        self.add_timer(Instant::now() + retry, Timer::Retry(tid.clone(), uuid));
+        let Some(agent_id) = self.info.id.clone() else { return };
+        if self.session_id.is_empty() {
+            return;
+        }
+        self.shared.stats.updates_sent.fetch_add(1, Relaxed);
+        let update = StatusUpdate { framework_id: fid, status: head, latest_state: Some(latest) };
+        self.post(AgentToMaster::StatusUpdate { agent_id, session_id: self.session_id.clone(), update }, url);
+    }
+
+    /// An update for a task this agent does not track: sent once, never retried.
+    fn send_update(&mut self, fid: FrameworkId, mut status: TaskStatus, url: &str) {
+        let Some(agent_id) = self.info.id.clone() else { return };
+        status.agent_id = Some(agent_id.clone());
+        status.timestamp = Some(crate::state::now_secs());
+        let update = StatusUpdate { framework_id: fid, status, latest_state: None };
+        self.post(AgentToMaster::StatusUpdate { agent_id, session_id: self.session_id.clone(), update }, url);
+    }
+
+    fn post(&self, call: AgentToMaster, url: &str) {
+        let client = self.client.clone();
+        let url = url.to_string();
+        let resync = self.resync_tx.clone();
+        let permit = self.shared.inflight.clone();
+        tokio::spawn(async move {
+            let _p = permit.acquire_owned().await;
+            match client.call(&url, &[], &call, Duration::from_secs(30)).await {
+                Ok(_) => {}
+                Err(ClientError::Status { status, .. }) if status == StatusCode::FORBIDDEN => {
+                    let _ = resync.send(());
+                }
+                Err(e) if not_leader(&e) => {
+                    let _ = resync.send(());
+                }
+                Err(e) => tracing::debug!(error = %e, "call to the master failed (retried if it matters)"),
+            }
+        });
+    }
+
+    fn add_timer(&mut self, at: Instant, t: Timer) {
+        self.timer_seq += 1;
+        self.timers.push(Reverse((at, self.timer_seq, t)));
+    }
+
+    fn on_timers(&mut self, url: &str) {
+        let now = Instant::now();
+        while self.timers.peek().is_some_and(|Reverse((t, _, _))| *t <= now) {
+            let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
+            match timer {
+                Timer::Finish(tid) => {
+                    if self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Running) {
+                        self.transition(&tid, TaskState::Finished, None, url);
+                    }
+                }
+                Timer::Retry(tid, uuid) => {
+                    let Some(t) = self.tasks.get_mut(&tid) else { continue };
+                    if t.pending.front().and_then(|s| s.uuid.as_ref()).map(|u| &u.0) != Some(&uuid) {
+                        continue;
+                    }
+                    // Mesos's schedule: 10 s doubling up to 10 min.
+                    t.retry_interval = (t.retry_interval * 2).min(Duration::from_secs(600));
+                    self.send_head(&tid, url);
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let r = uuid::Uuid::new_v4().as_u128() as u64 % 1000;
+    max.mul_f64(r as f64 / 1000.0).max(Duration::from_millis(10))
+}
