@@ -175,6 +175,18 @@ async fn ten_concurrent_pulls_download_each_blob_once_and_a_vanished_registry_fa
         assert_eq!(*n, 1, "{path} requested {n} times");
     }
 
+    // A blob response cut once mid-body is resumed with a Range request, not restarted.
+    let store3 = Store::open(config(&tmp.path().join("store3"), &host)).await.expect("open");
+    proxy.reset();
+    proxy.cut_once_after.store(300_000, Ordering::SeqCst);
+    let img = store3
+        .pull(&Reference::parse(&format!("{host}/busybox:v2s2")).expect("ref"), &PullOptions::default())
+        .await
+        .expect("pull resumes after a cut");
+    assert_eq!(proxy.cut_once_after.load(Ordering::SeqCst), 0, "the cut happened");
+    assert_eq!(proxy.count(|p| p.starts_with("RANGE ") && p.contains("/blobs/")), 1, "{:?}", proxy.blob_counts());
+    assert!(store3.layer(&img.layers[0]).is_some());
+
     // The registry goes away in the middle of a (slowed down) layer download.
     let store2 = Store::open(config(&tmp.path().join("store2"), &host)).await.expect("open");
     proxy.throttle.store(256 * 1024, Ordering::SeqCst);

@@ -134,6 +134,8 @@ pub struct CountingProxy {
     pub up: Arc<AtomicBool>,
     /// Bytes per second of response bodies (0 = unlimited).
     pub throttle: Arc<AtomicUsize>,
+    /// When non-zero: cut the next blob response after this many bytes (once).
+    pub cut_once_after: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -144,8 +146,9 @@ impl CountingProxy {
         let counts = Arc::new(Mutex::new(HashMap::new()));
         let up = Arc::new(AtomicBool::new(true));
         let throttle = Arc::new(AtomicUsize::new(0));
+        let cut = Arc::new(AtomicUsize::new(0));
         let upstream = upstream.to_string();
-        let (c2, u2, t2) = (counts.clone(), up.clone(), throttle.clone());
+        let (c2, u2, t2, x2) = (counts.clone(), up.clone(), throttle.clone(), cut.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((sock, _)) = listener.accept().await else { return };
@@ -153,13 +156,13 @@ impl CountingProxy {
                     drop(sock);
                     continue;
                 }
-                let (c3, u3, t3, up3) = (c2.clone(), u2.clone(), t2.clone(), upstream.clone());
+                let (c3, u3, t3, up3, x3) = (c2.clone(), u2.clone(), t2.clone(), upstream.clone(), x2.clone());
                 tokio::spawn(async move {
-                    let _ = proxy_conn(sock, &up3, c3, u3, t3).await;
+                    let _ = proxy_conn(sock, &up3, c3, u3, t3, x3).await;
                 });
             }
         });
-        CountingProxy { addr, counts, up, throttle, task }
+        CountingProxy { addr, counts, up, throttle, cut_once_after: cut, task }
     }
 
     pub fn count(&self, pred: impl Fn(&str) -> bool) -> usize {
@@ -195,6 +198,7 @@ async fn proxy_conn(
     counts: Arc<Mutex<HashMap<String, usize>>>,
     up: Arc<AtomicBool>,
     throttle: Arc<AtomicUsize>,
+    cut: Arc<AtomicUsize>,
 ) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut b = [0u8; 1];
@@ -206,6 +210,10 @@ async fn proxy_conn(
     }
     let text = String::from_utf8_lossy(&head).to_string();
     let path = text.split(' ').nth(1).unwrap_or("").to_string();
+    if text.to_ascii_lowercase().contains("\r\nrange:") {
+        *counts.lock().expect("lock").entry(format!("RANGE {path}")).or_insert(0) += 1;
+    }
+    let is_blob = path.contains("/blobs/");
     *counts.lock().expect("lock").entry(path).or_insert(0) += 1;
     let mut lines: Vec<&str> =
         text.trim_end().split("\r\n").filter(|l| !l.to_ascii_lowercase().starts_with("connection:")).collect();
@@ -215,6 +223,7 @@ async fn proxy_conn(
     server.write_all(req.as_bytes()).await?;
     // Read the response fully (upstream closes), forward it with Connection: close.
     let mut buf = vec![0u8; 16384];
+    let mut sent = 0usize;
     loop {
         if !up.load(Ordering::SeqCst) {
             return Ok(()); // cut mid-response
@@ -224,6 +233,11 @@ async fn proxy_conn(
             break;
         }
         client.write_all(&buf[..n]).await?;
+        sent += n;
+        let c = cut.load(Ordering::SeqCst);
+        if is_blob && c > 0 && sent >= c && cut.compare_exchange(c, 0, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            return Ok(()); // cut once, mid-body
+        }
         let bps = throttle.load(Ordering::SeqCst);
         if bps > 0 {
             tokio::time::sleep(std::time::Duration::from_secs_f64(n as f64 / bps as f64)).await;
