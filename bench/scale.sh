@@ -120,6 +120,7 @@ c1m() {
     >"$WORK/load.out" 2>"$WORK/load.err" </dev/null &
   local load=$!
   PIDS+=("$load")
+  disown "$load"
   while [ ! -s "$WORK/load.out" ]; do
     kill -0 "$load" 2>/dev/null || { echo "scale.sh: load failed" >&2; tail "$WORK/load.err" >&2; exit 1; }
     sleep 1
@@ -144,6 +145,7 @@ failover() {
   "$AGORA_BIN" load --master "$MASTER" --frameworks 10 --tasks "$FO_TASKS" --timeout 30mins --hold \
     >"$WORK/fo-load.out" 2>"$WORK/fo-load.err" </dev/null &
   PIDS+=("$!")
+  disown "$!"
   while [ ! -s "$WORK/fo-load.out" ]; do sleep 1; done
   echo "failover: $(jq -r '"\(.started) tasks running (\(.tasks_per_second|round) tasks/s)"' "$WORK/fo-load.out")"
   wait_metric master/tasks_running "$FO_TASKS" 300

@@ -593,12 +593,12 @@ impl State {
             status_update_state: head.map(|s| s.state),
             status_update_uuid: head.and_then(|s| s.uuid.clone()),
             labels: t.labels.clone(),
-            discovery: t.discovery.clone(),
-            container: t.container.clone(),
-            health_check: t.health_check.clone(),
+            discovery: t.discovery.clone().map(Box::new),
+            container: t.container.clone().map(Box::new),
+            health_check: t.health_check.clone().map(Box::new),
             kill_policy: t.kill_policy.clone(),
             user: t.command.as_ref().and_then(|c| c.user.clone()),
-            limits: t.limits.clone(),
+            limits: t.limits.clone().map(Box::new),
         }
     }
 
@@ -1740,7 +1740,7 @@ fn percentile(v: &VecDeque<f64>, q: f64) -> f64 {
 fn apply_limitation(s: &mut TaskStatus, l: &agora_containerizer::Limitation) {
     s.reason = Some(l.reason);
     s.message = Some(l.message.clone());
-    s.limitation = Some(serde_json::json!({ "resources": l.resources }));
+    s.limitation = Some(Box::new(serde_json::json!({ "resources": l.resources })));
 }
 
 /// Points `runs/latest` at the newest run, as Mesos does.

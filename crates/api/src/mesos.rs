@@ -548,15 +548,15 @@ pub struct TaskStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub check_status: Option<serde_json::Value>,
+    pub check_status: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Labels>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container_status: Option<serde_json::Value>,
+    pub container_status: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unreachable_time: Option<TimeInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limitation: Option<serde_json::Value>,
+    pub limitation: Option<Box<serde_json::Value>>,
 }
 
 impl TaskStatus {
@@ -620,17 +620,17 @@ pub struct Task {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Labels>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub discovery: Option<serde_json::Value>,
+    pub discovery: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub container: Option<serde_json::Value>,
+    pub container: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health_check: Option<serde_json::Value>,
+    pub health_check: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kill_policy: Option<KillPolicy>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub limits: Option<serde_json::Value>,
+    pub limits: Option<Box<serde_json::Value>>,
 }
 
 #[cfg(test)]

@@ -90,17 +90,17 @@ pub struct Resource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation_info: Option<AllocationInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reservation: Option<serde_json::Value>,
+    pub reservation: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reservations: Vec<ReservationInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub disk: Option<serde_json::Value>,
+    pub disk: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub revocable: Option<serde_json::Value>,
+    pub revocable: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub shared: Option<serde_json::Value>,
+    pub shared: Option<Box<serde_json::Value>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub provider_id: Option<serde_json::Value>,
+    pub provider_id: Option<Box<serde_json::Value>>,
 }
 
 /// Rounds to Mesos's fixed-point precision (0.001).

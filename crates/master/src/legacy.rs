@@ -201,7 +201,7 @@ pub fn task_json(t: &Task) -> Value {
                 v["healthy"] = json!(h);
             }
             if let Some(c) = &s.container_status {
-                v["container_status"] = c.clone();
+                v["container_status"] = (**c).clone();
             }
             if let Some(l) = &s.labels {
                 v["labels"] = json!(l.labels);
@@ -227,13 +227,13 @@ pub fn task_json(t: &Task) -> Value {
         v["labels"] = json!(l.labels);
     }
     if let Some(d) = &t.discovery {
-        v["discovery"] = d.clone();
+        v["discovery"] = (**d).clone();
     }
     if let Some(c) = &t.container {
-        v["container"] = c.clone();
+        v["container"] = (**c).clone();
     }
     if let Some(h) = &t.health_check {
-        v["health_check"] = h.clone();
+        v["health_check"] = (**h).clone();
     }
     v
 }
@@ -381,7 +381,7 @@ fn roles(st: &State) -> Value {
             e.0.push(id.value.clone());
         }
         for t in f.tasks.values().filter(|t| !t.released) {
-            roles.entry(t.role.clone()).or_insert_with(|| (vec![], Resources::new())).1.add_all(&t.resources);
+            t.add_resources_to(&mut roles.entry(t.role.clone()).or_insert_with(|| (vec![], Resources::new())).1);
         }
     }
     json!({

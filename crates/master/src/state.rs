@@ -185,12 +185,32 @@ impl Stream {
 }
 
 pub(crate) struct TaskEntry {
+    /// The task; its `resources` are what the allocator charged (normalised on insertion).
     pub task: Task,
     pub role: String,
-    /// The task's resources as the allocator charged them.
-    pub resources: Resources,
     /// Whether the resources went back to the allocator already (terminal or agent gone).
     pub released: bool,
+}
+
+impl TaskEntry {
+    /// The task's resources as the allocator charged them.
+    pub fn resources(&self) -> Resources {
+        Resources(self.task.resources.clone())
+    }
+
+    /// Adds the task's resources to `acc` without copying them first.
+    pub fn add_resources_to(&self, acc: &mut Resources) {
+        for r in &self.task.resources {
+            acc.add(r);
+        }
+    }
+}
+
+/// Appends a status to a task's history without the spare capacity `Vec::push` would
+/// reserve (a master holds hundreds of thousands of these).
+fn push_status(statuses: &mut Vec<TaskStatus>, s: TaskStatus) {
+    statuses.reserve_exact(1);
+    statuses.push(s);
 }
 
 pub(crate) struct Framework {
@@ -1081,7 +1101,7 @@ impl State {
                 );
                 s.timestamp = Some(now);
                 t.task.state = TaskState::Killed;
-                t.task.statuses.push(s);
+                push_status(&mut t.task.statuses, s);
             }
             fw.completed_tasks.push_back(t.task);
         }
@@ -1541,16 +1561,16 @@ impl State {
             status_update_state: None,
             status_update_uuid: None,
             labels: task.labels.clone(),
-            discovery: task.discovery.clone(),
-            container: task.container.clone(),
-            health_check: task.health_check.clone(),
+            discovery: task.discovery.clone().map(Box::new),
+            container: task.container.clone().map(Box::new),
+            health_check: task.health_check.clone().map(Box::new),
             kill_policy: task.kill_policy.clone(),
             user: task.command.as_ref().and_then(|c| c.user.clone()).or_else(|| Some(fw.info.user.clone())),
-            limits: task.limits.clone(),
+            limits: task.limits.clone().map(Box::new),
         };
         fw.tasks.insert(
             task.task_id.clone(),
-            TaskEntry { task: record, role: role.to_string(), resources: charged.clone(), released: false },
+            TaskEntry { task: record, role: role.to_string(), released: false },
         );
         let framework_info = fw.info.clone();
         tracing::info!(framework_id = %fid, task_id = %task.task_id, agent_id = %agent_id, "launching task");
@@ -1882,7 +1902,11 @@ impl State {
                 .map(|e| e.task.state == TaskState::Unreachable || e.task.state == TaskState::Lost)
                 .unwrap_or(false);
             let mut entry =
-                existing.unwrap_or(TaskEntry { task: t.clone(), role, resources: resources.clone(), released: false });
+                existing.unwrap_or_else(|| {
+                    let mut task = t.clone();
+                    task.resources = resources.clone().into_vec();
+                    TaskEntry { task, role, released: false }
+                });
             entry.task.state = t.state;
             if t.status_update_state.is_some() {
                 entry.task.status_update_state = t.status_update_state;
@@ -1893,7 +1917,7 @@ impl State {
             }
             entry.released = t.state.is_terminal();
             if !entry.released {
-                used.entry(fid.clone()).or_default().add_all(&entry.resources);
+                entry.add_resources_to(used.entry(fid.clone()).or_default());
             }
             if was_unreachable_task && !t.state.is_terminal() {
                 let mut s =
@@ -1929,7 +1953,7 @@ impl State {
                     );
                     s.agent_id = Some(id.clone());
                     e.task.state = TaskState::Gone;
-                    e.task.statuses.push(s.clone());
+                    push_status(&mut e.task.statuses, s.clone());
                     fw.completed_tasks.push_back(e.task);
                     notify.push((fid.clone(), s));
                 }
@@ -2044,11 +2068,11 @@ impl State {
             if !dup {
                 let mut rec = status.clone();
                 rec.data = None;
-                t.task.statuses.push(rec);
+                push_status(&mut t.task.statuses, rec);
             }
             if latest.is_terminal() && !t.released {
                 t.released = true;
-                release = Some((t.resources.clone(), t.task.agent_id.clone()));
+                release = Some((t.resources(), t.task.agent_id.clone()));
             }
             if newly_terminal {
                 match latest {
@@ -2101,7 +2125,7 @@ impl State {
                     let mut s = status_for(&tid, state, Some(reason), message);
                     s.agent_id = Some(id.clone());
                     t.task.state = state;
-                    t.task.statuses.push(s.clone());
+                    push_status(&mut t.task.statuses, s.clone());
                     let pa = fw.info.partition_aware();
                     s.state = s.state.for_framework(pa);
                     fw.send(&Event::update(s));
@@ -2143,7 +2167,7 @@ impl State {
             s.executor_id = t.task.executor_id.clone();
             s.unreachable_time = Some(DurationInfo::from_secs_f64(now));
             t.task.state = if pa { TaskState::Unreachable } else { TaskState::Lost };
-            t.task.statuses.push(s.clone());
+            push_status(&mut t.task.statuses, s.clone());
             t.released = true;
             fw.unreachable_tasks.insert(tid.clone(), t);
             s.state = s.state.for_framework(pa);
@@ -2360,7 +2384,7 @@ impl State {
             for (fid, tid) in &a.tasks {
                 if let Some(t) = self.frameworks.get(fid).and_then(|f| f.tasks.get(tid)) {
                     if !t.released {
-                        r.add_all(&t.resources);
+                        t.add_resources_to(&mut r);
                     }
                 }
             }
@@ -2373,7 +2397,7 @@ impl State {
         if let Some(fw) = self.frameworks.get(fid) {
             for t in fw.tasks.values() {
                 if !t.released {
-                    r.add_all(&t.resources);
+                    t.add_resources_to(&mut r);
                 }
             }
         }
