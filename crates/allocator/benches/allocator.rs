@@ -11,18 +11,20 @@ mod shapes;
 
 use criterion::{BenchmarkGroup, Criterion, SamplingMode};
 use shapes::{Cluster, Roles};
-use std::collections::BTreeSet;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// The benchmarks that ran in this invocation (a filter may leave some out).
-static RAN: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+/// The benchmarks that ran in this invocation (a filter may leave some out), in order.
+static RAN: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 fn ran(group: &str, name: &str) {
+    let name = format!("{group}/{name}");
     if let Ok(mut ran) = RAN.lock() {
-        ran.insert(format!("{group}/{name}"));
+        if !ran.contains(&name) {
+            ran.push(name);
+        }
     }
 }
 
