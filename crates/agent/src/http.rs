@@ -1,5 +1,6 @@
 //! The agent's HTTP front end: the v1 executor API, the legacy read endpoints and the
 //! sandbox files API (`/files/browse`, `/files/read`, `/files/download`).
+use crate::images::Images;
 use crate::state::{ApiError, Handle, Msg, Query};
 use crate::AgentConfig;
 use agora_api::executor as exec;
@@ -23,6 +24,9 @@ const ROUTES: &[&str] = &[
     "/files/browse",
     "/files/read",
     "/files/download",
+    "/agora/v1/images",
+    "/agora/v1/images/pull",
+    "/agora/v1/images/remove",
 ];
 
 /// Maps a request path to its route (`/slave(1)` is the agent's libprocess id).
@@ -30,11 +34,11 @@ pub fn route(path: &str) -> Option<&'static str> {
     agora_http::route(path, "/slave(1)", ROUTES)
 }
 
-pub fn handler(h: Handle, config: AgentConfig) -> agora_http::Handler {
-    let shared = Arc::new((h, config));
+pub fn handler(h: Handle, config: AgentConfig, images: Arc<Images>) -> agora_http::Handler {
+    let shared = Arc::new((h, config, images));
     Arc::new(move |req, _peer| {
         let s = shared.clone();
-        Box::pin(async move { dispatch(&s.0, &s.1, req).await })
+        Box::pin(async move { dispatch(&s.0, &s.1, &s.2, req).await })
     })
 }
 
@@ -46,7 +50,7 @@ fn unavailable() -> Response<Body> {
     agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "Agent is shutting down")
 }
 
-async fn dispatch(h: &Handle, config: &AgentConfig, req: Request<IncomingBody>) -> Response<Body> {
+async fn dispatch(h: &Handle, config: &AgentConfig, images: &Arc<Images>, req: Request<IncomingBody>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let q = parse_query(req.uri().query());
     let Some(r) = route(&path) else {
@@ -54,7 +58,10 @@ async fn dispatch(h: &Handle, config: &AgentConfig, req: Request<IncomingBody>) 
     };
     match r {
         "/api/v1/executor" => executor_api(h, req).await,
-        "/api/v1" => operator_api(h, req).await,
+        "/api/v1" => operator_api(h, images, req).await,
+        "/agora/v1/images" | "/agora/v1/images/pull" | "/agora/v1/images/remove" => {
+            crate::images_api::serve(images, r, &q, req).await
+        }
         "/health" => agora_http::empty(StatusCode::OK),
         "/version" => agora_http::json(
             StatusCode::OK,
@@ -124,7 +131,7 @@ async fn executor_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
     }
 }
 
-async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
+async fn operator_api(h: &Handle, images: &Arc<Images>, req: Request<IncomingBody>) -> Response<Body> {
     let body = match read_call(req).await {
         Ok(b) => b,
         Err(r) => return r,
@@ -183,6 +190,32 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
             }
             None => unavailable(),
         },
+        Some("PRUNE_IMAGES") => {
+            // Mesos: `prune_images.excluded_images` are kept besides the images in use.
+            let mut keep = images.provisioner.images_in_use();
+            if let Some(list) = v.pointer("/prune_images/excluded_images").and_then(|l| l.as_array()) {
+                for i in list {
+                    if let Some(n) = i.pointer("/docker/name").and_then(|n| n.as_str()) {
+                        keep.push(n.to_string());
+                    }
+                    if let Some(n) = i.pointer("/appc/name").and_then(|n| n.as_str()) {
+                        keep.push(format!("appc:{n}"));
+                    }
+                }
+            }
+            match images.store.prune(&keep).await {
+                Ok(r) => {
+                    tracing::info!(
+                        images = r.images_removed.len(),
+                        layers = r.layers_removed.len(),
+                        bytes = r.bytes_freed,
+                        "PRUNE_IMAGES"
+                    );
+                    agora_http::empty(StatusCode::OK)
+                }
+                Err(e) => agora_http::text(StatusCode::INTERNAL_SERVER_ERROR, format!("Failed to prune images: {e}")),
+            }
+        }
         Some(t) => {
             agora_http::text(StatusCode::BAD_REQUEST, format!("Operator call '{t}' is not supported by this agent yet"))
         }

@@ -9,6 +9,8 @@
 
 pub mod checkpoint;
 pub mod http;
+pub mod images;
+pub mod images_api;
 pub mod link;
 pub mod resources;
 pub mod simulate;
@@ -61,6 +63,23 @@ pub struct AgentConfig {
     pub reconfiguration_policy: ReconfigurationPolicy,
     /// `--executor-reregistration-timeout`: how long recovered executors have to re-subscribe.
     pub executor_reregistration_timeout: Duration,
+    /// `--docker-registry`: the default registry (`host[:port]`, `http://...`), or a local
+    /// directory of `docker save` tarballs.
+    pub docker_registry: Option<String>,
+    /// `--docker-registry-insecure`: registries (`host[:port]`) spoken to over plain HTTP.
+    pub docker_registry_insecure: Vec<String>,
+    /// `--docker-config`: Docker's `config.json` with registry credentials.
+    pub docker_config: Option<PathBuf>,
+    /// `--docker-store-dir`; default `<work dir>/store/docker`.
+    pub docker_store_dir: Option<PathBuf>,
+    /// `--image-provisioner-backend`: `overlay` or `copy`; default overlay where possible.
+    pub image_provisioner_backend: Option<String>,
+    /// `--image-gc-headroom`: keep this fraction of the store's filesystem free.
+    pub image_gc_headroom: Option<f64>,
+    /// `--image-gc-max-store-bytes`: keep the store's layers under this size.
+    pub image_gc_max_store_bytes: Option<u64>,
+    /// `--image-gc-excluded`: images never collected by the thresholds.
+    pub image_gc_excluded: Vec<String>,
     pub flags: Vec<(String, String)>,
 }
 
@@ -88,6 +107,14 @@ impl Default for AgentConfig {
             strict: true,
             reconfiguration_policy: ReconfigurationPolicy::Equal,
             executor_reregistration_timeout: Duration::from_secs(2),
+            docker_registry: None,
+            docker_registry_insecure: Vec::new(),
+            docker_config: None,
+            docker_store_dir: None,
+            image_provisioner_backend: None,
+            image_gc_headroom: None,
+            image_gc_max_store_bytes: None,
+            image_gc_excluded: Vec::new(),
             flags: Vec::new(),
         }
     }
@@ -127,12 +154,15 @@ pub enum AgentError {
     Isolation(String),
     #[error(transparent)]
     Containerizer(#[from] agora_containerizer::ContainerizerError),
+    #[error("images: {0}")]
+    Images(String),
 }
 
 /// A running agent.
 pub struct Agent {
     pub addr: SocketAddr,
     pub handle: state::Handle,
+    pub images: Arc<images::Images>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -238,20 +268,37 @@ impl Agent {
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
         let containerizer = make_containerizer(&config)?;
         let recovered = recover(&config, &info, containerizer.as_ref())?;
+        let images = Arc::new(images::Images::open(&config).await?);
+        {
+            // Rootfses of containers no checkpoint claims are left over from a crash.
+            let claimed: std::collections::HashSet<String> = recovered
+                .frameworks
+                .iter()
+                .flat_map(|f| f.executors.iter().map(|e| e.record.container_id.value.clone()))
+                .collect();
+            let n = images.remove_orphans(&claimed).await;
+            if n > 0 {
+                tracing::info!(orphans = n, "removed orphaned rootfses");
+            }
+        }
         let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel();
-        let (handle, actor) = state::spawn(config.clone(), info, containerizer, out_tx, recovered, recovery_tx);
+        let (handle, actor) =
+            state::spawn(config.clone(), info, containerizer, images.clone(), out_tx, recovered, recovery_tx);
         let reconnect = Arc::new(tokio::sync::Notify::new());
         let link_task = tokio::spawn(link::run(config.clone(), handle.clone(), reconnect.clone(), recovery_rx));
         let out_task = tokio::spawn(link::outbound(config.clone(), out_rx, reconnect));
-        let server = tokio::spawn(agora_http::serve(listener, http::handler(handle.clone(), config.clone())));
+        let server =
+            tokio::spawn(agora_http::serve(listener, http::handler(handle.clone(), config.clone(), images.clone())));
         tracing::info!(%addr, resources = %total, master = %config.master, "agent started");
-        Ok(Agent { addr, handle, tasks: vec![actor, link_task, out_task, server] })
+        Ok(Agent { addr, handle, images, tasks: vec![actor, link_task, out_task, server] })
     }
 
-    /// Destroys every container (waiting up to 10 s for them to end), then stops.
+    /// Destroys every container (waiting up to 10 s for them to end) and their rootfses,
+    /// then stops.
     pub async fn shutdown(&self) {
         let _ = self.handle.ask(|reply| state::Msg::Shutdown { reply }).await;
         self.stop();
+        self.images.release_all().await;
     }
 
     pub fn stop(&self) {

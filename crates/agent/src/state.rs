@@ -2,6 +2,7 @@
 //! status update manager that delivers every update to the master at least once, in order
 //! per task, until the framework acknowledges it.
 use crate::checkpoint::{Checkpoints, ExecutorRecord, Recovered, UpdateRecord};
+use crate::images::{ImageRequest, Images, Progress, Provisioned};
 use crate::AgentConfig;
 use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
 use agora_api::executor as exec;
@@ -92,6 +93,16 @@ pub enum Msg {
         reply: oneshot::Sender<()>,
     },
     ShutdownDeadline,
+    /// A long image pull is still going: tell the framework (TASK_STARTING).
+    ImageProgress {
+        container_id: ContainerId,
+        message: String,
+    },
+    /// A container's image is pulled and its rootfs provisioned (or that failed).
+    ImageReady {
+        container_id: ContainerId,
+        result: Result<Provisioned, String>,
+    },
 }
 
 #[derive(Clone)]
@@ -109,6 +120,8 @@ impl Handle {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ExecState {
+    /// Its image is being pulled and provisioned; no container yet.
+    Provisioning,
     Registering,
     Running,
     Terminating,
@@ -134,6 +147,8 @@ struct Executor {
     pid: u32,
     /// Taken over from a previous agent run; must re-subscribe within the window.
     recovered: bool,
+    /// What to launch once the image is provisioned.
+    pending_launch: Option<LaunchSpec>,
 }
 
 impl Executor {
@@ -165,6 +180,9 @@ pub(crate) struct State {
     self_tx: mpsc::UnboundedSender<Msg>,
     out: mpsc::UnboundedSender<AgentToMaster>,
     containerizer: Arc<dyn Containerizer>,
+    images: Arc<Images>,
+    /// Containers whose image is being provisioned.
+    provisioning: HashMap<ContainerId, (FrameworkId, ExecutorId)>,
     exits_tx: mpsc::UnboundedSender<ContainerExit>,
     agent_info: AgentInfo,
     agent_id: Option<AgentId>,
@@ -214,6 +232,7 @@ pub(crate) fn spawn(
     config: AgentConfig,
     agent_info: AgentInfo,
     containerizer: Arc<dyn Containerizer>,
+    images: Arc<Images>,
     out: mpsc::UnboundedSender<AgentToMaster>,
     recovered: Recovered,
     recovery_done: oneshot::Sender<()>,
@@ -226,6 +245,8 @@ pub(crate) fn spawn(
         self_tx: tx.clone(),
         out,
         containerizer,
+        images,
+        provisioning: HashMap::new(),
         exits_tx,
         agent_info,
         agent_id: None,
@@ -369,6 +390,8 @@ impl State {
                 });
             }
             Msg::RecoveryDone => self.recovery_done(),
+            Msg::ImageProgress { container_id, message } => self.image_progress(&container_id, message),
+            Msg::ImageReady { container_id, result } => self.image_ready(container_id, result),
             Msg::ShutdownDeadline => {
                 if let Some(r) = self.shutdown.take() {
                     tracing::warn!("containers still running at the shutdown deadline");
@@ -408,6 +431,7 @@ impl State {
                     completed: vec![],
                     pid: rec.pid,
                     recovered: true,
+                    pending_launch: None,
                 };
                 for t in ex.tasks {
                     let tid = t.info.task_id.clone();
@@ -692,7 +716,7 @@ impl State {
         let eid = executor_info.executor_id.clone();
         let existing = fw.executors.get(&eid).map(|e| e.state);
         match existing {
-            Some(ExecState::Registering) => {
+            Some(ExecState::Registering) | Some(ExecState::Provisioning) => {
                 if let Some(e) = fw.executors.get_mut(&eid) {
                     e.queued.push(task.clone());
                 }
@@ -763,7 +787,9 @@ impl State {
         } else {
             None
         };
-        if is_command {
+        // With an image, the image's User comes before the framework's (see image_ready).
+        let wants_image = task.container.as_ref().and_then(|c| c.get("mesos")).and_then(|m| m.get("image")).is_some();
+        if is_command && !wants_image {
             if let Some(c) = task.command.as_mut() {
                 c.user = user.clone();
             }
@@ -793,51 +819,254 @@ impl State {
             };
             Some(x + overhead(name))
         };
+        // A command task's image: the executor stays on the host, the task runs in the image.
+        let image = match (&task.container, &executor_info.container) {
+            (_, Some(ci)) if !is_command && ci.get("mesos").and_then(|m| m.get("image")).is_some() => {
+                Err("container images for custom executors are not supported yet".to_string())
+            }
+            (Some(ci), _) if is_command => ImageRequest::from_container_info(ci),
+            _ => Ok(None),
+        };
+        let image = match image {
+            Ok(Some(_)) if !self.containerizer.supports_images() => Err(
+                "container images need the filesystem/linux isolator (the linux launcher, as root)".to_string(),
+            ),
+            other => other,
+        };
+        let image = match image {
+            Ok(i) => i,
+            Err(message) => {
+                tracing::warn!(%message, "cannot run the task's image");
+                let s = self.agent_status(
+                    &task.task_id,
+                    Some(&eid),
+                    TaskState::Failed,
+                    Some(Reason::ReasonContainerLaunchFailed),
+                    format!("Failed to launch container: {message}"),
+                );
+                self.enqueue_update(&fid, None, s);
+                return;
+            }
+        };
         let spec = LaunchSpec {
             container_id: cid.clone(),
             argv,
             shell,
             env,
             directory: directory.clone(),
-            user,
+            user: if image.is_some() { None } else { user },
             cpus: Some(total.scalar("cpus")).filter(|c| *c > 0.0),
             mem_mb: Some(total.scalar("mem")).filter(|m| *m > 0.0),
             cpus_limit: limit("cpus"),
             mem_limit_mb: limit("mem"),
             container_info: task.container.clone().or_else(|| executor_info.container.clone()),
+            rootfs: None,
         };
-        let mut executor = Executor {
+        let executor = Executor {
             info: executor_info,
             container_id: cid.clone(),
             directory: directory.clone(),
             is_command,
-            state: ExecState::Registering,
+            state: if image.is_some() { ExecState::Provisioning } else { ExecState::Registering },
             stream: None,
             queued: vec![task.clone()],
             tasks: BTreeMap::new(),
             completed: vec![],
             pid: 0,
             recovered: false,
+            pending_launch: None,
         };
+        if let Some(fw) = self.frameworks.get_mut(&fid) {
+            fw.executors.insert(eid.clone(), executor);
+        }
+        match image {
+            None => self.launch_container(&fid, &eid, spec),
+            Some(req) => {
+                if let Some(e) = self.executor_mut(&fid, &eid) {
+                    e.pending_launch = Some(spec);
+                }
+                self.provisioning.insert(cid.clone(), (fid.clone(), eid.clone()));
+                self.start_provisioning(cid, req);
+            }
+        }
+    }
+
+    /// Pulls and provisions a container's image off the actor; the result comes back as
+    /// `ImageReady`, and a pull still going after 2 s reports progress every 10 s.
+    fn start_provisioning(&self, cid: ContainerId, req: ImageRequest) {
+        use tracing::Instrument as _;
+        let images = self.images.clone();
+        let tx = self.self_tx.clone();
+        let span = tracing::info_span!("provision", container_id = %cid, image = %req.display());
+        tokio::spawn(
+            async move {
+                let progress = Arc::new(std::sync::Mutex::new(Progress::default()));
+                let (p2, tx2, cid2, name) = (progress.clone(), tx.clone(), cid.clone(), req.display());
+                let reporter = tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    loop {
+                        let summary = p2.lock().map(|p| p.summary()).unwrap_or_default();
+                        tracing::info!(progress = %summary, "pulling image");
+                        let message = format!("Pulling image '{name}': {summary}");
+                        if tx2.send(Msg::ImageProgress { container_id: cid2.clone(), message }).is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_secs(10)).await;
+                    }
+                });
+                let started = std::time::Instant::now();
+                let result = images.provision(&cid.value, &req, progress.clone()).await;
+                reporter.abort();
+                match &result {
+                    Ok(p) => tracing::info!(
+                        image_id = %p.image.id,
+                        rootfs = %p.rootfs.display(),
+                        ms = started.elapsed().as_millis() as u64,
+                        "image provisioned"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "image provisioning failed"),
+                }
+                if let Err(mpsc::error::SendError(Msg::ImageReady { container_id, .. })) =
+                    tx.send(Msg::ImageReady { container_id: cid, result })
+                {
+                    // The agent is going away: nobody will launch it.
+                    images.release(&container_id.value).await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn image_progress(&mut self, cid: &ContainerId, message: String) {
+        let Some((fid, eid)) = self.provisioning.get(cid).cloned() else { return };
+        let ids: Vec<TaskId> = match self.executor(&fid, &eid) {
+            Some(e) if e.state == ExecState::Provisioning => e.queued.iter().map(|t| t.task_id.clone()).collect(),
+            _ => return,
+        };
+        for tid in ids {
+            let s = self.agent_status(&tid, Some(&eid), TaskState::Starting, None, message.clone());
+            self.enqueue_update(&fid, None, s);
+        }
+    }
+
+    fn release_rootfs(&self, cid: &ContainerId) {
+        let (images, id) = (self.images.clone(), cid.value.clone());
+        tokio::spawn(async move { images.release(&id).await });
+    }
+
+    fn image_ready(&mut self, cid: ContainerId, result: Result<Provisioned, String>) {
+        let Some((fid, eid)) = self.provisioning.remove(&cid) else {
+            self.release_rootfs(&cid);
+            return;
+        };
+        let span = tracing::info_span!("image_ready", framework_id = %fid, executor_id = %eid, container_id = %cid);
+        let _e = span.enter();
+        let waiting =
+            self.executor(&fid, &eid).map(|e| e.container_id == cid && e.state == ExecState::Provisioning).unwrap_or(false);
+        if !waiting {
+            // Killed or shut down while its image was being pulled.
+            tracing::info!("the executor ended while its image was provisioned");
+            self.release_rootfs(&cid);
+            return;
+        }
+        let fallback_user = self
+            .frameworks
+            .get(&fid)
+            .map(|f| f.info.user.clone())
+            .filter(|u| self.config.switch_user && !u.is_empty());
+        match result {
+            Ok(p) => {
+                let cfg = &p.image.config;
+                let runtime = agora_executor::ImageRuntime {
+                    rootfs: PathBuf::new(),
+                    entrypoint: cfg.entrypoint.clone(),
+                    cmd: cfg.cmd.clone(),
+                    env: cfg.env.clone(),
+                    working_dir: cfg.working_dir.clone(),
+                    user: cfg.user.clone(),
+                };
+                let switch = self.config.switch_user;
+                let Some(e) = self.executor_mut(&fid, &eid) else { return };
+                // The task's user: its own, else the image's, else the framework's.
+                for t in e.queued.iter_mut() {
+                    if let Some(c) = t.command.as_mut() {
+                        c.user = if switch {
+                            c.user.clone().or_else(|| cfg.user.clone()).or_else(|| fallback_user.clone())
+                        } else {
+                            cfg.user.clone()
+                        };
+                    }
+                }
+                let Some(mut spec) = e.pending_launch.take() else { return };
+                spec.rootfs = Some(p.rootfs.clone());
+                match serde_json::to_string(&runtime) {
+                    Ok(json) => spec.env.push((agora_executor::IMAGE_ENV.to_string(), json)),
+                    Err(err) => tracing::error!(error = %err, "cannot encode the image config"),
+                }
+                self.launch_container(&fid, &eid, spec);
+            }
+            Err(message) => {
+                self.drop_unlaunched(&fid, &eid, &format!("Failed to launch container: {message}"));
+                self.release_rootfs(&cid);
+            }
+        }
+    }
+
+    /// An executor whose container could not be started: its tasks fail, and it is
+    /// forgotten (it never ran).
+    fn drop_unlaunched(&mut self, fid: &FrameworkId, eid: &ExecutorId, message: &str) {
+        let queued = self
+            .frameworks
+            .get_mut(fid)
+            .and_then(|fw| fw.executors.remove(eid))
+            .map(|e| e.queued)
+            .unwrap_or_default();
+        for t in queued {
+            let s = self.agent_status(
+                &t.task_id,
+                Some(eid),
+                TaskState::Failed,
+                Some(Reason::ReasonContainerLaunchFailed),
+                message,
+            );
+            self.enqueue_update(fid, None, s);
+        }
+    }
+
+    /// Starts the container of an executor already in the state (its tasks queued).
+    fn launch_container(&mut self, fid: &FrameworkId, eid: &ExecutorId, spec: LaunchSpec) {
+        let cid = spec.container_id.clone();
+        let directory = spec.directory.clone();
+        let has_rootfs = spec.rootfs.is_some();
         match self.containerizer.launch(spec, self.exits_tx.clone()) {
             Ok(pid) => {
-                executor.pid = pid;
+                let Some(fw) = self.frameworks.get_mut(fid) else {
+                    self.containerizer.destroy(&cid);
+                    return;
+                };
+                let framework_info = fw.info.clone();
+                let Some(e) = fw.executors.get_mut(eid) else {
+                    self.containerizer.destroy(&cid);
+                    return;
+                };
+                e.pid = pid;
+                e.state = ExecState::Registering;
                 if framework_info.checkpoint {
                     let rec = ExecutorRecord {
-                        executor_info: executor.info.clone(),
-                        is_command,
+                        executor_info: e.info.clone(),
+                        is_command: e.is_command,
                         container_id: cid.clone(),
                         directory: directory.clone(),
                         pid,
                     };
+                    let tasks = e.queued.clone();
                     // The executor record last: without it recovery ignores the rest, so a
                     // crash in between leaves an orphan container (destroyed), never an
                     // executor without its task.
-                    let written = self
-                        .checkpoints
-                        .write_framework(&framework_info)
-                        .and_then(|_| self.checkpoints.write_task(&fid, &eid, &task))
-                        .and_then(|_| self.checkpoints.write_executor(&fid, &rec));
+                    let written = self.checkpoints.write_framework(&framework_info).and_then(|_| {
+                        tasks.iter().try_for_each(|t| self.checkpoints.write_task(fid, eid, t))?;
+                        self.checkpoints.write_executor(fid, &rec)
+                    });
                     if let Err(e) = written {
                         tracing::error!(error = %e, "cannot checkpoint the executor");
                     }
@@ -845,11 +1074,9 @@ impl State {
                 let _ = latest_symlink(&directory);
                 tracing::info!(executor_id = %eid, container_id = %cid, pid, "executor launched");
                 self.containers.insert(cid.clone(), (fid.clone(), eid.clone()));
-                if let Some(fw) = self.frameworks.get_mut(&fid) {
-                    fw.executors.insert(eid.clone(), executor);
-                }
                 let tx = self.self_tx.clone();
                 let timeout = self.config.executor_registration_timeout;
+                let (fid, eid) = (fid.clone(), eid.clone());
                 tokio::spawn(async move {
                     tokio::time::sleep(timeout).await;
                     let _ =
@@ -858,14 +1085,10 @@ impl State {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "container launch failed");
-                let s = self.agent_status(
-                    &task.task_id,
-                    Some(&eid),
-                    TaskState::Failed,
-                    Some(Reason::ReasonContainerLaunchFailed),
-                    e.to_string(),
-                );
-                self.enqueue_update(&fid, None, s);
+                self.drop_unlaunched(fid, eid, &e.to_string());
+                if has_rootfs {
+                    self.release_rootfs(&cid);
+                }
             }
         }
     }
@@ -1036,6 +1259,14 @@ impl State {
         let grace = self.config.executor_shutdown_grace_period;
         let Some(e) = self.executor_mut(fid, eid) else { return };
         if e.state == ExecState::Terminated {
+            return;
+        }
+        if e.state == ExecState::Provisioning {
+            // No container yet: it ends here; the rootfs goes when the provisioning returns.
+            e.state = ExecState::Terminated;
+            e.pending_launch = None;
+            self.maybe_complete_executor(fid, eid);
+            self.maybe_remove_framework(fid);
             return;
         }
         let cid = e.container_id.clone();
@@ -1300,6 +1531,8 @@ impl State {
     }
 
     fn container_ended(&mut self, exit: ContainerExit) {
+        // Its rootfs (if it had an image) goes with it.
+        self.release_rootfs(&exit.container_id);
         let Some((fid, eid)) = self.containers.remove(&exit.container_id) else { return };
         let span = tracing::info_span!("executor_exited", framework_id = %fid, executor_id = %eid);
         let _e = span.enter();

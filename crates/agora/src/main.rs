@@ -44,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         list: ListCommand,
     },
+    /// Container images in an agent's store: pull, ls, inspect, rm.
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCommand,
+    },
     /// Load generator for scale benchmarks: frameworks launching tasks as fast as offers allow.
     Load(LoadArgs),
     /// The built-in command executor (started by the agent).
@@ -54,6 +59,58 @@ enum Command {
     Supervisor {
         #[arg(long)]
         runtime_dir: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct AgentAddr {
+    /// The agent: host:port.
+    #[arg(long, env = "AGORA_AGENT", default_value = "127.0.0.1:5051")]
+    agent: String,
+}
+
+#[derive(Subcommand, Clone)]
+enum ImageCommand {
+    /// Pull an image into the agent's store (progress on stderr), or import a local file.
+    Pull {
+        #[command(flatten)]
+        agent: AgentAddr,
+        /// Use the stored image when the reference is already there.
+        #[arg(long)]
+        if_not_present: bool,
+        /// Import an appc ACI file (a path on the agent's machine) instead of pulling.
+        #[arg(long, conflicts_with_all = ["docker_archive", "oci_layout"])]
+        aci: Option<String>,
+        /// Import a `docker save` tarball (a path on the agent's machine).
+        #[arg(long, conflicts_with = "oci_layout")]
+        docker_archive: Option<String>,
+        /// Import an OCI image layout directory (a path on the agent's machine), as NAME.
+        #[arg(long)]
+        oci_layout: Option<String>,
+        /// The image reference (`busybox`, `host:port/ns/name:tag`, `name@sha256:...`).
+        #[arg(required_unless_present_any = ["aci", "docker_archive"])]
+        name: Option<String>,
+    },
+    /// List the images in the agent's store.
+    Ls {
+        #[command(flatten)]
+        agent: AgentAddr,
+        /// Print JSON instead of a table.
+        #[arg(long, env = "AGORA_JSON")]
+        json: bool,
+    },
+    /// Show one image (JSON).
+    Inspect {
+        #[command(flatten)]
+        agent: AgentAddr,
+        name: String,
+    },
+    /// Remove an image reference (and the image with its last one).
+    Rm {
+        #[command(flatten)]
+        agent: AgentAddr,
+        #[arg(required = true)]
+        names: Vec<String>,
     },
 }
 
@@ -259,6 +316,32 @@ struct AgentArgs {
     /// How long executors have to re-subscribe after an agent restart.
     #[arg(long, env = "AGORA_EXECUTOR_REREGISTRATION_TIMEOUT", default_value = "2secs", value_parser = parse_duration)]
     executor_reregistration_timeout: Duration,
+    /// Default registry for image references that name none: host[:port], http://host:port
+    /// (plain HTTP), https://host; or a local directory of `docker save` tarballs.
+    #[arg(long, env = "AGORA_DOCKER_REGISTRY")]
+    docker_registry: Option<String>,
+    /// Registries (host[:port], comma-separated) spoken to over plain HTTP.
+    #[arg(long, env = "AGORA_DOCKER_REGISTRY_INSECURE", value_delimiter = ',')]
+    docker_registry_insecure: Vec<String>,
+    /// Docker's config.json with registry credentials.
+    #[arg(long, env = "AGORA_DOCKER_CONFIG")]
+    docker_config: Option<PathBuf>,
+    /// The image store (default <work-dir>/store/docker).
+    #[arg(long, env = "AGORA_DOCKER_STORE_DIR")]
+    docker_store_dir: Option<PathBuf>,
+    /// How image rootfses are built: overlay or copy (default overlay where the kernel and
+    /// the store's filesystem allow it).
+    #[arg(long, env = "AGORA_IMAGE_PROVISIONER_BACKEND", value_parser = ["overlay", "copy"])]
+    image_provisioner_backend: Option<String>,
+    /// Image garbage collection: keep this fraction (0..1) of the store's filesystem free.
+    #[arg(long, env = "AGORA_IMAGE_GC_HEADROOM")]
+    image_gc_headroom: Option<f64>,
+    /// Image garbage collection: keep the store's layers under this many bytes.
+    #[arg(long, env = "AGORA_IMAGE_GC_MAX_STORE_BYTES")]
+    image_gc_max_store_bytes: Option<u64>,
+    /// Images (comma-separated references) the garbage collection never removes.
+    #[arg(long, env = "AGORA_IMAGE_GC_EXCLUDED", value_delimiter = ',')]
+    image_gc_excluded: Vec<String>,
     /// Scale testing: run N simulated agents in this process instead of a real agent. Each
     /// registers over its own connection with `--resources` (default
     /// 'cpus:24;mem:4096;disk:4096;ports:[31000-32000]') and a fake containerizer.
@@ -293,6 +376,9 @@ impl AgentArgs {
             ("isolation".into(), self.isolation.clone().unwrap_or_default()),
             ("cgroups_root".into(), self.cgroups_root.clone()),
             ("switch_user".into(), self.switch_user.to_string()),
+            ("docker_registry".into(), self.docker_registry.clone().unwrap_or_default()),
+            ("docker_store_dir".into(), self.docker_store_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()),
+            ("image_provisioner_backend".into(), self.image_provisioner_backend.clone().unwrap_or_default()),
         ];
         Ok(AgentConfig {
             master: self.master.clone(),
@@ -324,6 +410,17 @@ impl AgentArgs {
                 agora_agent::ReconfigurationPolicy::Equal
             },
             executor_reregistration_timeout: self.executor_reregistration_timeout.min(Duration::from_secs(15)),
+            docker_registry: self.docker_registry.clone(),
+            docker_registry_insecure: self.docker_registry_insecure.clone(),
+            docker_config: self.docker_config.clone(),
+            docker_store_dir: self.docker_store_dir.clone(),
+            image_provisioner_backend: self.image_provisioner_backend.clone(),
+            image_gc_headroom: match self.image_gc_headroom {
+                Some(h) if !(0.0..1.0).contains(&h) => anyhow::bail!("--image-gc-headroom must be in [0, 1)"),
+                h => h,
+            },
+            image_gc_max_store_bytes: self.image_gc_max_store_bytes,
+            image_gc_excluded: self.image_gc_excluded.clone(),
             flags,
         })
     }
@@ -361,8 +458,12 @@ struct RunArgs {
     /// Do not print state changes.
     #[arg(long, short, env = "AGORA_QUIET")]
     quiet: bool,
+    /// Run the task in this Docker image (the agent pulls it); without a command the
+    /// image's Entrypoint/Cmd run.
+    #[arg(long, env = "AGORA_IMAGE")]
+    image: Option<String>,
     /// The command: one argument runs through `sh -c`, several are exec'd directly.
-    #[arg(last = true, required = true)]
+    #[arg(last = true, required_unless_present = "image")]
     command: Vec<String>,
 }
 
@@ -524,9 +625,14 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 mem: args.mem,
                 role: args.role,
                 command: args.command,
+                image: args.image,
                 verbose: !args.quiet,
             };
             Ok(agora_client::run::run(opts).await?)
+        }
+        Command::Image { cmd } => {
+            init_tracing("warn");
+            image(cmd).await
         }
         Command::Framework { list: ListCommand::List(l) } => list(View::Frameworks, l).await,
         Command::Task { list: ListCommand::List(l) } => list(View::Tasks, l).await,
@@ -558,6 +664,52 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let config = agora_executor::Config::from_env()?;
             agora_executor::run(config).await?;
             Ok(0)
+        }
+    }
+}
+
+/// `agora image ...` against an agent's image API.
+async fn image(cmd: ImageCommand) -> anyhow::Result<i32> {
+    use agora_client::image as img;
+    match cmd {
+        ImageCommand::Pull { agent, if_not_present, aci, docker_archive, oci_layout, name } => {
+            let req = img::PullRequest { name, aci, docker_archive, oci_layout, if_not_present };
+            let i = img::pull(&agent.agent, &req).await?;
+            let refs: Vec<&str> =
+                i["references"].as_array().map(|a| a.iter().filter_map(|r| r.as_str()).collect()).unwrap_or_default();
+            println!("{} {}", i["id"].as_str().unwrap_or(""), refs.join(" "));
+            Ok(0)
+        }
+        ImageCommand::Ls { agent, json } => {
+            let list = img::list(&agent.agent).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                println!("{}", img::table(&list));
+            }
+            Ok(0)
+        }
+        ImageCommand::Inspect { agent, name } => match img::inspect(&agent.agent, &name).await? {
+            Some(i) => {
+                println!("{}", serde_json::to_string_pretty(&i)?);
+                Ok(0)
+            }
+            None => {
+                eprintln!("agora: no image '{name}' on the agent");
+                Ok(1)
+            }
+        },
+        ImageCommand::Rm { agent, names } => {
+            let mut code = 0;
+            for n in names {
+                if img::remove(&agent.agent, &n).await? {
+                    println!("removed {n}");
+                } else {
+                    eprintln!("agora: no image '{n}' on the agent");
+                    code = 1;
+                }
+            }
+            Ok(code)
         }
     }
 }

@@ -8,6 +8,7 @@
 //! does not lead is followed.
 #![forbid(unsafe_code)]
 
+pub mod image;
 pub mod load;
 pub mod run;
 pub mod views;

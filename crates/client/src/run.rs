@@ -15,8 +15,11 @@ pub struct RunOptions {
     pub cpus: f64,
     pub mem: f64,
     pub role: String,
-    /// Run through the shell (`sh -c`) when one string is given; else exec argv.
+    /// Run through the shell (`sh -c`) when one string is given; else exec argv. May be
+    /// empty with an image: the image's Entrypoint/Cmd run.
     pub command: Vec<String>,
+    /// A Docker image reference the task runs in (`ContainerInfo.mesos.image`).
+    pub image: Option<String>,
     /// Print state changes to stderr.
     pub verbose: bool,
 }
@@ -62,13 +65,18 @@ impl Sandbox {
     }
 }
 
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => (b as char).to_string(),
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// `ContainerInfo` running a task in a Docker image with the Mesos containerizer.
+pub fn container_with_image(name: &str) -> serde_json::Value {
+    serde_json::json!({"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "docker": {"name": name}}}})
 }
 
 /// The exit code a shell would report for the task's end.
@@ -143,7 +151,10 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                                 Resource::scalar("cpus", opts.cpus).with_allocation(Some(&role)),
                                 Resource::scalar("mem", opts.mem).with_allocation(Some(&role)),
                             ];
-                            let command = if opts.command.len() == 1 {
+                            let command = if opts.command.is_empty() {
+                                // The image's Entrypoint/Cmd (Mesos: shell false, no value).
+                                CommandInfo { shell: false, value: None, arguments: vec![], environment: None, user: None, uris: vec![] }
+                            } else if opts.command.len() == 1 {
                                 CommandInfo::shell(opts.command[0].clone())
                             } else {
                                 CommandInfo {
@@ -155,7 +166,10 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                                     uris: vec![],
                                 }
                             };
-                            let task = TaskInfo { name: opts.name.clone(), ..TaskInfo::command(task_id.clone(), offer.agent_id.clone(), resources, command) };
+                            let mut task = TaskInfo { name: opts.name.clone(), ..TaskInfo::command(task_id.clone(), offer.agent_id.clone(), resources, command) };
+                            if let Some(image) = &opts.image {
+                                task.container = Some(container_with_image(image));
+                            }
                             let agent_url = offer
                                 .url
                                 .as_ref()

@@ -46,7 +46,16 @@ pub struct LaunchSpec {
     pub mem_limit_mb: Option<f64>,
     /// `ContainerInfo` of the task or executor, as JSON (rlimits, linux_info, hostname).
     pub container_info: Option<serde_json::Value>,
+    /// A provisioned image root filesystem (host path) the container's task runs in. The
+    /// container's init (the executor) stays on the host's root; the launcher prepares this
+    /// rootfs (special filesystems, `/etc` files, the sandbox) in the container's mount
+    /// namespace and tells the init where it is with [`ROOTFS_ENV`]. Needs `filesystem/linux`.
+    pub rootfs: Option<PathBuf>,
 }
+
+/// The environment variable that tells a container's init where the task's prepared root
+/// filesystem is, as the init sees it.
+pub const ROOTFS_ENV: &str = "AGORA_TASK_ROOTFS";
 
 /// Why a container was stopped by its isolation.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,5 +140,9 @@ pub trait Containerizer: Send + Sync {
     /// Kills and forgets containers a previous run left that nobody recovered.
     fn cleanup_orphans(&self) -> usize {
         0
+    }
+    /// Whether containers may run in an image's root filesystem (`LaunchSpec::rootfs`).
+    fn supports_images(&self) -> bool {
+        false
     }
 }

@@ -8,7 +8,7 @@
 //! runtime directory removed. Mounts live in the container's own mount namespace and vanish
 //! with its last process.
 use crate::isolation::Isolation;
-use crate::supervisor::{self, MountSpec, RlimitSpec, Spec};
+use crate::supervisor::{self, MountSpec, RlimitSpec, RootfsSpec, Spec};
 use crate::{ContainerExit, ContainerStats, Containerizer, ContainerizerError, LaunchSpec, Limitation};
 use agora_api::{ContainerId, Reason, Resource};
 use agora_cgroups::{Cgroups, Limits};
@@ -41,6 +41,13 @@ pub const MIN_MEMORY_MB: f64 = 32.0;
 
 /// Where the sandbox appears inside a `filesystem/linux` container.
 pub const CONTAINER_SANDBOX: &str = "/mnt/mesos/sandbox";
+
+/// Where an image's prepared rootfs appears in the container's mount namespace (its init
+/// stays on the host's root and starts the task in it).
+pub const CONTAINER_ROOTFS: &str = "/mnt/mesos/rootfs";
+
+/// The `/etc` files an image container gets, written into its runtime directory.
+pub const ETC_FILES: &[&str] = &["hosts", "hostname", "resolv.conf"];
 
 #[derive(Clone, Debug)]
 pub struct LinuxConfig {
@@ -152,9 +159,25 @@ impl LinuxContainerizer {
         }
     }
 
-    fn build_spec(&self, spec: &LaunchSpec, cgroup: &str) -> Result<Spec, String> {
+    fn build_spec(&self, spec: &LaunchSpec, cgroup: &str, dir: &Path) -> Result<Spec, String> {
         let iso = &self.config.isolation;
         let mut env = spec.env.clone();
+        let rootfs = match &spec.rootfs {
+            None => None,
+            Some(_) if !iso.filesystem_linux => {
+                return Err("container images need the filesystem/linux isolator".into());
+            }
+            Some(source) => {
+                env.retain(|(k, _)| k != crate::ROOTFS_ENV);
+                env.push((crate::ROOTFS_ENV.into(), CONTAINER_ROOTFS.into()));
+                Some(RootfsSpec {
+                    source: source.clone(),
+                    target: CONTAINER_ROOTFS.into(),
+                    sandbox: spec.directory.clone(),
+                    etc_files: ETC_FILES.iter().map(|f| (f.to_string(), dir.join("etc").join(f))).collect(),
+                })
+            }
+        };
         let mut mounts = Vec::new();
         if iso.filesystem_linux {
             if iso.namespaces_pid {
@@ -248,6 +271,7 @@ impl LinuxContainerizer {
             capabilities,
             no_new_privs: iso.nnp,
             seccomp: iso.seccomp,
+            rootfs,
         })
     }
 
@@ -282,6 +306,22 @@ impl LinuxContainerizer {
         }
         l
     }
+}
+
+/// Writes the `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` an image container gets:
+/// its own hostname on loopback (the container shares the host's network), and the host's
+/// resolver configuration.
+fn write_etc_files(etc: &Path, hostname: &str) -> Result<(), (PathBuf, std::io::Error)> {
+    std::fs::create_dir_all(etc).map_err(|e| (etc.to_path_buf(), e))?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+    );
+    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    for (name, data) in [("hosts", hosts.into_bytes()), ("hostname", format!("{hostname}\n").into_bytes()), ("resolv.conf", resolv)] {
+        let p = etc.join(name);
+        std::fs::write(&p, data).map_err(|e| (p.clone(), e))?;
+    }
+    Ok(())
 }
 
 fn chown_to(path: &Path, user: &Option<String>) {
@@ -377,6 +417,10 @@ impl LinuxContainerizer {
 }
 
 impl Containerizer for LinuxContainerizer {
+    fn supports_images(&self) -> bool {
+        self.config.isolation.filesystem_linux
+    }
+
     fn cleanup_orphans(&self) -> usize {
         self.destroy_orphans()
     }
@@ -436,7 +480,8 @@ impl Containerizer for LinuxContainerizer {
             }
         }
         let cgroup = self.cgroup_of(&id);
-        let sup_spec = self.build_spec(&spec, &cgroup).map_err(&invalid)?;
+        let dir = self.config.runtime_dir.join(&id.value);
+        let sup_spec = self.build_spec(&spec, &cgroup, &dir).map_err(&invalid)?;
         supervisor::validate(&sup_spec).map_err(&invalid)?;
         // The sandbox (and its private /tmp) belong to the task's user.
         let sandbox_err =
@@ -456,10 +501,16 @@ impl Containerizer for LinuxContainerizer {
         for p in [spec.directory.clone(), spec.directory.join("stdout"), spec.directory.join("stderr")] {
             chown_to(&p, &spec.user);
         }
-        let dir = self.config.runtime_dir.join(&id.value);
         let runtime_err =
             |path: &Path, source| ContainerizerError::Runtime { id: ids.clone(), path: path.to_path_buf(), source };
         std::fs::create_dir_all(&dir).map_err(|e| runtime_err(&dir, e))?;
+        if sup_spec.rootfs.is_some() {
+            let hostname = sup_spec.hostname.clone().unwrap_or_default();
+            if let Err((path, e)) = write_etc_files(&dir.join("etc"), &hostname) {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(runtime_err(&path, e));
+            }
+        }
         if let Some(cg) = &self.cgroups {
             cg.create(&cgroup, &self.limits(&spec))
                 .map_err(|source| ContainerizerError::Cgroups { id: ids.clone(), source })?;

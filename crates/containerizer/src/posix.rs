@@ -70,6 +70,12 @@ fn lookup_user(name: &str) -> Option<nix::unistd::User> {
 impl Containerizer for PosixContainerizer {
     fn launch(&self, spec: LaunchSpec, exits: mpsc::UnboundedSender<ContainerExit>) -> Result<u32, ContainerizerError> {
         let id = spec.container_id.to_string();
+        if spec.rootfs.is_some() {
+            return Err(ContainerizerError::Invalid {
+                id,
+                message: "container images need the filesystem/linux isolator (the linux launcher)".into(),
+            });
+        }
         std::fs::create_dir_all(&spec.directory).map_err(|source| ContainerizerError::Sandbox {
             id: id.clone(),
             path: spec.directory.clone(),

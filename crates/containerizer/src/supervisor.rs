@@ -43,6 +43,21 @@ pub struct RlimitSpec {
     pub hard: Option<u64>,
 }
 
+/// A container image's root filesystem, prepared for the task by the init's setup (see
+/// `docs/supervisor.md`, "Images"). The init itself keeps the host's root.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RootfsSpec {
+    /// The provisioned rootfs on the host.
+    pub source: PathBuf,
+    /// Where it is bind-mounted in the container's mount namespace (outside `/tmp`, which
+    /// the container's own `/tmp` covers), with `/proc`, `/sys`, `/dev` and the rest in it.
+    pub target: PathBuf,
+    /// The host sandbox, bind-mounted at `<target>/mnt/mesos/sandbox`.
+    pub sandbox: PathBuf,
+    /// Files bind-mounted over `<target>/etc/<name>`: (name, host file).
+    pub etc_files: Vec<(String, PathBuf)>,
+}
+
 /// What the supervisor starts (`spec.json`).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Spec {
@@ -66,6 +81,9 @@ pub struct Spec {
     pub capabilities: Option<Vec<String>>,
     pub no_new_privs: bool,
     pub seccomp: bool,
+    /// An image rootfs to prepare for the task (made before `mounts`).
+    #[serde(default)]
+    pub rootfs: Option<RootfsSpec>,
 }
 
 /// `started.json`.
@@ -142,6 +160,153 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
             capability(c)?;
         }
     }
+    if let Some(r) = &spec.rootfs {
+        if !r.source.is_absolute() || !r.target.is_absolute() {
+            return Err("the rootfs source and target must be absolute paths".into());
+        }
+        if !spec.new_mount_ns {
+            return Err("an image rootfs needs a mount namespace".into());
+        }
+        for (name, _) in &r.etc_files {
+            if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+                return Err(format!("invalid /etc file name '{name}'"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Host devices bind-mounted into an image's `/dev`.
+pub const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// `root/rel`, made sure to stay inside `root`: every existing component of `rel` must be
+/// a directory (or, for the last one, a regular file) and never a symlink, which a
+/// malicious image could point at the host. Missing directories are created (`mkdir`).
+fn inside(root: &Path, rel: &str, mkdir: bool) -> std::io::Result<PathBuf> {
+    let mut p = root.to_path_buf();
+    for c in rel.split('/').filter(|c| !c.is_empty()) {
+        if c == ".." || c == "." {
+            return Err(io_err(&format!("path {rel}"), "must not contain '.' or '..'"));
+        }
+        p.push(c);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(io_err(&format!("{} in the image", p.display()), "is a symlink; refused"));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && mkdir => {
+                std::fs::create_dir(&p).map_err(|e| io_err(&format!("mkdir {}", p.display()), e))?;
+            }
+            Err(e) => return Err(io_err(&format!("stat {}", p.display()), e)),
+        }
+    }
+    Ok(p)
+}
+
+/// `dir/name` as an empty regular file to mount over: a symlink or anything else than a
+/// regular file there (the image's own, in the container's private copy) is replaced.
+fn mount_point_file(dir: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let p = dir.join(name);
+    match std::fs::symlink_metadata(&p) {
+        Ok(m) if m.file_type().is_file() => return Ok(p),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(&p),
+        Ok(_) => std::fs::remove_file(&p),
+        Err(_) => Ok(()),
+    }
+    .map_err(|e| io_err(&format!("replace {}", p.display()), e))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&p)
+        .map_err(|e| io_err(&format!("create {}", p.display()), e))?;
+    Ok(p)
+}
+
+/// Prepares an image rootfs in the (new, private) mount namespace of the container's init:
+/// the rootfs bind-mounted at its target, then `/proc`, a read-only `/sys`, a minimal
+/// `/dev` (tmpfs with the host's null, zero, full, random, urandom and tty, `/dev/pts`,
+/// `/dev/shm`), the sandbox at `/mnt/mesos/sandbox` and the `/etc` files, all inside it.
+/// Nothing follows a symlink of the image.
+fn prepare_rootfs(r: &RootfsSpec) -> std::io::Result<()> {
+    use nix::mount::MsFlags;
+    let mk = |target: PathBuf| MountSpec { target, ..Default::default() };
+    std::fs::create_dir_all(&r.target).map_err(|e| io_err(&format!("mkdir {}", r.target.display()), e))?;
+    do_mount(&MountSpec {
+        source: Some(r.source.clone()),
+        bind: true,
+        recursive: true,
+        ..mk(r.target.clone())
+    })?;
+    let root = r.target.as_path();
+    do_mount(&MountSpec {
+        source: Some("proc".into()),
+        fstype: Some("proc".into()),
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+        ..mk(inside(root, "proc", true)?)
+    })?;
+    do_mount(&MountSpec {
+        source: Some("/sys".into()),
+        bind: true,
+        readonly: true,
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+        ..mk(inside(root, "sys", true)?)
+    })?;
+    let dev = inside(root, "dev", true)?;
+    do_mount(&MountSpec {
+        source: Some("tmpfs".into()),
+        fstype: Some("tmpfs".into()),
+        nosuid: true,
+        noexec: true,
+        data: Some("mode=755,size=65536k".into()),
+        ..mk(dev.clone())
+    })?;
+    for d in DEVICES {
+        let target = mount_point_file(&dev, d)?;
+        do_mount(&MountSpec { source: Some(Path::new("/dev").join(d)), bind: true, ..mk(target) })?;
+    }
+    let pts = dev.join("pts");
+    std::fs::create_dir(&pts).map_err(|e| io_err("mkdir /dev/pts", e))?;
+    do_mount(&MountSpec {
+        source: Some("devpts".into()),
+        fstype: Some("devpts".into()),
+        nosuid: true,
+        noexec: true,
+        data: Some("newinstance,ptmxmode=0666,mode=0620".into()),
+        ..mk(pts)
+    })?;
+    let shm = dev.join("shm");
+    std::fs::create_dir(&shm).map_err(|e| io_err("mkdir /dev/shm", e))?;
+    do_mount(&MountSpec {
+        source: Some("shm".into()),
+        fstype: Some("tmpfs".into()),
+        nosuid: true,
+        nodev: true,
+        noexec: true,
+        data: Some("mode=1777,size=65536k".into()),
+        ..mk(shm)
+    })?;
+    for (link, to) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| io_err(&format!("symlink /dev/{link}"), e))?;
+    }
+    do_mount(&MountSpec { source: Some(r.sandbox.clone()), bind: true, ..mk(inside(root, "mnt/mesos/sandbox", true)?) })?;
+    let etc = inside(root, "etc", true)?;
+    for (name, host) in &r.etc_files {
+        let target = mount_point_file(&etc, name)?;
+        do_mount(&MountSpec { source: Some(host.clone()), bind: true, ..mk(target) })?;
+    }
+    // Nothing mounted later (the container's /tmp) propagates into the rootfs.
+    nix::mount::mount(None::<&str>, root, None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
+        .map_err(|e| io_err(&format!("make {} private", root.display()), e))?;
     Ok(())
 }
 
@@ -157,6 +322,7 @@ struct Setup {
     unshare: nix::sched::CloneFlags,
     private_root: bool,
     mounts: Vec<MountSpec>,
+    rootfs: Option<RootfsSpec>,
     hostname: Option<String>,
     rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     keep_caps: Option<caps::CapsHashSet>,
@@ -221,6 +387,9 @@ fn container_setup(s: &Setup) -> std::io::Result<()> {
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
             .map_err(|e| io_err("make / private", e))?;
     }
+    if let Some(r) = &s.rootfs {
+        prepare_rootfs(r)?;
+    }
     for m in &s.mounts {
         do_mount(m)?;
     }
@@ -280,6 +449,7 @@ fn prepare(spec: &Spec) -> Result<Setup, String> {
         unshare,
         private_root: spec.new_mount_ns,
         mounts: spec.mounts.clone(),
+        rootfs: spec.rootfs.clone(),
         hostname: spec.hostname.clone(),
         rlimits,
         keep_caps,

@@ -64,10 +64,37 @@ use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
 
+/// Set by the launcher: where the task's prepared image rootfs is.
+pub const ROOTFS_ENV: &str = "AGORA_TASK_ROOTFS";
+
 /// The default `MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD` (the agent flag's default).
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// The default `MESOS_RECOVERY_TIMEOUT` (the agent flag's default).
 pub const DEFAULT_RECOVERY_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// The environment variable holding the task's image runtime configuration (JSON of
+/// [`ImageRuntime`] without `rootfs`), set by the agent for tasks with a container image.
+pub const IMAGE_ENV: &str = "AGORA_TASK_IMAGE";
+
+/// How to run the task in a container image (Mesos's docker/runtime isolator): the image's
+/// Entrypoint, Cmd, Env, WorkingDir and User, and where the launcher prepared its rootfs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ImageRuntime {
+    /// The prepared rootfs as the executor sees it (`AGORA_TASK_ROOTFS`, set by the launcher).
+    #[serde(default, skip)]
+    pub rootfs: PathBuf,
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    #[serde(default)]
+    pub cmd: Option<Vec<String>>,
+    /// `NAME=value` entries.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub user: Option<String>,
+}
 
 /// What the executor needs to know, normally read from the environment the agent sets.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +113,8 @@ pub struct Config {
     pub checkpoint: bool,
     /// How long to keep trying to re-subscribe to a restarting agent.
     pub recovery_timeout: Duration,
+    /// The task runs in this image (`AGORA_TASK_IMAGE` and `AGORA_TASK_ROOTFS`).
+    pub image: Option<ImageRuntime>,
 }
 
 impl Config {
@@ -123,7 +152,26 @@ impl Config {
                 })
             }
         };
+        let image = match (get(IMAGE_ENV), get(ROOTFS_ENV)) {
+            (None, None) => None,
+            (Some(json), Some(rootfs)) if !rootfs.trim().is_empty() => {
+                let mut img: ImageRuntime = serde_json::from_str(&json)
+                    .map_err(|e| ExecutorError::Env { var: IMAGE_ENV.to_string(), why: e.to_string() })?;
+                img.rootfs = PathBuf::from(rootfs.trim());
+                Some(img)
+            }
+            (Some(_), _) => {
+                return Err(ExecutorError::Env {
+                    var: ROOTFS_ENV.to_string(),
+                    why: "not set, but the task has an image (the launcher prepares no rootfs)".to_string(),
+                })
+            }
+            (None, Some(_)) => {
+                return Err(ExecutorError::Env { var: IMAGE_ENV.to_string(), why: "not set".to_string() })
+            }
+        };
         Ok(Config {
+            image,
             agent_endpoint: required("MESOS_AGENT_ENDPOINT")?,
             framework_id: FrameworkId::new(required("MESOS_FRAMEWORK_ID")?),
             executor_id: ExecutorId::new(required("MESOS_EXECUTOR_ID")?),
@@ -156,6 +204,13 @@ pub enum ExecutorError {
 /// this returns, or when the future is dropped.
 pub async fn run(config: Config) -> Result<(), ExecutorError> {
     use tracing::Instrument as _;
+    if config.image.is_some() {
+        // The task shares the executor's PID namespace: without this a root task could reach
+        // the host's filesystem through /proc/1/root (the executor's root).
+        if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+            tracing::warn!(error = %e, "could not make the executor non-dumpable");
+        }
+    }
     let span = tracing::info_span!("executor", framework = %config.framework_id, executor = %config.executor_id);
     driver::Driver::new(config).run().instrument(span).await
 }

@@ -201,6 +201,7 @@ fn config(agent: &Agent, sandbox: &Sandbox, checkpoint: bool) -> Config {
         shutdown_grace: Duration::from_secs(2),
         checkpoint,
         recovery_timeout: Duration::from_secs(5),
+        image: None,
     }
 }
 
