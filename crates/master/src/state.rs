@@ -1493,7 +1493,9 @@ impl State {
             _ => {}
         }
         if let Some(c) = &task.command {
-            if c.value.as_deref().unwrap_or("").is_empty() && !c.shell && c.arguments.is_empty() {
+            // With a container image, no value and no arguments run the image's Entrypoint/Cmd.
+            let has_image = task.container.as_ref().and_then(|ci| ci.pointer("/mesos/image")).is_some();
+            if c.value.as_deref().unwrap_or("").is_empty() && !c.shell && c.arguments.is_empty() && !has_image {
                 return Err("CommandInfo has no 'value' to run".into());
             }
             if c.shell && c.value.as_deref().unwrap_or("").trim().is_empty() {
