@@ -126,6 +126,7 @@ c1m() {
     sleep 1
   done
   out=$(head -n 1 "$WORK/load.out")
+  sleep 5 # let the launch burst's buffers drain before reading RSS
   rss=$(rss_kb "$MASTER_PID")
   echo "c1m: $(jq -r '"\(.started) tasks started in \(.seconds|.*100|round/100) s: \(.tasks_per_second|round) tasks/s (Nomad C1M 3,750/s; kube-scheduler 5k-node floor 810/s); offer->RUNNING p50 \(.latency_ms_p50|round) ms p99 \(.latency_ms_p99|round) ms; duplicates \(.duplicate_starts), overcommits \(.overcommit|length)"' <<<"$out")"
   awk -v r="$rss" -v b="$base" -v n="$C1M_TASKS" \

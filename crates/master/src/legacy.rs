@@ -313,7 +313,7 @@ fn metrics(st: &State) -> Value {
         total.add_all(&a.total);
         used.add_all(&st.used_on(id));
     }
-    let live: Vec<&TaskEntry> = st.frameworks.values().flat_map(|f| f.tasks.values()).collect();
+    let live: Vec<&TaskEntry> = st.frameworks.values().flat_map(|f| f.tasks.values().map(|t| &**t)).collect();
     let count = |s: TaskState| live.iter().filter(|t| t.task.state == s).count();
     let c = &st.counters;
     json!({

@@ -224,8 +224,9 @@ pub(crate) struct Framework {
     pub unregistered_time: Option<f64>,
     failover_generation: u64,
     pub offers: HashSet<OfferId>,
-    pub tasks: HashMap<TaskId, TaskEntry>,
-    pub unreachable_tasks: HashMap<TaskId, TaskEntry>,
+    /// Boxed: the maps' slack then costs a pointer per slot, not a whole entry.
+    pub tasks: HashMap<TaskId, Box<TaskEntry>>,
+    pub unreachable_tasks: HashMap<TaskId, Box<TaskEntry>>,
     pub completed_tasks: VecDeque<Task>,
     pub executors: HashMap<AgentId, HashMap<ExecutorId, ExecutorInfo>>,
     pub suppressed_roles: Vec<String>,
@@ -1572,7 +1573,7 @@ impl State {
         };
         fw.tasks.insert(
             task.task_id.clone(),
-            TaskEntry { task: record, role: role.to_string(), released: false },
+            Box::new(TaskEntry { task: record, role: role.to_string(), released: false }),
         );
         let framework_info = fw.info.clone();
         tracing::info!(framework_id = %fid, task_id = %task.task_id, agent_id = %agent_id, "launching task");
@@ -1907,7 +1908,7 @@ impl State {
                 existing.unwrap_or_else(|| {
                     let mut task = t.clone();
                     task.resources = resources.clone().into_vec();
-                    TaskEntry { task, role, released: false }
+                    Box::new(TaskEntry { task, role, released: false })
                 });
             entry.task.state = t.state;
             if t.status_update_state.is_some() {
