@@ -237,7 +237,12 @@ impl Images {
                     names.push(format!("appc:{}:{v}", req.name));
                 }
                 names.push(format!("appc:{}", req.name));
-                if let Some(img) = names.iter().find_map(|n| self.store.inspect(n)) {
+                let prefix = format!("appc:{}:", req.name);
+                let found = self.store.list().into_iter().find(|i| {
+                    i.kind == ImageKind::Appc
+                        && i.references.iter().any(|r| names.contains(r) || (version.is_none() && r.starts_with(&prefix)))
+                });
+                if let Some(img) = found {
                     return Ok(img);
                 }
                 if req.name.starts_with('/') {

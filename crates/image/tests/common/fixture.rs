@@ -1,5 +1,6 @@
 //! Test support: the registry fixture (started per test, stopped by a Drop guard), a
-//! counting HTTP proxy, and helpers.
+//! counting HTTP proxy, and helpers. Also used by the agora crate's image end-to-end tests
+//! (`#[path]`), so it uses std and tokio only.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -293,4 +294,3 @@ pub fn digests(images: &Path) -> HashMap<String, String> {
         .filter_map(|l| l.split_once(' ').map(|(a, b)| (a.to_string(), b.to_string())))
         .collect()
 }
-pub mod layers;
