@@ -50,7 +50,12 @@ fn unavailable() -> Response<Body> {
     agora_http::text(StatusCode::SERVICE_UNAVAILABLE, "Agent is shutting down")
 }
 
-async fn dispatch(h: &Handle, config: &AgentConfig, images: &Arc<Images>, req: Request<IncomingBody>) -> Response<Body> {
+async fn dispatch(
+    h: &Handle,
+    config: &AgentConfig,
+    images: &Arc<Images>,
+    req: Request<IncomingBody>,
+) -> Response<Body> {
     let path = req.uri().path().to_string();
     let q = parse_query(req.uri().query());
     let Some(r) = route(&path) else {

@@ -40,7 +40,12 @@ impl ImageRequest {
                     .and_then(|n| n.as_str())
                     .filter(|n| !n.trim().is_empty())
                     .ok_or("a DOCKER image needs 'docker.name'")?;
-                Ok(Some(ImageRequest { kind: ImageKind::Docker, name: name.trim().to_string(), cached, labels: vec![] }))
+                Ok(Some(ImageRequest {
+                    kind: ImageKind::Docker,
+                    name: name.trim().to_string(),
+                    cached,
+                    labels: vec![],
+                }))
             }
             Some("APPC") => {
                 let appc = image.get("appc").ok_or("an APPC image needs 'appc'")?;
@@ -205,7 +210,9 @@ impl Images {
             tracing::info!(container_id = %p.container_id, rootfs = %p.rootfs.display(), "removing an orphaned rootfs");
             match self.provisioner.destroy(&p.container_id).await {
                 Ok(_) => n += 1,
-                Err(e) => tracing::warn!(container_id = %p.container_id, error = %e, "cannot remove an orphaned rootfs"),
+                Err(e) => {
+                    tracing::warn!(container_id = %p.container_id, error = %e, "cannot remove an orphaned rootfs")
+                }
             }
         }
         n
@@ -240,7 +247,9 @@ impl Images {
                 let prefix = format!("appc:{}:", req.name);
                 let found = self.store.list().into_iter().find(|i| {
                     i.kind == ImageKind::Appc
-                        && i.references.iter().any(|r| names.contains(r) || (version.is_none() && r.starts_with(&prefix)))
+                        && i.references
+                            .iter()
+                            .any(|r| names.contains(r) || (version.is_none() && r.starts_with(&prefix)))
                 });
                 if let Some(img) = found {
                     return Ok(img);
@@ -339,7 +348,8 @@ mod tests {
 
     #[test]
     fn image_requests_from_container_info() {
-        let ci = serde_json::json!({"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "docker": {"name": "busybox"}}}});
+        let ci =
+            serde_json::json!({"type": "MESOS", "mesos": {"image": {"type": "DOCKER", "docker": {"name": "busybox"}}}});
         let r = ImageRequest::from_container_info(&ci).unwrap().unwrap();
         assert_eq!((r.kind, r.name.as_str(), r.cached), (ImageKind::Docker, "busybox", true));
         let ci = serde_json::json!({"type": "MESOS", "mesos": {"image": {"type": "APPC", "cached": false,

@@ -75,9 +75,13 @@ pub async fn serve(
                 );
             }
             match images.store.remove(name).await {
-                Ok(true) => agora_http::json(StatusCode::OK, &serde_json::json!({"removed": name, "id": img.id.to_string()})),
+                Ok(true) => {
+                    agora_http::json(StatusCode::OK, &serde_json::json!({"removed": name, "id": img.id.to_string()}))
+                }
                 Ok(false) => agora_http::text(StatusCode::NOT_FOUND, format!("No image '{name}' in the store")),
-                Err(e) => agora_http::text(StatusCode::INTERNAL_SERVER_ERROR, format!("Failed to remove '{name}': {e}")),
+                Err(e) => {
+                    agora_http::text(StatusCode::INTERNAL_SERVER_ERROR, format!("Failed to remove '{name}': {e}"))
+                }
             }
         }
         _ => {

@@ -828,9 +828,9 @@ impl State {
             _ => Ok(None),
         };
         let image = match image {
-            Ok(Some(_)) if !self.containerizer.supports_images() => Err(
-                "container images need the filesystem/linux isolator (the linux launcher, as root)".to_string(),
-            ),
+            Ok(Some(_)) if !self.containerizer.supports_images() => {
+                Err("container images need the filesystem/linux isolator (the linux launcher, as root)".to_string())
+            }
             other => other,
         };
         let image = match image {
@@ -961,19 +961,18 @@ impl State {
         };
         let span = tracing::info_span!("image_ready", framework_id = %fid, executor_id = %eid, container_id = %cid);
         let _e = span.enter();
-        let waiting =
-            self.executor(&fid, &eid).map(|e| e.container_id == cid && e.state == ExecState::Provisioning).unwrap_or(false);
+        let waiting = self
+            .executor(&fid, &eid)
+            .map(|e| e.container_id == cid && e.state == ExecState::Provisioning)
+            .unwrap_or(false);
         if !waiting {
             // Killed or shut down while its image was being pulled.
             tracing::info!("the executor ended while its image was provisioned");
             self.release_rootfs(&cid);
             return;
         }
-        let fallback_user = self
-            .frameworks
-            .get(&fid)
-            .map(|f| f.info.user.clone())
-            .filter(|u| self.config.switch_user && !u.is_empty());
+        let fallback_user =
+            self.frameworks.get(&fid).map(|f| f.info.user.clone()).filter(|u| self.config.switch_user && !u.is_empty());
         match result {
             Ok(p) => {
                 let cfg = &p.image.config;
@@ -1015,12 +1014,8 @@ impl State {
     /// An executor whose container could not be started: its tasks fail, and it is
     /// forgotten (it never ran).
     fn drop_unlaunched(&mut self, fid: &FrameworkId, eid: &ExecutorId, message: &str) {
-        let queued = self
-            .frameworks
-            .get_mut(fid)
-            .and_then(|fw| fw.executors.remove(eid))
-            .map(|e| e.queued)
-            .unwrap_or_default();
+        let queued =
+            self.frameworks.get_mut(fid).and_then(|fw| fw.executors.remove(eid)).map(|e| e.queued).unwrap_or_default();
         for t in queued {
             let s = self.agent_status(
                 &t.task_id,

@@ -377,7 +377,10 @@ impl AgentArgs {
             ("cgroups_root".into(), self.cgroups_root.clone()),
             ("switch_user".into(), self.switch_user.to_string()),
             ("docker_registry".into(), self.docker_registry.clone().unwrap_or_default()),
-            ("docker_store_dir".into(), self.docker_store_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()),
+            (
+                "docker_store_dir".into(),
+                self.docker_store_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default(),
+            ),
             ("image_provisioner_backend".into(), self.image_provisioner_backend.clone().unwrap_or_default()),
         ];
         Ok(AgentConfig {

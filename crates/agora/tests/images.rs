@@ -128,12 +128,7 @@ impl Setup {
 
 /// Runs `agora <args>`, returning (exit code, stdout, stderr).
 fn agora(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .env("AGORA_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run agora");
+    let out = Command::new(BIN).args(args).env("AGORA_LOG", "warn").stdin(Stdio::null()).output().expect("run agora");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -282,7 +277,8 @@ fn custom_layout(images: &Path, out: &Path) {
     let blobs = out.join("blobs/sha256");
     let index: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
     let mdigest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
-    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(blobs.join(&mdigest)).unwrap()).unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blobs.join(&mdigest)).unwrap()).unwrap();
     let cdigest = manifest["config"]["digest"].as_str().unwrap().trim_start_matches("sha256:").to_string();
     let mut config: serde_json::Value = serde_json::from_slice(&std::fs::read(blobs.join(&cdigest)).unwrap()).unwrap();
     config["config"]["User"] = "nobody".into();
@@ -324,7 +320,8 @@ fn make_aci(images: &Path, out: &Path) -> PathBuf {
                 "environment": [{"name": "APPC_VAR", "value": "set"}]}});
     std::fs::write(dir.join("manifest"), serde_json::to_vec(&m).unwrap()).unwrap();
     let aci = out.join("busybox.aci");
-    let st = Command::new("tar").arg("-czf").arg(&aci).arg("-C").arg(&dir).arg("manifest").arg("rootfs").status().unwrap();
+    let st =
+        Command::new("tar").arg("-czf").arg(&aci).arg("-C").arg(&dir).arg("manifest").arg("rootfs").status().unwrap();
     assert!(st.success());
     aci
 }
@@ -405,7 +402,8 @@ async fn ten_tasks_share_one_pull_and_the_store_survives_a_restart() {
     let mut fw = Fw::subscribe(&c.master.addr, info("ten", true, 0.0)).await;
     let offer = one_offer(&mut fw).await;
     let ids: Vec<String> = (0..10).map(|i| format!("t{i}")).collect();
-    let tasks = ids.iter().map(|id| image_task(id, &offer, "multilayer", CommandInfo::shell("cat /etc/motd"))).collect();
+    let tasks =
+        ids.iter().map(|id| image_task(id, &offer, "multilayer", CommandInfo::shell("cat /etc/motd"))).collect();
     fw.s.launch(vec![offer.id.clone()], tasks, 0.0).await.expect("launch");
     for id in &ids {
         let seen = until_terminal(&mut fw, id).await;

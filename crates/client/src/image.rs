@@ -149,8 +149,10 @@ pub fn table(images: &[serde_json::Value]) -> String {
         let short = id.strip_prefix("sha256:").unwrap_or(id).chars().take(12).collect::<String>();
         let size = format!("{:.1} MB", mb(i["size"].as_u64().unwrap_or(0)));
         let layers = i["layers"].as_array().map(|a| a.len()).unwrap_or(0).to_string();
-        let refs: Vec<String> =
-            i["references"].as_array().map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect()).unwrap_or_default();
+        let refs: Vec<String> = i["references"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_string)).collect())
+            .unwrap_or_default();
         if refs.is_empty() {
             rows.push(["<none>".into(), short.clone(), size.clone(), layers.clone()]);
         }

@@ -313,11 +313,11 @@ impl LinuxContainerizer {
 /// resolver configuration.
 fn write_etc_files(etc: &Path, hostname: &str) -> Result<(), (PathBuf, std::io::Error)> {
     std::fs::create_dir_all(etc).map_err(|e| (etc.to_path_buf(), e))?;
-    let hosts = format!(
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
-    );
+    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n");
     let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
-    for (name, data) in [("hosts", hosts.into_bytes()), ("hostname", format!("{hostname}\n").into_bytes()), ("resolv.conf", resolv)] {
+    for (name, data) in
+        [("hosts", hosts.into_bytes()), ("hostname", format!("{hostname}\n").into_bytes()), ("resolv.conf", resolv)]
+    {
         let p = etc.join(name);
         std::fs::write(&p, data).map_err(|e| (p.clone(), e))?;
     }

@@ -231,12 +231,7 @@ fn prepare_rootfs(r: &RootfsSpec) -> std::io::Result<()> {
     use nix::mount::MsFlags;
     let mk = |target: PathBuf| MountSpec { target, ..Default::default() };
     std::fs::create_dir_all(&r.target).map_err(|e| io_err(&format!("mkdir {}", r.target.display()), e))?;
-    do_mount(&MountSpec {
-        source: Some(r.source.clone()),
-        bind: true,
-        recursive: true,
-        ..mk(r.target.clone())
-    })?;
+    do_mount(&MountSpec { source: Some(r.source.clone()), bind: true, recursive: true, ..mk(r.target.clone()) })?;
     let root = r.target.as_path();
     do_mount(&MountSpec {
         source: Some("proc".into()),
@@ -298,7 +293,11 @@ fn prepare_rootfs(r: &RootfsSpec) -> std::io::Result<()> {
     ] {
         std::os::unix::fs::symlink(to, dev.join(link)).map_err(|e| io_err(&format!("symlink /dev/{link}"), e))?;
     }
-    do_mount(&MountSpec { source: Some(r.sandbox.clone()), bind: true, ..mk(inside(root, "mnt/mesos/sandbox", true)?) })?;
+    do_mount(&MountSpec {
+        source: Some(r.sandbox.clone()),
+        bind: true,
+        ..mk(inside(root, "mnt/mesos/sandbox", true)?)
+    })?;
     let etc = inside(root, "etc", true)?;
     for (name, host) in &r.etc_files {
         let target = mount_point_file(&etc, name)?;

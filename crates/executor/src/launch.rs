@@ -520,9 +520,11 @@ mod tests {
 
     #[test]
     fn image_command_follows_the_mesos_rules() {
-        let none = CommandInfo { shell: false, value: None, arguments: vec![], environment: None, user: None, uris: vec![] };
+        let none =
+            CommandInfo { shell: false, value: None, arguments: vec![], environment: None, user: None, uris: vec![] };
         let args = CommandInfo { arguments: vec!["a".into(), "b".into()], ..none.clone() };
-        let value = CommandInfo { value: Some("/bin/echo".into()), arguments: vec!["echo".into(), "x".into()], ..none.clone() };
+        let value =
+            CommandInfo { value: Some("/bin/echo".into()), arguments: vec!["echo".into(), "x".into()], ..none.clone() };
         let shell = CommandInfo::shell("echo hi");
         let (e, c) = (Some(&["/ep", "-e"][..]), Some(&["cmd", "-c"][..]));
         // shell: sh -c value, Entrypoint and Cmd ignored.
@@ -544,7 +546,8 @@ mod tests {
     fn image_environment_user_and_workdir() {
         let root = std::env::temp_dir().join(format!("agora-exec-img-{}", std::process::id()));
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1234:2345::/home/app:/bin/sh\n").unwrap();
+        std::fs::write(root.join("etc/passwd"), "root:x:0:0::/root:/bin/sh\napp:x:1234:2345::/home/app:/bin/sh\n")
+            .unwrap();
         std::fs::write(root.join("etc/group"), "root:x:0:\napp:x:2345:\nextra:x:3000:app\n").unwrap();
         let mut cfg = config();
         cfg.image = Some(crate::ImageRuntime {
@@ -554,7 +557,8 @@ mod tests {
             cmd: Some(vec!["sh".into()]),
             ..Default::default()
         });
-        let mut c = CommandInfo { shell: false, value: None, arguments: vec![], environment: None, user: None, uris: vec![] };
+        let mut c =
+            CommandInfo { shell: false, value: None, arguments: vec![], environment: None, user: None, uris: vec![] };
         c.environment = Some(Environment { variables: vec![var("BAR", None, "task")] });
         let inherited = [("HOME", "/root"), ("MESOS_FRAMEWORK_ID", "fw"), ("MESOS_AGENT_ENDPOINT", "x")]
             .map(|(k, v)| (OsString::from(k), OsString::from(v)));
