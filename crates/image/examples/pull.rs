@@ -1,5 +1,6 @@
 //! Cold pull + provision (copy backend) of one image from an insecure registry into a fresh
-//! store, printing the seconds taken. Used by bench/image-pull.sh: `pull REF STORE_DIR ROOTFS_PARENT`.
+//! store, printing the seconds taken. Used by bench/image-pull.sh: `pull REF STORE_DIR ROOTFS_PARENT`
+//! (`AGORA_BENCH_NO_PROVISION=1`: the pull alone, no rootfs).
 
 use std::time::Instant;
 
@@ -19,6 +20,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let start = Instant::now();
     let store = Store::open(cfg).await?;
     let img = store.pull(&r, &PullOptions::default()).await?;
+    if std::env::var("AGORA_BENCH_NO_PROVISION").is_ok_and(|v| v == "1") {
+        println!("{:.4} {}", start.elapsed().as_secs_f64(), img.id);
+        return Ok(());
+    }
     let prov = Provisioner::open(&args[2], store.clone())?;
     let rootfs = prov.provision("bench", &img, Backend::Copy).await?;
     println!("{:.4} {}", start.elapsed().as_secs_f64(), rootfs.display());

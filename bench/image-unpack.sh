@@ -5,7 +5,7 @@
 set -euo pipefail
 N=${N:-5}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-ROOT=$(cd "$HERE/../../.." && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
 W=$(mktemp -d /tmp/agora-image-bench.XXXXXX)
 trap 'rm -rf "$W"' EXIT
 SRC=$(ls -d /usr/lib/python3.* 2>/dev/null | head -1)

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# image-pull.sh: cold pull + unpack of each fixture image from the local registry fixture,
+# agora-image (pull + copy-backend rootfs) beside `skopeo copy docker://… oci:…` +
+# `umoci unpack` of the same image, same run. Prints median seconds and ratios.
+set -euo pipefail
+N=${N:-3}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+FX=${AGORA_FIXTURES:-$ROOT/../shared/fixtures}
+[ -f "$FX/registry.sh" ] || FX=/work/shared/fixtures
+W=$(mktemp -d /tmp/agora-image-pullbench.XXXXXX)
+export REGISTRY_STATE=$W/registry
+trap 'bash "$FX/registry.sh" stop >/dev/null 2>&1 || true; rm -rf "$W"' EXIT
+for p in skopeo umoci; do
+  command -v $p >/dev/null || apt-get install -y -qq $p >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq $p >/dev/null; }
+done
+ADDR=$(bash "$FX/registry.sh" start)
+bash "$FX/registry.sh" push "$W/images" >/dev/null
+(cd "$ROOT" && cargo build -q --release -p agora-image --example pull)
+BIN=$ROOT/target/release/examples/pull
+median() { local v; v=$(cat); if grep -q fail <<<"$v"; then echo fail; else sort -n <<<"$v" | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; fi; }
+secs() { # prints seconds, or "fail" when the command failed
+  local s e; s=$(date +%s.%N)
+  if ! "$@" >/dev/null 2>&1; then echo fail; return; fi
+  e=$(date +%s.%N); awk -v s="$s" -v e="$e" 'BEGIN{printf "%.4f\n", e-s}'
+}
+printf '%-22s %10s %14s %7s\n' image agora skopeo+umoci ratio
+for img in busybox busybox-zstd multilayer httpd multiarch; do
+  a=$(for i in $(seq 1 "$N"); do d="$W/a-$img-$i"; secs "$BIN" "$ADDR/$img:latest" "$d/store" "$d/prov"; rm -rf "$d"; done | median)
+  s=$(for i in $(seq 1 "$N"); do d="$W/s-$img-$i"; mkdir -p "$d"
+        secs sh -c "skopeo --insecure-policy copy -q --src-tls-verify=false docker://$ADDR/$img:latest oci:$d/oci:latest && umoci unpack --image $d/oci:latest $d/bundle"
+        rm -rf "$d"; done | median)
+  if [ "$a" = fail ] || [ "$s" = fail ]; then
+    printf '%-22s %10s %14s %7s\n' "$img" "$a" "$s" "-"   # umoci 0.4 cannot unpack zstd layers
+  else
+    awk -v i="$img" -v a="$a" -v s="$s" 'BEGIN{printf "%-22s %10.3f %14.3f %6.2fx\n", i, a, s, a/s}'
+  fi
+done
+
+# Pipelining: one large layer of many small files (a tar of /usr/lib/python3.*, gzip -6)
+# pushed as image `big`. agora-image's pull (download + decompress + verify + unpack, no
+# rootfs) beside its parts alone: downloading the blob (curl to /dev/null) and
+# decompressing it (gzip -dc to /dev/null). Goal: pull <= 1.1x max(download, decompress).
+SRC=$(ls -d /usr/lib/python3.* 2>/dev/null | head -1)
+if [ -n "$SRC" ]; then
+  B=$W/big; mkdir -p "$B/blobs/sha256"
+  tar -C / -cf "$W/big.tar" "${SRC#/}"
+  gzip -6 -n -c "$W/big.tar" >"$W/big.tar.gz"
+  python3 - "$W" <<'PY'
+import hashlib, json, os, shutil, sys
+w = sys.argv[1]; b = w + "/big"
+def put(data):
+    d = hashlib.sha256(data).hexdigest(); open(f"{b}/blobs/sha256/{d}", "wb").write(data); return d, len(data)
+diff = hashlib.sha256(open(w + "/big.tar", "rb").read()).hexdigest()
+gz = open(w + "/big.tar.gz", "rb").read()
+ld, ls = put(gz)
+cfg = json.dumps({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + diff]}}).encode()
+cd, cs = put(cfg)
+man = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + cd, "size": cs},
+    "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + ld, "size": ls}]}).encode()
+md, ms = put(man)
+json.dump({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+    "digest": "sha256:" + md, "size": ms, "annotations": {"org.opencontainers.image.ref.name": "latest"}}]},
+    open(b + "/index.json", "w"))
+open(b + "/oci-layout", "w").write('{"imageLayoutVersion": "1.0.0"}')
+open(w + "/big.digest", "w").write(ld)
+PY
+  skopeo --insecure-policy copy -q --dest-tls-verify=false "oci:$B:latest" "docker://$ADDR/big:latest"
+  LD=$(cat "$W/big.digest")
+  declare -A P
+  for i in $(seq 1 "$N"); do   # interleaved
+    d="$W/big-$i"
+    P[agora]+="$(secs env AGORA_BENCH_NO_PROVISION=1 "$BIN" "$ADDR/big:latest" "$d/store" "$d/prov") "; rm -rf "$d"
+    P[download]+="$(secs curl -sf -o /dev/null "http://$ADDR/v2/big/blobs/sha256:$LD") "
+    P[decompress]+="$(secs sh -c 'gzip -dc "$0" >/dev/null' "$W/big.tar.gz") "
+    P[tar]+="$(mkdir -p "$W/x"; secs tar -xzf "$W/big.tar.gz" -C "$W/x"; rm -rf "$W/x") "
+  done
+  pm() { tr ' ' '\n' <<<"${P[$1]}" | grep . | median; }
+  echo
+  echo "large layer: $SRC, $(du -h "$W/big.tar.gz" | cut -f1) gzip, $(tar -tf "$W/big.tar" | wc -l) entries"
+  awk -v a="$(pm agora)" -v d="$(pm download)" -v z="$(pm decompress)" -v t="$(pm tar)" 'BEGIN {
+    m = d > z ? d : z
+    printf "%-34s %8.3f s\n", "download alone (curl)", d
+    printf "%-34s %8.3f s\n", "decompress alone (gzip -dc)", z
+    printf "%-34s %8.3f s\n", "tar -xzf of the blob", t
+    printf "%-34s %8.3f s  = %.2fx max(download, decompress) (goal <= 1.1)\n", "agora-image pull (no rootfs)", a, a / m }'
+fi
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg), runs: $N (median), $(nproc) CPUs"

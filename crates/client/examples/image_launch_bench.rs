@@ -1,0 +1,117 @@
+//! Image start benchmark client: launches N `/bin/true` tasks one after another, in a
+//! container image or without one, and reports ACCEPT -> TASK_RUNNING as the framework saw
+//! it. `cold` removes the image from the agent's store (PRUNE_IMAGES) before every launch,
+//! so each start pulls, unpacks and provisions it; `warm` keeps it.
+//!
+//! `cargo run --release -p agora-client --example image_launch_bench -- MASTER AGENT N IMAGE|- warm|cold`
+use agora_api::scheduler::EventType;
+use agora_api::*;
+use agora_client::{framework_info, Scheduler};
+use std::time::{Duration, Instant};
+
+fn pct(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+/// Empties the agent's store (waits until the previous container's rootfs is gone).
+async fn prune(agent: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let c = agora_http::Client::new();
+    for _ in 0..200 {
+        let r = c
+            .post(&format!("http://{agent}/api/v1"), &[], br#"{"type":"PRUNE_IMAGES"}"#.to_vec(), Duration::from_secs(30))
+            .await?;
+        if !r.status.is_success() {
+            return Err(format!("PRUNE_IMAGES: {}", r.status).into());
+        }
+        let l = c.get(&format!("http://{agent}/agora/v1/images"), Duration::from_secs(10)).await?;
+        let v: serde_json::Value = serde_json::from_slice(&l.body)?;
+        if v.as_array().is_some_and(|a| a.is_empty()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err("the store did not empty".into())
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().collect();
+    let master = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:5050".into());
+    let agent = args.get(2).cloned().unwrap_or_else(|| "127.0.0.1:5051".into());
+    let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(50);
+    let image = args.get(4).cloned().filter(|i| i != "-");
+    let cold = args.get(5).map(|m| m == "cold").unwrap_or(false);
+    let mut info = framework_info("image-launch-bench", "*");
+    info.user = "root".into();
+    let mut s = Scheduler::subscribe(&master, info).await?;
+    let mut to_running = Vec::new();
+    let mut pool: Vec<Offer> = Vec::new();
+    let mut i = 0;
+    while i < n {
+        if pool.is_empty() {
+            let ev = tokio::time::timeout(Duration::from_secs(60), s.next_event()).await??;
+            if ev.kind != EventType::Offers {
+                continue;
+            }
+            pool.extend(ev.offers.map(|o| o.offers).unwrap_or_default());
+        }
+        let Some(offer) = pool.pop() else { continue };
+        let res = Resources::from_vec(offer.resources.clone());
+        if res.scalar("cpus") < 0.1 || res.scalar("mem") < 32.0 {
+            s.decline(vec![offer.id.clone()], 0.0).await?;
+            continue;
+        }
+        if cold {
+            prune(&agent).await?;
+        }
+        let id = TaskId::new(format!("img-{i}"));
+        let argv = CommandInfo {
+            shell: false,
+            value: Some("/bin/true".into()),
+            arguments: vec!["true".into()],
+            environment: None,
+            user: None,
+            uris: vec![],
+        };
+        let resources = vec![Resource::scalar("cpus", 0.1), Resource::scalar("mem", 32.0)];
+        let mut task = TaskInfo::command(id.clone(), offer.agent_id.clone(), resources, argv);
+        if let Some(img) = &image {
+            task.container = Some(agora_client::run::container_with_image(img));
+        }
+        let t0 = Instant::now();
+        s.launch(vec![offer.id.clone()], vec![task], 0.0).await?;
+        loop {
+            let ev = tokio::time::timeout(Duration::from_secs(60), s.next_event()).await??;
+            if let Some(o) = ev.offers {
+                pool.extend(o.offers);
+                continue;
+            }
+            let Some(u) = ev.update else { continue };
+            if u.status.task_id != id {
+                continue;
+            }
+            s.acknowledge(&u.status).await?;
+            match u.status.state {
+                TaskState::Running => to_running.push(t0.elapsed().as_secs_f64() * 1000.0),
+                TaskState::Finished => break,
+                st if st.is_terminal() => return Err(format!("task {id} ended {st:?}: {:?}", u.status.message).into()),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    let _ = s.teardown().await;
+    let out = serde_json::json!({
+        "image": image,
+        "mode": if cold { "cold" } else { "warm" },
+        "launches": n,
+        "accept_to_running_ms_p50": pct(&mut to_running, 0.5),
+        "accept_to_running_ms_p90": pct(&mut to_running, 0.9),
+    });
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
