@@ -22,7 +22,12 @@ async fn prune(agent: &str) -> Result<(), Box<dyn std::error::Error>> {
     let c = agora_http::Client::new();
     for _ in 0..200 {
         let r = c
-            .post(&format!("http://{agent}/api/v1"), &[], br#"{"type":"PRUNE_IMAGES"}"#.to_vec(), Duration::from_secs(30))
+            .post(
+                &format!("http://{agent}/api/v1"),
+                &[],
+                br#"{"type":"PRUNE_IMAGES"}"#.to_vec(),
+                Duration::from_secs(30),
+            )
             .await?;
         if !r.status.is_success() {
             return Err(format!("PRUNE_IMAGES: {}", r.status).into());
