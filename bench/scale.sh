@@ -12,7 +12,8 @@
 #
 # Env: the sizes above, STEADY_SECS (30), AGORA_BIN (default: builds target/release/agora).
 # Prints one line per figure; everything runs on 127.0.0.1 in a temp dir and every process
-# is stopped by PID on exit. Raises net.ipv4.ip_local_port_range (root) for the connections.
+# is stopped by PID on exit. Sets net.ipv4.ip_local_port_range to 20000-65000 (root) and puts the
+# masters below it.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -39,12 +40,26 @@ if [ -z "${AGORA_BIN:-}" ]; then
 fi
 command -v jq >/dev/null && command -v curl >/dev/null || { echo "scale.sh needs jq and curl" >&2; exit 1; }
 if [ "$(id -u)" = 0 ]; then
-  sysctl -qw net.ipv4.ip_local_port_range="1024 65000" || true
+  sysctl -qw net.ipv4.ip_local_port_range="20000 65000" || true
 fi
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# A free port below the ephemeral range, so that no client connection can take the master's
+# port while it restarts.
+free_port() {
+  python3 -c '
+import random, socket
+for _ in range(1000):
+    p = random.randint(10000, 19999)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p)); print(p); break
+    except OSError:
+        pass
+    finally:
+        s.close()'
+}
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 metric() { curl -sf --max-time 60 "http://$MASTER/metrics/snapshot" | jq -r ".[\"$1\"] // 0"; }
@@ -68,7 +83,9 @@ start_master() { # WORKDIR [PORT]
     curl -sf "http://$MASTER/health" >/dev/null 2>&1 && return 0
     sleep 0.05
   done
-  echo "scale.sh: master did not start" >&2; tail -n 20 "$WORK/master-$port.log" >&2; exit 1
+  echo "scale.sh: master did not start" >&2; tail -n 20 "$WORK/master-$port.log" >&2
+  ss -tanp "( sport = :$port )" | awk '{print $1, $NF}' | sort | uniq -c | sort -rn | head -5 >&2
+  exit 1
 }
 
 wait_metric() { # NAME VALUE TIMEOUT_SECS
@@ -77,7 +94,7 @@ wait_metric() { # NAME VALUE TIMEOUT_SECS
     v=$(metric "$1" || echo 0)
     [ "${v%.*}" -ge "$2" ] 2>/dev/null && return 0
     [ "$(date +%s)" -ge "$deadline" ] && { echo "scale.sh: $1 reached $v of $2 in $3 s" >&2; return 1; }
-    sleep 0.2
+    sleep 0.5
   done
 }
 
@@ -153,10 +170,23 @@ failover() {
   echo "failover: master RSS $(($(rss_kb "$MASTER_PID") / 1024)) MB before the kill"
   t0=$(now)
   kill -9 "$MASTER_PID"
+  # Its listening socket is gone once the process has exited (a zombie holds no files).
+  while [ -d "/proc/$MASTER_PID" ] && ! grep -q '^State:.*Z' "/proc/$MASTER_PID/status" 2>/dev/null; do sleep 0.005; done
   start_master "$dir" "$port"
+  if [ -n "${PERF_OUT:-}" ]; then # profile the new master's re-registration
+    perf record -F 499 -g -p "$MASTER_PID" -o "$PERF_OUT" -- sleep "${PERF_SECS:-10}" >/dev/null 2>&1 &
+  fi
   echo "failover: new master serving after $(since "$t0") s (registry of $FO_AGENTS agents recovered)"
+  if [ -n "${FO_TRACE:-}" ]; then # the re-registration curve, every half second
+    (for i in $(seq 1 40); do echo "  +$(since "$t0") s: $(metric master/slave_reregistrations) re-registered" >&2; sleep 0.5; done) &
+  fi
+  local m0 s0
+  m0=$(cpu_ticks "$MASTER_PID")
+  s0=$(cpu_ticks "$sim_pid")
   wait_metric master/slave_reregistrations "$FO_AGENTS" 900
   t1=$(since "$t0")
+  awk -v m="$(($(cpu_ticks "$MASTER_PID") - m0))" -v s="$(($(cpu_ticks "$sim_pid") - s0))" -v hz="$(getconf CLK_TCK)" -v t="$t1" \
+    'BEGIN { printf "failover: CPU during re-registration: master %.1f s, simulator %.1f s, in %.1f s of wall time (2 cores)\n", m/hz, s/hz, t }'
   wait_metric master/tasks_running "$FO_TASKS" 300
   echo "failover: all $FO_AGENTS agents re-registered $t1 s after the kill, all $FO_TASKS tasks known again after $(since "$t0") s (Mesos 1.5: ~19 s; goal <= 5 s)"
   local s

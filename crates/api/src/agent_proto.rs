@@ -1,6 +1,11 @@
 //! Agora's agent <-> master protocol (Mesos used libprocess messages here; Agora uses JSON
 //! over HTTP, shaped like the v1 scheduler API).
 //!
+//! Messages are externally tagged, `{"REREGISTER": {...}}` (`"PING"` for one without
+//! fields): a decoder reads the tag first and decodes the body in one pass, where a `type`
+//! field inside the body would make serde buffer the whole message (twice the cost for the
+//! master, which decodes tens of thousands of re-registrations after a failover).
+//!
 //! The agent opens the connection: it POSTs REGISTER or REREGISTER to the master's
 //! [`AGENT_PATH`] and keeps the response open as a RecordIO stream of [`MasterToAgent`]
 //! messages. Its other calls (status updates, pongs, executor exits) are separate POSTs that
@@ -34,7 +39,7 @@ pub struct ExecutorReport {
 
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AgentToMaster {
     /// A new agent (no id yet). The reply is the event stream.
     Register {
@@ -80,7 +85,7 @@ pub enum AgentToMaster {
 // Messages are encoded and sent, never stored in bulk: their size spread does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MasterToAgent {
     Registered {
         agent_id: AgentId,
@@ -138,10 +143,10 @@ mod tests {
     #[test]
     fn tagged_shapes() {
         let m = MasterToAgent::Ping;
-        assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::json!({"type":"PING"}));
+        assert_eq!(serde_json::to_value(&m).unwrap(), serde_json::json!("PING"));
         let c = AgentToMaster::Pong { agent_id: AgentId::new("a"), session_id: "s".into() };
         let v = serde_json::to_value(&c).unwrap();
-        assert_eq!(v["type"], "PONG");
+        assert_eq!(v["PONG"]["session_id"], "s");
         let back: AgentToMaster = serde_json::from_value(v).unwrap();
         assert_eq!(back, c);
     }

@@ -1,10 +1,11 @@
 //! Read views of the master state: the v0 JSON endpoints (`/state`, `/slaves`, `/frameworks`,
 //! `/tasks`, `/metrics/snapshot`, ...) with their v0 field names, and the operator API's
 //! typed GET_* replies.
-use crate::state::{Framework, Query, State, TaskEntry};
+use crate::state::{Framework, Query, State};
 use agora_api::operator::*;
 use agora_api::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 
 pub fn version_info() -> VersionInfo {
     VersionInfo {
@@ -306,15 +307,49 @@ fn count_on(st: &State, aid: &AgentId, state: TaskState) -> usize {
         .count()
 }
 
-fn metrics(st: &State) -> Value {
-    let mut total = Resources::new();
-    let mut used = Resources::new();
-    for (id, a) in &st.agents {
-        total.add_all(&a.total);
-        used.add_all(&st.used_on(id));
+/// cpus, mem, disk, gpus of some resources, summed as plain numbers.
+#[derive(Default)]
+struct Scalars([f64; 4]);
+
+impl Scalars {
+    fn add(&mut self, rs: &[agora_api::Resource]) {
+        for r in rs {
+            let i = match r.name.as_str() {
+                "cpus" => 0,
+                "mem" => 1,
+                "disk" => 2,
+                "gpus" => 3,
+                _ => continue,
+            };
+            self.0[i] += r.scalar.as_ref().map(|s| s.value).unwrap_or(0.0);
+        }
     }
-    let live: Vec<&TaskEntry> = st.frameworks.values().flat_map(|f| f.tasks.values().map(|t| &**t)).collect();
-    let count = |s: TaskState| live.iter().filter(|t| t.task.state == s).count();
+    fn scalar(&self, name: &str) -> f64 {
+        match name {
+            "cpus" => self.0[0],
+            "mem" => self.0[1],
+            "disk" => self.0[2],
+            _ => self.0[3],
+        }
+    }
+}
+
+/// `/metrics/snapshot`: one pass over agents and tasks, no resource arithmetic (it is
+/// polled, and a cluster holds hundreds of thousands of tasks).
+fn metrics(st: &State) -> Value {
+    let mut total = Scalars::default();
+    let mut used = Scalars::default();
+    for a in st.agents.values() {
+        total.add(&a.total.0);
+    }
+    let mut states: HashMap<TaskState, usize> = HashMap::new();
+    for t in st.frameworks.values().flat_map(|f| f.tasks.values()) {
+        *states.entry(t.task.state).or_default() += 1;
+        if !t.released {
+            used.add(&t.task.resources);
+        }
+    }
+    let count = |s: TaskState| states.get(&s).copied().unwrap_or(0);
     let c = &st.counters;
     json!({
         "master/elected": u8::from(st.role == crate::state::Role::Leading),
