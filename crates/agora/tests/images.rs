@@ -107,8 +107,13 @@ struct Setup {
 
 impl Setup {
     async fn new(proxy: bool) -> Setup {
+        Setup::with_mode(proxy, "").await
+    }
+
+    /// `mode`: "" (anonymous), "--auth" (basic, test/test) or "--token" (bearer tokens).
+    async fn with_mode(proxy: bool, mode: &str) -> Setup {
         let images = fx::images_dir();
-        let reg = fx::Registry::start("");
+        let reg = fx::Registry::start(mode);
         let proxy = if proxy { Some(fx::CountingProxy::start(&reg.addr).await) } else { None };
         Setup { reg, proxy, images }
     }
@@ -520,4 +525,76 @@ async fn a_task_killed_while_its_image_is_pulled_leaves_nothing() {
     assert!(r.status.is_success(), "{:?}", r);
     let (_, out, _) = agora(&["image", "ls", "--json", "--agent", &c.agents[0].addr]);
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap(), serde_json::json!([]), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_and_token_auth_with_docker_config() {
+    if !ready() {
+        return;
+    }
+    for mode in ["--auth", "--token"] {
+        let st = Setup::with_mode(false, mode).await;
+        let dir = std::env::temp_dir().join(format!("agora-docker-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = dir.join("config.json");
+        // base64("test:test")
+        let auths = serde_json::json!({"auths": {st.addr(): {"auth": "dGVzdDp0ZXN0"}}});
+        std::fs::write(&cfg, serde_json::to_vec(&auths).unwrap()).unwrap();
+        let cfg_flag = format!("--docker-config={}", cfg.display());
+        let c = Cluster::start(1, &[], &[&st.agent_flag(), &cfg_flag]).await;
+        let mut fw = Fw::subscribe(&c.master.addr, info("auth", true, 0.0)).await;
+        let offer = one_offer(&mut fw).await;
+        let t = image_task("a", &offer, "busybox:v2s2", CommandInfo::shell("echo auth-ok"));
+        fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.expect("launch");
+        let seen = until_terminal(&mut fw, "a").await;
+        assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{mode}: {:?}\n{}", seen.last(), c.logs());
+        assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, "a", "stdout"), "auth-ok\n");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rootfses_survive_an_agent_crash_and_orphans_are_removed() {
+    if !ready() {
+        return;
+    }
+    let st = Setup::new(false).await;
+    let mut c = Cluster::start(1, &[], &[&st.agent_flag()]).await;
+    let mut kept_info = info("kept", true, 3600.0);
+    kept_info.checkpoint = true;
+    let mut kept = Fw::subscribe(&c.master.addr, kept_info).await;
+    let mut lost = Fw::subscribe(&c.master.addr, info("lost", true, 0.0)).await;
+    let o1 = one_offer(&mut kept).await;
+    let t = image_task("k", &o1, "busybox", CommandInfo::shell("sleep 1000"));
+    kept.s.launch(vec![o1.id.clone()], vec![t], 0.0).await.expect("launch");
+    kept.until_state("k", TaskState::Running, T).await;
+    let o2 = one_offer(&mut lost).await;
+    let t = image_task("l", &o2, "busybox", CommandInfo::shell("sleep 1000"));
+    lost.s.launch(vec![o2.id.clone()], vec![t], 0.0).await.expect("launch");
+    lost.until_state("l", TaskState::Running, T).await;
+    let containers = c.dir.join("agent0/provisioner/containers");
+    assert_eq!(std::fs::read_dir(&containers).unwrap().count(), 2);
+    c.crash_agent(0);
+    c.restart_agent(0, &[]).expect("restart");
+    // The checkpointed task lives on in its rootfs; the other one's container and rootfs go.
+    let one = wait_until(Duration::from_secs(30), || {
+        let containers = containers.clone();
+        async move { (std::fs::read_dir(&containers).map(|d| d.count()).unwrap_or(0) == 1).then_some(()) }
+    })
+    .await;
+    assert!(one.is_some(), "{}", c.logs());
+    let agent = c.agents[0].addr.clone();
+    let registered = wait_until(T, || async {
+        let m = agora_http::Client::new()
+            .get(&format!("http://{agent}/metrics/snapshot"), Duration::from_secs(2))
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+        (v["slave/registered"] == 1).then_some(())
+    })
+    .await;
+    assert!(registered.is_some(), "{}", c.logs());
+    kept.s.kill(TaskId::new("k"), Some(o1.agent_id.clone())).await.expect("kill");
+    kept.until_state("k", TaskState::Killed, T).await;
+    assert_no_rootfs_left(&c).await;
 }
