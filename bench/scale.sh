@@ -170,11 +170,14 @@ failover() {
   echo "failover: master RSS $(($(rss_kb "$MASTER_PID") / 1024)) MB before the kill"
   t0=$(now)
   kill -9 "$MASTER_PID"
-  # Its listening socket is gone once the process has exited (a zombie holds no files).
-  while [ -d "/proc/$MASTER_PID" ] && ! grep -q '^State:.*Z' "/proc/$MASTER_PID/status" 2>/dev/null; do sleep 0.005; done
+  # Its listening socket is gone once every thread has exited (the files are shared).
+  while [ "$(ls "/proc/$MASTER_PID/task" 2>/dev/null | wc -l)" -gt 1 ] \
+    || { [ -d "/proc/$MASTER_PID" ] && ! grep -q '^State:.*Z' "/proc/$MASTER_PID/status" 2>/dev/null; }; do
+    sleep 0.005
+  done
   start_master "$dir" "$port"
   if [ -n "${PERF_OUT:-}" ]; then # profile the new master's re-registration
-    perf record -F 499 -g -p "$MASTER_PID" -o "$PERF_OUT" -- sleep "${PERF_SECS:-10}" >/dev/null 2>&1 &
+    perf record -F 299 ${PERF_CG:--g} -p "$MASTER_PID" -o "$PERF_OUT" -- sleep "${PERF_SECS:-10}" >/dev/null 2>&1 &
   fi
   echo "failover: new master serving after $(since "$t0") s (registry of $FO_AGENTS agents recovered)"
   if [ -n "${FO_TRACE:-}" ]; then # the re-registration curve, every half second

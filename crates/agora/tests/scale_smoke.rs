@@ -1,0 +1,111 @@
+//! CI-sized scale smoke test: a real master, 500 simulated agents (`agora agent
+//! --simulate`, the real agent protocol over HTTP/2 streams) and the load framework placing
+//! 5,000 tasks from 5 frameworks in 2 roles. Correctness only, no timings: every task placed
+//! once, no resource offered twice, no agent lost.
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const AGENTS: usize = 500;
+const TASKS: usize = 5_000;
+
+struct Sim {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Sim {
+    /// The simulator's last counters line.
+    fn stats(&self) -> serde_json::Value {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+async fn metric(c: &Cluster, name: &str) -> f64 {
+    c.get("/metrics/snapshot").await[name].as_f64().unwrap_or(-1.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
+    let c = Cluster::start(0, &[], &[]).await;
+    let log = c.dir.join("sim.log");
+    let out = std::fs::File::create(&log).expect("sim log");
+    let child = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(["agent", "--master", &c.master.addr, "--simulate", &AGENTS.to_string()])
+        .args(["--simulate-name", "smoke", "--simulate-report-interval", "200ms"])
+        .args(["--resources", "cpus:4;mem:1024;disk:1024;ports:[31000-31100]"])
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("log"))
+        .stderr(out)
+        .spawn()
+        .expect("spawn simulator");
+    let sim = Sim { child, log };
+
+    let registered = wait_until(Duration::from_secs(60), || async {
+        (metric(&c, "master/slaves_connected").await as usize == AGENTS).then_some(())
+    })
+    .await;
+    assert!(registered.is_some(), "agents did not all register: {}\n{}", sim.stats(), c.logs());
+
+    let report = agora_client::load::run(agora_client::load::LoadOptions {
+        master: c.master.addr.clone(),
+        frameworks: 5,
+        roles: 2,
+        tasks: TASKS,
+        cpus: 0.1,
+        mem: 16.0,
+        timeout: Duration::from_secs(120),
+        teardown: false,
+    })
+    .await
+    .expect("load");
+    assert!(!report.timed_out, "{report:?}");
+    assert_eq!(report.started as usize, TASKS, "{report:?}");
+    assert_eq!(report.launched as usize, TASKS, "{report:?}");
+    assert_eq!(report.duplicate_starts, 0, "{report:?}");
+    assert!(report.failed.is_empty(), "{report:?}");
+    assert!(report.overcommit.is_empty(), "a resource was offered twice: {:?}", report.overcommit);
+
+    // The master's view: every task once, RUNNING, on one agent, within its agent's total.
+    let state = c.state().await;
+    let mut ids = std::collections::HashSet::new();
+    let mut per_agent: std::collections::HashMap<String, (f64, f64)> = Default::default();
+    for f in state["frameworks"].as_array().expect("frameworks") {
+        for t in f["tasks"].as_array().expect("tasks") {
+            assert_eq!(t["state"], "TASK_RUNNING", "{t}");
+            assert!(ids.insert(t["id"].as_str().expect("id").to_string()), "task twice: {t}");
+            let e = per_agent.entry(t["slave_id"].as_str().expect("agent").to_string()).or_default();
+            e.0 += t["resources"]["cpus"].as_f64().unwrap_or(0.0);
+            e.1 += t["resources"]["mem"].as_f64().unwrap_or(0.0);
+        }
+    }
+    assert_eq!(ids.len(), TASKS);
+    for (agent, (cpus, mem)) in &per_agent {
+        assert!(*cpus <= 4.0 + 1e-6 && *mem <= 1024.0 + 1e-6, "agent {agent} overcommitted: {cpus} cpus, {mem} mem");
+    }
+    assert_eq!(metric(&c, "master/tasks_running").await as usize, TASKS);
+
+    // The agents' view: each task launched exactly once, nobody lost or shut down.
+    let settled = wait_until(Duration::from_secs(30), || async {
+        let s = sim.stats();
+        (s["running"].as_u64() == Some(TASKS as u64) && s["updates_acked"].as_u64() >= Some(TASKS as u64)).then_some(s)
+    })
+    .await;
+    let s = settled.unwrap_or_else(|| panic!("simulator did not settle: {}", sim.stats()));
+    assert_eq!(s["launched"], TASKS, "{s}");
+    assert_eq!(s["registered"], AGENTS, "{s}");
+    assert_eq!(s["connected"], AGENTS, "{s}");
+    assert_eq!(s["shut_down"], 0, "{s}");
+    assert_eq!(metric(&c, "master/slaves_connected").await as usize, AGENTS);
+    assert_eq!(metric(&c, "master/slaves_unreachable").await, 0.0);
+}
