@@ -186,6 +186,7 @@ fn make_containerizer(config: &AgentConfig) -> Result<Arc<dyn agora_containerize
         supervisor: vec![config.executor_path.to_string_lossy().into_owned(), "supervisor".into()],
         enable_cfs: config.cgroups_enable_cfs,
         pids_max: config.cgroups_pids_max,
+        foreign_mounts: vec![config.work_dir.join("provisioner").join("containers")],
     })?;
     Ok(Arc::new(linux))
 }

@@ -568,12 +568,29 @@ async fn rootfses_survive_an_agent_crash_and_orphans_are_removed() {
     let t = image_task("k", &o1, "busybox", CommandInfo::shell("sleep 1000"));
     kept.s.launch(vec![o1.id.clone()], vec![t], 0.0).await.expect("launch");
     kept.until_state("k", TaskState::Running, T).await;
+    let containers = c.dir.join("agent0/provisioner/containers");
+    let k_cid = std::fs::read_dir(&containers).unwrap().next().unwrap().unwrap().file_name();
+    let k_cid = k_cid.to_string_lossy().into_owned();
     let o2 = one_offer(&mut lost).await;
-    let t = image_task("l", &o2, "busybox", CommandInfo::shell("sleep 1000"));
+    let t = image_task("l", &o2, "busybox", CommandInfo::shell("exec sleep 1001"));
     lost.s.launch(vec![o2.id.clone()], vec![t], 0.0).await.expect("launch");
     lost.until_state("l", TaskState::Running, T).await;
-    let containers = c.dir.join("agent0/provisioner/containers");
     assert_eq!(std::fs::read_dir(&containers).unwrap().count(), 2);
+    // The later container's mount namespace holds no copy of the earlier one's rootfs.
+    let l_pid = wait_until(Duration::from_secs(10), || async {
+        std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            (cmd == b"sleep\x001001\x00").then(|| e.path())
+        })
+    })
+    .await
+    .expect("the task's process");
+    // Seen from its executor (the task itself is chrooted and sees only its rootfs).
+    let status = std::fs::read_to_string(l_pid.join("status")).unwrap();
+    let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).unwrap().trim().to_string();
+    let mounts = std::fs::read_to_string(format!("/proc/{ppid}/mountinfo")).unwrap();
+    assert!(mounts.contains("/mnt/mesos/rootfs"), "{mounts}");
+    assert!(!mounts.contains(&k_cid), "container l holds container k's rootfs:\n{mounts}");
     c.crash_agent(0);
     c.restart_agent(0, &[]).expect("restart");
     // The checkpointed task lives on in its rootfs; the other one's container and rootfs go.
@@ -594,7 +611,15 @@ async fn rootfses_survive_an_agent_crash_and_orphans_are_removed() {
     })
     .await;
     assert!(registered.is_some(), "{}", c.logs());
-    kept.s.kill(TaskId::new("k"), Some(o1.agent_id.clone())).await.expect("kill");
-    kept.until_state("k", TaskState::Killed, T).await;
+    // The executor re-subscribes in the background: a kill it cannot hear yet is repeated.
+    let deadline = Instant::now() + T;
+    loop {
+        kept.s.kill(TaskId::new("k"), Some(o1.agent_id.clone())).await.expect("kill");
+        let s = kept.update("k", Duration::from_secs(3)).await;
+        if s.as_ref().is_some_and(|s| s.state == TaskState::Killed) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "task k was not killed: {s:?}\n{}", c.logs());
+    }
     assert_no_rootfs_left(&c).await;
 }

@@ -62,6 +62,9 @@ pub struct LinuxConfig {
     pub enable_cfs: bool,
     /// `pids.max` of every container (`cgroups/pids`).
     pub pids_max: u64,
+    /// Directories under which other containers' rootfs mounts live (the provisioner's):
+    /// a new container's mount namespace drops its copies of them.
+    pub foreign_mounts: Vec<PathBuf>,
 }
 
 struct Running {
@@ -272,6 +275,7 @@ impl LinuxContainerizer {
             no_new_privs: iso.nnp,
             seccomp: iso.seccomp,
             rootfs,
+            detach_under: self.config.foreign_mounts.clone(),
         })
     }
 

@@ -84,6 +84,10 @@ pub struct Spec {
     /// An image rootfs to prepare for the task (made before `mounts`).
     #[serde(default)]
     pub rootfs: Option<RootfsSpec>,
+    /// Mounts under these directories (other containers' rootfses) are detached from the
+    /// new mount namespace, which would otherwise hold copies of them until it ends.
+    #[serde(default)]
+    pub detach_under: Vec<PathBuf>,
 }
 
 /// `started.json`.
@@ -174,6 +178,41 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Lazily unmounts, in this (new, private) mount namespace, every mount below one of `dirs`
+/// except `keep`: other containers' rootfs mounts, copied in by `unshare`, that would
+/// otherwise stay referenced here after their containers ended. Best effort.
+fn detach_mounts_under(dirs: &[PathBuf], keep: Option<&Path>) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let mut points: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mountinfo(p)))
+        .filter(|p| dirs.iter().any(|d| p.starts_with(d) && p != d) && Some(p.as_path()) != keep)
+        .collect();
+    // Deepest first.
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in points {
+        let _ = nix::mount::umount2(&p, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Host devices bind-mounted into an image's `/dev`.
@@ -322,6 +361,7 @@ struct Setup {
     private_root: bool,
     mounts: Vec<MountSpec>,
     rootfs: Option<RootfsSpec>,
+    detach_under: Vec<PathBuf>,
     hostname: Option<String>,
     rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     keep_caps: Option<caps::CapsHashSet>,
@@ -386,6 +426,9 @@ fn container_setup(s: &Setup) -> std::io::Result<()> {
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
             .map_err(|e| io_err("make / private", e))?;
     }
+    if !s.detach_under.is_empty() {
+        detach_mounts_under(&s.detach_under, s.rootfs.as_ref().map(|r| r.source.as_path()));
+    }
     if let Some(r) = &s.rootfs {
         prepare_rootfs(r)?;
     }
@@ -449,6 +492,7 @@ fn prepare(spec: &Spec) -> Result<Setup, String> {
         private_root: spec.new_mount_ns,
         mounts: spec.mounts.clone(),
         rootfs: spec.rootfs.clone(),
+        detach_under: if spec.new_mount_ns { spec.detach_under.clone() } else { vec![] },
         hostname: spec.hostname.clone(),
         rlimits,
         keep_caps,
@@ -590,6 +634,13 @@ pub fn run(dir: &Path) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mountinfo_paths_are_unescaped() {
+        assert_eq!(unescape_mountinfo("/a\\040b/c"), "/a b/c");
+        assert_eq!(unescape_mountinfo("/plain"), "/plain");
+        assert_eq!(unescape_mountinfo("/end\\"), "/end\\");
+    }
 
     #[test]
     fn validation_catches_bad_rlimits_and_caps() {
