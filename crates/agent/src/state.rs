@@ -149,6 +149,8 @@ struct Executor {
     recovered: bool,
     /// What to launch once the image is provisioned.
     pending_launch: Option<LaunchSpec>,
+    /// KILL events for launched tasks that arrived while the executor had no subscription.
+    pending_kills: Vec<exec::Event>,
 }
 
 impl Executor {
@@ -432,6 +434,7 @@ impl State {
                     pid: rec.pid,
                     recovered: true,
                     pending_launch: None,
+                    pending_kills: vec![],
                 };
                 for t in ex.tasks {
                     let tid = t.info.task_id.clone();
@@ -875,6 +878,7 @@ impl State {
             pid: 0,
             recovered: false,
             pending_launch: None,
+            pending_kills: vec![],
         };
         if let Some(fw) = self.frameworks.get_mut(&fid) {
             fw.executors.insert(eid.clone(), executor);
@@ -1246,7 +1250,12 @@ impl State {
         if let Some(e) = self.executor_mut(fid, &eid) {
             let mut ev = exec::Event::of(exec::EventType::Kill);
             ev.kill = Some(exec::KillEvent { task_id: tid.clone(), kill_policy });
-            e.send(&ev);
+            if e.stream.is_some() {
+                e.send(&ev);
+            } else {
+                // Not subscribed (yet, or again after an agent restart): delivered on SUBSCRIBE.
+                e.pending_kills.push(ev);
+            }
         }
     }
 
@@ -1379,6 +1388,9 @@ impl State {
         for task in launches {
             let mut ev = exec::Event::of(exec::EventType::Launch);
             ev.launch = Some(exec::LaunchEvent { task });
+            e.send(&ev);
+        }
+        for ev in std::mem::take(&mut e.pending_kills) {
             e.send(&ev);
         }
         // Updates the executor still holds (it re-subscribed): take what we do not have.
