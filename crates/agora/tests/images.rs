@@ -616,3 +616,37 @@ async fn rootfses_survive_an_agent_crash_and_orphans_are_removed() {
     kept.until_state("k", TaskState::Killed, T).await;
     assert_no_rootfs_left(&c).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_directory_of_docker_save_tarballs_as_the_registry() {
+    if !ready() {
+        return;
+    }
+    let images = fx::images_dir();
+    let dir = std::env::temp_dir().join(format!("agora-local-registry-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Mesos's naming: `<repo>:<tag>.tar`, or `<repo>.tar` for latest.
+    std::os::unix::fs::symlink(images.join("docker-archive/busybox.tar"), dir.join("busybox.tar")).unwrap();
+    std::os::unix::fs::symlink(images.join("docker-archive/httpd.tar"), dir.join("httpd:latest.tar")).unwrap();
+    let flag = format!("--docker-registry={}", dir.display());
+    let c = Cluster::start(1, &[], &[&flag]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("local", true, 0.0)).await;
+    let offer = one_offer(&mut fw).await;
+    let tasks = vec![
+        image_task("bb", &offer, "busybox", CommandInfo::shell("echo local-ok")),
+        image_task("web", &offer, "httpd", CommandInfo::shell("cat /www/index.html")),
+        image_task("none", &offer, "multilayer", CommandInfo::shell("true")),
+    ];
+    fw.s.launch(vec![offer.id.clone()], tasks, 0.0).await.expect("launch");
+    for (id, want) in [("bb", "local-ok\n"), ("web", "hello from the httpd fixture\n")] {
+        let seen = until_terminal(&mut fw, id).await;
+        assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{id}: {:?}\n{}", seen.last(), c.logs());
+        assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, id, "stdout"), want);
+    }
+    let seen = until_terminal(&mut fw, "none").await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, TaskState::Failed);
+    assert!(last.message.as_deref().unwrap_or("").contains("no tarball in local registry"), "{last:?}");
+    assert_no_rootfs_left(&c).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
