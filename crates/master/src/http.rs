@@ -98,20 +98,28 @@ fn unavailable() -> Response<Body> {
 
 /// A JSON reply for the GET endpoints, wrapped for `?jsonp=cb`.
 fn json_or_jsonp(v: &serde_json::Value, q: &HashMap<String, String>) -> Response<Body> {
+    json_bytes_or_jsonp(serde_json::to_vec(v).unwrap_or_default(), q)
+}
+
+fn json_bytes_or_jsonp(body: Vec<u8>, q: &HashMap<String, String>) -> Response<Body> {
     match q.get("jsonp") {
         Some(cb)
             if !cb.is_empty() && cb.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$') =>
         {
-            let body = format!("{cb}({v});");
-            agora_http::bytes(StatusCode::OK, "text/javascript", body.into_bytes())
+            let mut out = Vec::with_capacity(body.len() + cb.len() + 3);
+            out.extend_from_slice(cb.as_bytes());
+            out.push(b'(');
+            out.extend_from_slice(&body);
+            out.extend_from_slice(b");");
+            agora_http::bytes(StatusCode::OK, "text/javascript", out)
         }
-        _ => agora_http::json(StatusCode::OK, v),
+        _ => agora_http::bytes(StatusCode::OK, "application/json", body),
     }
 }
 
 async fn query(h: &Handle, query: Query, q: &HashMap<String, String>) -> Response<Body> {
     match h.ask(|reply| Msg::Query { query, reply }).await {
-        Some(v) => json_or_jsonp(&v, q),
+        Some(v) => json_bytes_or_jsonp(v, q),
         None => unavailable(),
     }
 }

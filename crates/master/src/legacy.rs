@@ -4,6 +4,8 @@
 use crate::state::{Framework, Query, State};
 use agora_api::operator::*;
 use agora_api::*;
+use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 
@@ -37,8 +39,8 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
         Query::Frameworks { framework_id } => {
             let keep = |f: &&Framework| framework_id.as_ref().map(|id| f.id().value == *id).unwrap_or(true);
             json!({
-                "frameworks": st.frameworks.values().filter(keep).map(|f| framework_json(st, f)).collect::<Vec<_>>(),
-                "completed_frameworks": st.completed_frameworks.iter().filter(keep).map(|f| framework_json(st, f)).collect::<Vec<_>>(),
+                "frameworks": st.frameworks.values().filter(keep).map(|f| framework_json(st, f, true)).collect::<Vec<_>>(),
+                "completed_frameworks": st.completed_frameworks.iter().filter(keep).map(|f| framework_json(st, f, true)).collect::<Vec<_>>(),
                 "unregistered_frameworks": [],
             })
         }
@@ -72,7 +74,7 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
     }
 }
 
-fn framework_json(st: &State, f: &Framework) -> Value {
+fn framework_json(st: &State, f: &Framework, with_tasks: bool) -> Value {
     let id = f.id();
     let mut v = json!({
         "id": id.value,
@@ -93,9 +95,6 @@ fn framework_json(st: &State, f: &Framework) -> Value {
         "used_resources": st.used_by(&id).to_legacy_map(),
         "offered_resources": st.offered_to(&id).to_legacy_map(),
         "resources": st.used_by(&id).to_legacy_map(),
-        "tasks": f.tasks.values().map(|t| task_json(&t.task)).collect::<Vec<_>>(),
-        "unreachable_tasks": f.unreachable_tasks.values().map(|t| task_json(&t.task)).collect::<Vec<_>>(),
-        "completed_tasks": f.completed_tasks.iter().map(task_json).collect::<Vec<_>>(),
         "offers": f.offers.iter().filter_map(|o| st.offers.get(o)).map(|o| json!({
             "id": o.offer.id.value,
             "framework_id": o.framework_id.value,
@@ -118,6 +117,11 @@ fn framework_json(st: &State, f: &Framework) -> Value {
     }
     if let Some(l) = &f.info.labels {
         v["labels"] = json!(l.labels);
+    }
+    if with_tasks {
+        v["tasks"] = json!(f.tasks.values().map(|t| task_json(&t.task)).collect::<Vec<_>>());
+        v["unreachable_tasks"] = json!(f.unreachable_tasks.values().map(|t| task_json(&t.task)).collect::<Vec<_>>());
+        v["completed_tasks"] = json!(f.completed_tasks.iter().map(task_json).collect::<Vec<_>>());
     }
     v
 }
@@ -239,7 +243,213 @@ pub fn task_json(t: &Task) -> Value {
     v
 }
 
+/// A task in v0 JSON, written straight to the output with no `Value` tree in between
+/// (`/state` holds hundreds of thousands of tasks). Same fields as [`task_json`].
+pub(crate) struct TaskV0<'a>(pub &'a Task);
+
+impl Serialize for TaskV0<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let t = self.0;
+        let role = t.resources.iter().find_map(|r| r.allocation_role()).unwrap_or("*");
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("id", &t.task_id.value)?;
+        m.serialize_entry("name", &t.name)?;
+        m.serialize_entry("framework_id", &t.framework_id.value)?;
+        m.serialize_entry("executor_id", t.executor_id.as_ref().map(|e| e.value.as_str()).unwrap_or(""))?;
+        m.serialize_entry("slave_id", &t.agent_id.value)?;
+        m.serialize_entry("state", &t.state)?;
+        m.serialize_entry("resources", &LegacyResources(&t.resources))?;
+        m.serialize_entry("role", role)?;
+        m.serialize_entry("statuses", &StatusesV0(&t.statuses))?;
+        if let Some(u) = &t.user {
+            m.serialize_entry("user", u)?;
+        }
+        if let Some(l) = &t.labels {
+            m.serialize_entry("labels", &l.labels)?;
+        }
+        if let Some(d) = &t.discovery {
+            m.serialize_entry("discovery", d)?;
+        }
+        if let Some(c) = &t.container {
+            m.serialize_entry("container", c)?;
+        }
+        if let Some(h) = &t.health_check {
+            m.serialize_entry("health_check", h)?;
+        }
+        m.end()
+    }
+}
+
+/// Resources as v0's `{"cpus": 1, "mem": 128, ...}` map (see `Resources::to_legacy_map`).
+struct LegacyResources<'a>(&'a [Resource]);
+
+impl Serialize for LegacyResources<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        const NAMES: [&str; 4] = ["cpus", "gpus", "mem", "disk"];
+        let simple = self.0.iter().all(|r| {
+            r.kind == agora_api::resources::ValueType::Scalar && NAMES.contains(&r.name.as_str()) && r.scalar.is_some()
+        });
+        if !simple {
+            return Resources::from_vec(self.0.to_vec()).to_legacy_map().serialize(s);
+        }
+        let mut sums = [0.0f64; 4];
+        for r in self.0 {
+            if let (Some(i), Some(v)) = (NAMES.iter().position(|n| *n == r.name), r.scalar.as_ref()) {
+                sums[i] += v.value;
+            }
+        }
+        let mut m = s.serialize_map(Some(4))?;
+        for (n, v) in NAMES.iter().zip(sums) {
+            m.serialize_entry(n, &agora_api::resources::round3(v))?;
+        }
+        m.end()
+    }
+}
+
+struct StatusesV0<'a>(&'a [TaskStatus]);
+
+impl Serialize for StatusesV0<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.len()))?;
+        for st in self.0 {
+            seq.serialize_element(&StatusV0(st))?;
+        }
+        seq.end()
+    }
+}
+
+struct StatusV0<'a>(&'a TaskStatus);
+
+impl Serialize for StatusV0<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let st = self.0;
+        let mut m = s.serialize_map(None)?;
+        m.serialize_entry("state", &st.state)?;
+        m.serialize_entry("timestamp", &st.timestamp.unwrap_or(0.0))?;
+        if let Some(h) = st.healthy {
+            m.serialize_entry("healthy", &h)?;
+        }
+        if let Some(c) = &st.container_status {
+            m.serialize_entry("container_status", c)?;
+        }
+        if let Some(l) = &st.labels {
+            m.serialize_entry("labels", &l.labels)?;
+        }
+        m.end()
+    }
+}
+
+/// A list of tasks in v0 JSON.
+struct TasksV0<'a, I>(std::cell::RefCell<Option<I>>, std::marker::PhantomData<&'a Task>);
+
+impl<'a, I: Iterator<Item = &'a Task>> TasksV0<'a, I> {
+    fn new(it: I) -> Self {
+        TasksV0(std::cell::RefCell::new(Some(it)), std::marker::PhantomData)
+    }
+}
+
+impl<'a, I: Iterator<Item = &'a Task>> Serialize for TasksV0<'a, I> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        if let Some(it) = self.0.borrow_mut().take() {
+            for t in it {
+                seq.serialize_element(&TaskV0(t))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+/// A framework in v0 JSON: [`framework_json`]'s fields, its task lists written directly.
+fn write_framework<M: SerializeMap>(st: &State, f: &Framework, m: &mut M) -> Result<(), M::Error> {
+    if let Value::Object(head) = framework_json(st, f, false) {
+        for (k, v) in &head {
+            m.serialize_entry(k, v)?;
+        }
+    }
+    m.serialize_entry("tasks", &TasksV0::new(f.tasks.values().map(|t| &t.task)))?;
+    m.serialize_entry("unreachable_tasks", &TasksV0::new(f.unreachable_tasks.values().map(|t| &t.task)))?;
+    m.serialize_entry("completed_tasks", &TasksV0::new(f.completed_tasks.iter()))?;
+    Ok(())
+}
+
+struct FrameworkV0<'a>(&'a State, &'a Framework);
+
+impl Serialize for FrameworkV0<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        write_framework(self.0, self.1, &mut m)?;
+        m.end()
+    }
+}
+
+struct FrameworksV0<'a, I>(std::cell::RefCell<Option<I>>, &'a State);
+
+impl<'a, I: Iterator<Item = &'a Framework>> Serialize for FrameworksV0<'a, I> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(None)?;
+        if let Some(it) = self.0.borrow_mut().take() {
+            for f in it {
+                seq.serialize_element(&FrameworkV0(self.1, f))?;
+            }
+        }
+        seq.end()
+    }
+}
+
+fn frameworks_v0<'a, I: Iterator<Item = &'a Framework>>(st: &'a State, it: I) -> FrameworksV0<'a, I> {
+    FrameworksV0(std::cell::RefCell::new(Some(it)), st)
+}
+
+/// Renders a query as JSON bytes. The big views (`/state`, `/frameworks`, `/tasks`) write
+/// their tasks straight to the buffer; the others go through [`render`].
+pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 * 1024);
+    let mut ser = serde_json::Serializer::new(&mut out);
+    let written: Result<(), serde_json::Error> = (|| {
+        match q {
+            Query::State => {
+                let mut m = ser.serialize_map(None)?;
+                if let Value::Object(head) = state_json_head(st) {
+                    for (k, v) in &head {
+                        m.serialize_entry(k, v)?;
+                    }
+                }
+                m.serialize_entry("frameworks", &frameworks_v0(st, st.frameworks.values()))?;
+                m.serialize_entry("completed_frameworks", &frameworks_v0(st, st.completed_frameworks.iter()))?;
+                SerializeMap::end(m)?;
+            }
+            Query::Frameworks { framework_id } => {
+                let keep = |f: &&Framework| framework_id.as_ref().map(|id| f.id().value == *id).unwrap_or(true);
+                let mut m = ser.serialize_map(None)?;
+                m.serialize_entry("frameworks", &frameworks_v0(st, st.frameworks.values().filter(keep)))?;
+                m.serialize_entry(
+                    "completed_frameworks",
+                    &frameworks_v0(st, st.completed_frameworks.iter().filter(keep)),
+                )?;
+                m.serialize_entry("unregistered_frameworks", &Vec::<String>::new())?;
+                SerializeMap::end(m)?;
+            }
+            other => render(st, other).serialize(&mut ser)?,
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        tracing::error!(error = %e, "cannot render a view");
+    }
+    out
+}
+
 fn state_json(st: &State) -> Value {
+    let mut v = state_json_head(st);
+    v["frameworks"] = json!(st.frameworks.values().map(|f| framework_json(st, f, true)).collect::<Vec<_>>());
+    v["completed_frameworks"] =
+        json!(st.completed_frameworks.iter().map(|f| framework_json(st, f, true)).collect::<Vec<_>>());
+    v
+}
+
+/// `/state` without its frameworks.
+fn state_json_head(st: &State) -> Value {
     let flags: serde_json::Map<String, Value> =
         st.config.flags.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
     let hostname = st.master_info.hostname.clone().unwrap_or_default();
@@ -263,8 +473,6 @@ fn state_json(st: &State) -> Value {
         "flags": flags,
         "slaves": st.agents.values().map(|a| agent_json(st, a)).collect::<Vec<_>>(),
         "recovered_slaves": recovered_slaves(st),
-        "frameworks": st.frameworks.values().map(|f| framework_json(st, f)).collect::<Vec<_>>(),
-        "completed_frameworks": st.completed_frameworks.iter().map(|f| framework_json(st, f)).collect::<Vec<_>>(),
         "orphan_tasks": [],
         "unregistered_frameworks": [],
     })

@@ -122,9 +122,10 @@ pub enum Msg {
         call: operator::Call,
         reply: oneshot::Sender<Result<operator::Response, ApiError>>,
     },
+    /// A read-only view, answered as JSON bytes.
     Query {
         query: Query,
-        reply: oneshot::Sender<serde_json::Value>,
+        reply: oneshot::Sender<Vec<u8>>,
     },
     FrameworkStreamClosed {
         framework_id: FrameworkId,
@@ -630,8 +631,7 @@ impl State {
                 }
             }
             Msg::Query { query, reply } => {
-                let v = crate::legacy::render(self, &query);
-                let _ = reply.send(v);
+                let _ = reply.send(crate::legacy::render_bytes(self, &query));
             }
             Msg::FrameworkStreamClosed { framework_id, stream_id } => {
                 let current = self.frameworks.get(&framework_id).and_then(|f| f.stream.as_ref()).map(|s| s.id.clone());
@@ -1904,12 +1904,11 @@ impl State {
                 .as_ref()
                 .map(|e| e.task.state == TaskState::Unreachable || e.task.state == TaskState::Lost)
                 .unwrap_or(false);
-            let mut entry =
-                existing.unwrap_or_else(|| {
-                    let mut task = t.clone();
-                    task.resources = resources.clone().into_vec();
-                    Box::new(TaskEntry { task, role, released: false })
-                });
+            let mut entry = existing.unwrap_or_else(|| {
+                let mut task = t.clone();
+                task.resources = resources.clone().into_vec();
+                Box::new(TaskEntry { task, role, released: false })
+            });
             entry.task.state = t.state;
             if t.status_update_state.is_some() {
                 entry.task.status_update_state = t.status_update_state;
