@@ -76,6 +76,7 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
 
 fn framework_json(st: &State, f: &Framework, with_tasks: bool) -> Value {
     let id = f.id();
+    let used = st.used_by(&id).to_legacy_map();
     let mut v = json!({
         "id": id.value,
         "name": f.info.name,
@@ -92,9 +93,9 @@ fn framework_json(st: &State, f: &Framework, with_tasks: bool) -> Value {
         "recovered": f.recovered,
         "registered_time": f.registered_time,
         "unregistered_time": f.unregistered_time.unwrap_or(0.0),
-        "used_resources": st.used_by(&id).to_legacy_map(),
+        "used_resources": used.clone(),
         "offered_resources": st.offered_to(&id).to_legacy_map(),
-        "resources": st.used_by(&id).to_legacy_map(),
+        "resources": used,
         "offers": f.offers.iter().filter_map(|o| st.offers.get(o)).map(|o| json!({
             "id": o.offer.id.value,
             "framework_id": o.framework_id.value,
@@ -135,8 +136,37 @@ fn attributes_json(attributes: &[Attribute]) -> Value {
 }
 
 fn agent_json(st: &State, a: &crate::state::Agent) -> Value {
-    let id = a.id();
-    let attrs = attributes_json(&a.info.attributes);
+    serde_json::to_value(agent_v0(st, a)).unwrap_or(Value::Null)
+}
+
+/// An agent in v0 JSON (`/state`'s and `/slaves`' entries).
+#[derive(Serialize)]
+struct AgentV0<'a> {
+    id: &'a str,
+    hostname: &'a str,
+    port: u32,
+    pid: &'a str,
+    attributes: Value,
+    registered_time: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reregistered_time: Option<f64>,
+    resources: Value,
+    used_resources: Value,
+    offered_resources: Value,
+    reserved_resources: serde_json::Map<String, Value>,
+    unreserved_resources: Value,
+    active: bool,
+    deactivated: bool,
+    version: &'a str,
+    capabilities: [&'static str; 4],
+    resources_full: Vec<Resource>,
+    used_resources_full: Vec<Resource>,
+    offered_resources_full: Vec<Resource>,
+}
+
+fn agent_v0<'a>(st: &State, a: &'a crate::state::Agent) -> AgentV0<'a> {
+    let id = a.info.id.as_ref().map(|i| i.value.as_str()).unwrap_or("");
+    let aid = a.id();
     let mut reserved = serde_json::Map::new();
     let mut unreserved = Resources::new();
     for r in a.total.iter() {
@@ -150,30 +180,29 @@ fn agent_json(st: &State, a: &crate::state::Agent) -> Value {
             unreserved.add(r);
         }
     }
-    let mut v = json!({
-        "id": id.value,
-        "hostname": a.info.hostname,
-        "port": a.info.port,
-        "pid": a.pid,
-        "attributes": attrs,
-        "registered_time": a.registered_time,
-        "resources": a.total.to_legacy_map(),
-        "used_resources": st.used_on(&id).to_legacy_map(),
-        "offered_resources": st.offered_on(&id).to_legacy_map(),
-        "reserved_resources": reserved,
-        "unreserved_resources": unreserved.to_legacy_map(),
-        "active": a.active && a.connected(),
-        "deactivated": false,
-        "version": a.version,
-        "capabilities": ["MULTI_ROLE", "HIERARCHICAL_ROLE", "RESERVATION_REFINEMENT", "TASK_NO_EXECUTOR"],
-        "resources_full": a.total.with_legacy_roles().into_vec(),
-        "used_resources_full": st.used_on(&id).with_legacy_roles().into_vec(),
-        "offered_resources_full": st.offered_on(&id).with_legacy_roles().into_vec(),
-    });
-    if let Some(t) = a.reregistered_time {
-        v["reregistered_time"] = json!(t);
+    let used = st.used_on(&aid);
+    let offered = st.offered_on(&aid);
+    AgentV0 {
+        id,
+        hostname: &a.info.hostname,
+        port: a.info.port,
+        pid: &a.pid,
+        attributes: attributes_json(&a.info.attributes),
+        registered_time: a.registered_time,
+        reregistered_time: a.reregistered_time,
+        resources: a.total.to_legacy_map(),
+        used_resources: used.to_legacy_map(),
+        offered_resources: offered.to_legacy_map(),
+        reserved_resources: reserved,
+        unreserved_resources: unreserved.to_legacy_map(),
+        active: a.active && a.connected(),
+        deactivated: false,
+        version: &a.version,
+        capabilities: ["MULTI_ROLE", "HIERARCHICAL_ROLE", "RESERVATION_REFINEMENT", "TASK_NO_EXECUTOR"],
+        resources_full: a.total.with_legacy_roles().into_vec(),
+        used_resources_full: used.with_legacy_roles().into_vec(),
+        offered_resources_full: offered.with_legacy_roles().into_vec(),
     }
-    v
 }
 
 fn merge_legacy(a: &Value, b: &Value) -> Value {
@@ -401,6 +430,18 @@ fn frameworks_v0<'a, I: Iterator<Item = &'a Framework>>(st: &'a State, it: I) ->
     FrameworksV0(std::cell::RefCell::new(Some(it)), st)
 }
 
+struct AgentsV0<'a>(&'a State);
+
+impl Serialize for AgentsV0<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut seq = s.serialize_seq(Some(self.0.agents.len()))?;
+        for a in self.0.agents.values() {
+            seq.serialize_element(&agent_v0(self.0, a))?;
+        }
+        seq.end()
+    }
+}
+
 /// Renders a query as JSON bytes. The big views (`/state`, `/frameworks`, `/tasks`) write
 /// their tasks straight to the buffer; the others go through [`render`].
 pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
@@ -415,6 +456,7 @@ pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
                         m.serialize_entry(k, v)?;
                     }
                 }
+                m.serialize_entry("slaves", &AgentsV0(st))?;
                 m.serialize_entry("frameworks", &frameworks_v0(st, st.frameworks.values()))?;
                 m.serialize_entry("completed_frameworks", &frameworks_v0(st, st.completed_frameworks.iter()))?;
                 SerializeMap::end(m)?;
@@ -442,6 +484,7 @@ pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
 
 fn state_json(st: &State) -> Value {
     let mut v = state_json_head(st);
+    v["slaves"] = json!(st.agents.values().map(|a| agent_json(st, a)).collect::<Vec<_>>());
     v["frameworks"] = json!(st.frameworks.values().map(|f| framework_json(st, f, true)).collect::<Vec<_>>());
     v["completed_frameworks"] =
         json!(st.completed_frameworks.iter().map(|f| framework_json(st, f, true)).collect::<Vec<_>>());
@@ -471,7 +514,6 @@ fn state_json_head(st: &State) -> Value {
         "leader": st.master_info.pid,
         "leader_info": st.master_info,
         "flags": flags,
-        "slaves": st.agents.values().map(|a| agent_json(st, a)).collect::<Vec<_>>(),
         "recovered_slaves": recovered_slaves(st),
         "orphan_tasks": [],
         "unregistered_frameworks": [],
