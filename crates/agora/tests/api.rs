@@ -204,6 +204,16 @@ async fn legacy_endpoints_answer_in_v0_shape() {
     let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     assert_eq!(v["type"], "GET_TASKS");
     assert_eq!(v["get_tasks"]["tasks"][0]["task_id"]["value"], "l1");
+    // GET_STATE (written straight from the master's state) decodes as the typed response.
+    let r = agora_http::Client::new()
+        .call(&c.url("/api/v1"), &[], &serde_json::json!({"type": "GET_STATE"}), T)
+        .await
+        .unwrap();
+    let st: agora_api::operator::Response = serde_json::from_slice(&r.body).unwrap();
+    let gs = st.get_state.expect("get_state");
+    assert_eq!(gs.get_tasks.tasks[0].task_id.value, "l1");
+    assert_eq!(gs.get_agents.agents.len(), 1);
+    assert!(!gs.get_frameworks.frameworks.is_empty());
     // Suppress then revive: no offers while suppressed.
     fw.s.call(Call::new(CallType::Suppress, None)).await.unwrap();
     // Give back whatever was offered before the suppression; it must not come back.

@@ -289,6 +289,18 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
     if call.kind == operator::CallType::Unknown {
         return agora_http::text(StatusCode::BAD_REQUEST, "Unknown or unsupported operator call type");
     }
+    // The big reads are written straight from the state, without copying every task.
+    let big = match call.kind {
+        operator::CallType::GetState => Some(Query::GetState),
+        operator::CallType::GetTasks => Some(Query::GetTasks),
+        _ => None,
+    };
+    if let Some(query) = big {
+        return match h.ask(|reply| Msg::Query { query, reply }).await {
+            Some(b) => agora_http::bytes(StatusCode::OK, "application/json", b),
+            None => unavailable(),
+        };
+    }
     match h.ask(|reply| Msg::Operator { call, reply }).await {
         Some(Ok(r)) => {
             if r.kind == operator::CallType::Teardown {

@@ -71,6 +71,7 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
         }
         Query::Metrics => metrics(st),
         Query::Roles => roles(st),
+        Query::GetState | Query::GetTasks => serde_json::from_slice(&render_bytes(st, q)).unwrap_or(Value::Null),
     }
 }
 
@@ -442,6 +443,46 @@ impl Serialize for AgentsV0<'_> {
     }
 }
 
+/// GET_TASKS with the tasks borrowed from the state (same JSON as `operator::GetTasks`).
+#[derive(Serialize)]
+struct GetTasksRef<'a> {
+    tasks: Vec<&'a Task>,
+    unreachable_tasks: Vec<&'a Task>,
+    completed_tasks: Vec<&'a Task>,
+}
+
+fn get_tasks_ref(st: &State) -> GetTasksRef<'_> {
+    let mut g = GetTasksRef { tasks: vec![], unreachable_tasks: vec![], completed_tasks: vec![] };
+    for f in st.frameworks.values() {
+        g.tasks.extend(f.tasks.values().map(|t| &t.task));
+        g.unreachable_tasks.extend(f.unreachable_tasks.values().map(|t| &t.task));
+        g.completed_tasks.extend(f.completed_tasks.iter());
+    }
+    for f in &st.completed_frameworks {
+        g.completed_tasks.extend(f.completed_tasks.iter());
+    }
+    g
+}
+
+/// GET_STATE (same JSON as `operator::GetState`).
+#[derive(Serialize)]
+struct GetStateRef<'a> {
+    get_tasks: GetTasksRef<'a>,
+    get_executors: GetExecutors,
+    get_frameworks: GetFrameworks,
+    get_agents: GetAgents,
+}
+
+#[derive(Serialize)]
+struct OperatorOut<'a> {
+    #[serde(rename = "type")]
+    kind: CallType,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    get_state: Option<GetStateRef<'a>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    get_tasks: Option<GetTasksRef<'a>>,
+}
+
 /// Renders a query as JSON bytes. The big views (`/state`, `/frameworks`, `/tasks`) write
 /// their tasks straight to the buffer; the others go through [`render`].
 pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
@@ -471,6 +512,21 @@ pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
                 )?;
                 m.serialize_entry("unregistered_frameworks", &Vec::<String>::new())?;
                 SerializeMap::end(m)?;
+            }
+            Query::GetState => OperatorOut {
+                kind: CallType::GetState,
+                get_state: Some(GetStateRef {
+                    get_tasks: get_tasks_ref(st),
+                    get_executors: get_executors(st),
+                    get_frameworks: get_frameworks(st),
+                    get_agents: get_agents(st),
+                }),
+                get_tasks: None,
+            }
+            .serialize(&mut ser)?,
+            Query::GetTasks => {
+                OperatorOut { kind: CallType::GetTasks, get_state: None, get_tasks: Some(get_tasks_ref(st)) }
+                    .serialize(&mut ser)?
             }
             other => render(st, other).serialize(&mut ser)?,
         }

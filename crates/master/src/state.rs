@@ -92,10 +92,21 @@ pub enum Query {
     State,
     StateSummary,
     Slaves,
-    Frameworks { framework_id: Option<String> },
-    Tasks { limit: usize, offset: usize, ascending: bool, framework_id: Option<String>, task_id: Option<String> },
+    Frameworks {
+        framework_id: Option<String>,
+    },
+    Tasks {
+        limit: usize,
+        offset: usize,
+        ascending: bool,
+        framework_id: Option<String>,
+        task_id: Option<String>,
+    },
     Metrics,
     Roles,
+    /// The operator API's GET_STATE and GET_TASKS, answered with tasks written in place.
+    GetState,
+    GetTasks,
 }
 
 pub enum Msg {
