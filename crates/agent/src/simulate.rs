@@ -150,6 +150,10 @@ pub fn start(config: SimConfig) -> Result<Simulation, String> {
     Ok(Simulation { stats, tasks })
 }
 
+/// Reconnection backoff cap: like a Mesos agent that learns of a new leader and
+/// re-registers after a random delay of up to `--registration_backoff_factor` (1 s).
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Calls in flight at once from one simulating process (each holds a connection).
 const CALLS_IN_FLIGHT: usize = 256;
 
@@ -228,7 +232,7 @@ impl SimAgent {
         while !self.stopped {
             let Some(leader) = self.shared.detector.leader().await else {
                 tokio::time::sleep(jitter(backoff)).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             };
             let url = format!("{}{}", base_url(&leader), AGENT_PATH);
@@ -280,7 +284,7 @@ impl SimAgent {
                 }
             }
             tokio::time::sleep(jitter(backoff)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
