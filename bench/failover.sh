@@ -7,8 +7,9 @@
 #
 #   bench/failover.sh                  # 2 agents, 5 rounds, release build
 #   AGENTS=4 ROUNDS=10 bench/failover.sh
+#   SIM_AGENTS=1000 bench/failover.sh  # 1,000 simulated agents (agora agent --simulate)
 #
-# Env: AGENTS (2), ROUNDS (5), LEASE_TTL (3secs, --etcd-lease-ttl), BACKOFF (1secs, the
+# Env: AGENTS (2), SIM_AGENTS (0: real agents), ROUNDS (5), LEASE_TTL (3secs, --etcd-lease-ttl), BACKOFF (1secs, the
 # agents' --registration-backoff-factor, Mesos's default), AGORA_BIN (default: builds
 # target/release/agora), AGORA_FIXTURES (default ../shared/fixtures), ETCD_BASE_PORT (25400).
 # Everything runs on 127.0.0.1 in a temp dir; every process is stopped by PID on exit.
@@ -16,6 +17,7 @@ set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
 AGENTS=${AGENTS:-2}
+SIM_AGENTS=${SIM_AGENTS:-0}
 ROUNDS=${ROUNDS:-5}
 LEASE_TTL=${LEASE_TTL:-3secs}
 BACKOFF=${BACKOFF:-1secs}
@@ -91,18 +93,27 @@ leader() { # [EXCEPT]
   return 0
 }
 active_agents() {
-  curl -s -m 2 "http://$1/state" 2>/dev/null | jq '[.slaves[] | select(.active)] | length' 2>/dev/null || echo 0
+  curl -s -m 2 "http://$1/metrics/snapshot" 2>/dev/null | jq '.["master/slaves_active"]' 2>/dev/null || echo 0
 }
 
 L=""
 for i in $(seq 1 400); do L=$(leader); [ -n "$L" ] && break; sleep 0.025; done
 [ -n "$L" ] || { echo "failover.sh: no leader elected" >&2; exit 1; }
-for i in $(seq 1 "$AGENTS"); do
-  start "a$i" agent --ip 127.0.0.1 --port 0 --master "$MASTERS" --work-dir "$WORK/a$i" \
-    --isolation posix/cpu,posix/mem --resources 'cpus:2;mem:2048;disk:1000;ports:[31000-32000]' \
-    --registration-backoff-factor "$BACKOFF"
-done
-for i in $(seq 1 800); do [ "$(active_agents "$L")" = "$AGENTS" ] && break; sleep 0.025; done
+if [ "$SIM_AGENTS" -gt 0 ]; then
+  # Simulated agents (one process, the real agent protocol) instead of real ones.
+  AGENTS=$SIM_AGENTS
+  setsid "$AGORA_BIN" agent --master "$MASTERS" --simulate "$SIM_AGENTS" --simulate-name fo \
+    --simulate-report-interval 10s </dev/null >"$WORK/sim.log" 2>&1 &
+  PIDS+=($!)
+  disown $!
+else
+  for i in $(seq 1 "$AGENTS"); do
+    start "a$i" agent --ip 127.0.0.1 --port 0 --master "$MASTERS" --work-dir "$WORK/a$i" \
+      --isolation posix/cpu,posix/mem --resources 'cpus:2;mem:2048;disk:1000;ports:[31000-32000]' \
+      --registration-backoff-factor "$BACKOFF"
+  done
+fi
+for i in $(seq 1 2400); do [ "$(active_agents "$L")" = "$AGENTS" ] && break; sleep 0.025; done
 [ "$(active_agents "$L")" = "$AGENTS" ] || { echo "failover.sh: agents did not register" >&2; exit 1; }
 
 echo "failover: 3 masters (--etcd-lease-ttl $LEASE_TTL), 3 etcd members, $AGENTS agents (--registration-backoff-factor $BACKOFF), $ROUNDS rounds"

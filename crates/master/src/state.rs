@@ -1894,7 +1894,7 @@ impl State {
         let mut used: HashMap<FrameworkId, Resources> = HashMap::new();
         let mut to_kill: Vec<(FrameworkId, TaskId)> = Vec::new();
         let mut notify: Vec<(FrameworkId, TaskStatus)> = Vec::new();
-        for t in tasks {
+        for mut t in tasks {
             let fid = t.framework_id.clone();
             let key = (fid.clone(), t.task_id.clone());
             reported.insert(key.clone());
@@ -1903,43 +1903,46 @@ impl State {
                 to_kill.push(key);
                 continue;
             };
-            let role = t
-                .resources
-                .iter()
-                .find_map(|r| r.allocation_role().map(str::to_string))
-                .unwrap_or_else(|| fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into()));
-            let resources = Resources::from_vec(t.resources.clone());
             let came_back = fw.unreachable_tasks.remove(&t.task_id);
             let existing = fw.tasks.remove(&t.task_id).or(came_back);
             let was_unreachable_task = existing
                 .as_ref()
                 .map(|e| e.task.state == TaskState::Unreachable || e.task.state == TaskState::Lost)
                 .unwrap_or(false);
-            let mut entry = existing.unwrap_or_else(|| {
-                let mut task = t.clone();
-                task.resources = resources.clone().into_vec();
-                Box::new(TaskEntry { task, role, released: false })
-            });
-            entry.task.state = t.state;
-            if t.status_update_state.is_some() {
-                entry.task.status_update_state = t.status_update_state;
-                entry.task.status_update_uuid = t.status_update_uuid.clone();
-            }
-            if !t.statuses.is_empty() && entry.task.statuses.len() < t.statuses.len() {
-                entry.task.statuses = t.statuses.clone();
-            }
-            entry.released = t.state.is_terminal();
+            let (state, executor_id) = (t.state, t.executor_id.clone());
+            let mut entry = match existing {
+                Some(mut e) => {
+                    e.task.state = t.state;
+                    if t.status_update_state.is_some() {
+                        e.task.status_update_state = t.status_update_state;
+                        e.task.status_update_uuid = t.status_update_uuid.take();
+                    }
+                    if !t.statuses.is_empty() && e.task.statuses.len() < t.statuses.len() {
+                        e.task.statuses = std::mem::take(&mut t.statuses);
+                    }
+                    e
+                }
+                None => {
+                    // Unknown to this master (a failover): the agent's record becomes ours.
+                    let role =
+                        t.resources.iter().find_map(|r| r.allocation_role().map(str::to_string)).unwrap_or_else(|| {
+                            fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into())
+                        });
+                    t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
+                    Box::new(TaskEntry { task: t, role, released: false })
+                }
+            };
+            entry.released = state.is_terminal();
             if !entry.released {
                 entry.add_resources_to(used.entry(fid.clone()).or_default());
             }
-            if was_unreachable_task && !t.state.is_terminal() {
-                let mut s =
-                    status_for(&t.task_id, t.state, Some(Reason::ReasonAgentReregistered), "Agent re-registered");
+            if was_unreachable_task && !state.is_terminal() {
+                let mut s = status_for(&key.1, state, Some(Reason::ReasonAgentReregistered), "Agent re-registered");
                 s.agent_id = Some(id.clone());
-                s.executor_id = t.executor_id.clone();
+                s.executor_id = executor_id;
                 notify.push((fid.clone(), s));
             }
-            fw.tasks.insert(t.task_id.clone(), entry);
+            fw.tasks.insert(key.1.clone(), entry);
             agent.tasks.insert(key);
         }
         // Tasks the master believes are on this agent but the agent does not report are gone.
