@@ -12,8 +12,8 @@
 #
 # Env: the sizes above, STEADY_SECS (30), AGORA_BIN (default: builds target/release/agora).
 # Prints one line per figure; everything runs on 127.0.0.1 in a temp dir and every process
-# is stopped by PID on exit. Sets net.ipv4.ip_local_port_range to 20000-65000 (root) and puts the
-# masters below it.
+# is stopped by PID on exit. Widens net.ipv4.ip_local_port_range to 20000-65000 while it runs
+# (root; restored on exit) and puts the masters below it.
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -31,6 +31,9 @@ cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
+  if [ "$(id -u)" = 0 ] && [ -n "${PORT_RANGE:-}" ]; then
+    sysctl -qw net.ipv4.ip_local_port_range="$PORT_RANGE" || true
+  fi
 }
 trap cleanup EXIT
 
@@ -39,6 +42,7 @@ if [ -z "${AGORA_BIN:-}" ]; then
   AGORA_BIN=target/release/agora
 fi
 command -v jq >/dev/null && command -v curl >/dev/null || { echo "scale.sh needs jq and curl" >&2; exit 1; }
+PORT_RANGE=$(sysctl -n net.ipv4.ip_local_port_range | tr -s '\t ' ' ')
 if [ "$(id -u)" = 0 ]; then
   sysctl -qw net.ipv4.ip_local_port_range="20000 65000" || true
 fi
