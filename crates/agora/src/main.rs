@@ -492,6 +492,9 @@ struct LoadArgs {
     /// Give up after this long.
     #[arg(long, default_value = "10mins", value_parser = parse_duration)]
     timeout: Duration,
+    /// Tasks launched but not yet RUNNING at most, across the frameworks (0: no limit).
+    #[arg(long, default_value_t = 20_000)]
+    window: usize,
     /// Keep the frameworks (and their tasks) until Ctrl-C instead of tearing them down.
     #[arg(long)]
     hold: bool,
@@ -650,6 +653,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 cpus: args.cpus,
                 mem: args.mem,
                 timeout: args.timeout,
+                window: args.window,
                 teardown: !args.hold,
             };
             let report = agora_client::load::run(opts).await?;

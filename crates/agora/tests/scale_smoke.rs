@@ -65,6 +65,7 @@ async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
         cpus: 0.1,
         mem: 16.0,
         timeout: Duration::from_secs(120),
+        window: 1_000,
         teardown: false,
     })
     .await

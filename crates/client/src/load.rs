@@ -28,6 +28,10 @@ pub struct LoadOptions {
     pub mem: f64,
     /// Give up after this long.
     pub timeout: Duration,
+    /// Tasks launched but not yet started, at most, across all frameworks (0: no limit).
+    /// Offers that arrive while the window is full are declined for a moment, so queues
+    /// stay bounded and latency means something.
+    pub window: usize,
     /// Tear the frameworks down at the end (their tasks are killed); otherwise they are
     /// left subscribed until the process exits.
     pub teardown: bool,
@@ -292,7 +296,13 @@ impl Framework {
         }
         let (tc, tm) = (milli(self.opts.cpus), milli(self.opts.mem));
         let fit = if tc > 0 && tm > 0 { (cpus / tc).min(mem / tm).max(0) as usize } else { 0 };
-        let n = fit.min(self.remaining);
+        let room = if self.opts.window == 0 {
+            usize::MAX
+        } else {
+            let s = lock(&self.shared);
+            self.opts.window.saturating_sub(s.report.launched.saturating_sub(s.report.started) as usize)
+        };
+        let n = fit.min(self.remaining).min(room);
         let role = offer.allocation_info.as_ref().and_then(|a| a.role.clone());
         {
             let mut s = lock(&self.shared);
@@ -313,7 +323,14 @@ impl Framework {
             let permit = self.inflight.clone();
             tokio::spawn(async move {
                 let _p = permit.acquire_owned().await;
-                let _ = s.decline(vec![offer.id], if suppress { 3600.0 } else { 1.0 }).await;
+                let refuse = if suppress {
+                    3600.0
+                } else if room == 0 {
+                    0.1
+                } else {
+                    1.0
+                };
+                let _ = s.decline(vec![offer.id], refuse).await;
                 if suppress {
                     let _ = s.call(Call::new(CallType::Suppress, None)).await;
                 }
