@@ -203,16 +203,14 @@ impl Images {
     /// Removes rootfses of containers nobody claims (after a restart).
     pub async fn remove_orphans(&self, claimed: &HashSet<String>) -> usize {
         let mut n = 0;
-        for p in self.provisioner.list() {
-            if claimed.contains(&p.container_id) {
+        for id in self.provisioner.container_ids() {
+            if claimed.contains(&id) {
                 continue;
             }
-            tracing::info!(container_id = %p.container_id, rootfs = %p.rootfs.display(), "removing an orphaned rootfs");
-            match self.provisioner.destroy(&p.container_id).await {
+            tracing::info!(container_id = %id, "removing an orphaned rootfs");
+            match self.provisioner.destroy(&id).await {
                 Ok(_) => n += 1,
-                Err(e) => {
-                    tracing::warn!(container_id = %p.container_id, error = %e, "cannot remove an orphaned rootfs")
-                }
+                Err(e) => tracing::warn!(container_id = %id, error = %e, "cannot remove an orphaned rootfs"),
             }
         }
         n
@@ -226,7 +224,10 @@ impl Images {
         progress: Arc<Mutex<Progress>>,
     ) -> Result<Provisioned, String> {
         let image = self.find_or_pull(req, progress).await?;
-        self.store.mark_used(&image.id).await;
+        if req.kind == ImageKind::Appc {
+            // (A pull marks the image used itself.)
+            self.store.mark_used(&image.id).await;
+        }
         let rootfs = self
             .provisioner
             .provision(container_id, &image, self.backend)
@@ -316,9 +317,9 @@ impl Images {
 
     /// Destroys every rootfs (the agent is shutting down and destroyed its containers).
     pub async fn release_all(&self) {
-        for p in self.provisioner.list() {
-            if let Err(e) = self.provisioner.destroy(&p.container_id).await {
-                tracing::warn!(container_id = %p.container_id, error = %e, "cannot destroy the rootfs");
+        for id in self.provisioner.container_ids() {
+            if let Err(e) = self.provisioner.destroy(&id).await {
+                tracing::warn!(container_id = %id, error = %e, "cannot destroy the rootfs");
             }
         }
     }

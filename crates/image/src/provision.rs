@@ -198,7 +198,9 @@ impl Provisioner {
         };
         let meta = dir.join("provision.json");
         let json = serde_json::to_vec_pretty(&rec).map_err(|e| ioe("encode", &meta)(io::Error::other(e)))?;
-        crate::store::write_atomic(&dir, &meta, &json)
+        // Not fsynced (it is on every launch's path): after a power failure the record may be
+        // missing, and `container_ids` still finds the directory for `destroy`.
+        crate::store::write_replace(&dir, &meta, &json)
             .map_err(|e| ioe("write", &meta)(io::Error::other(e.to_string())))?;
         fs::create_dir(&rootfs).map_err(ioe("create", &rootfs))?;
         let res =
@@ -314,6 +316,21 @@ impl Provisioner {
             })
             .collect();
         out.sort_by(|a, b| a.container_id.cmp(&b.container_id));
+        out
+    }
+
+    /// The container id of every directory under the provisioner, with or without a record
+    /// (one cut short by a crash): what recovery passes to `destroy` when unclaimed.
+    pub fn container_ids(&self) -> Vec<String> {
+        let mut out: Vec<String> = fs::read_dir(self.dir.join("containers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|id| valid_id(id))
+            .collect();
+        out.sort();
         out
     }
 

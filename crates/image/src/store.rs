@@ -799,7 +799,12 @@ impl Store {
     async fn touch(&self, id: &Digest) {
         if let Some(mut img) = self.read_image(id) {
             img.last_used = now();
-            let _ = self.write_image(&img).await;
+            img.references.clear();
+            // Atomic but not fsynced: a `last_used` lost in a power failure only makes the
+            // gc's LRU order slightly stale, and this is on every launch's path.
+            if let Ok(json) = serde_json::to_vec_pretty(&img) {
+                let _ = write_replace(&self.inner.root.join("tmp"), &self.image_path(&img.id), &json);
+            }
         }
     }
 
@@ -1020,6 +1025,20 @@ pub(crate) fn write_atomic(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<(
             fsync_dir(p);
         }
         Ok(())
+    })();
+    if res.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Like [`write_atomic`] (a reader sees the old or the new content) without the fsyncs: for
+/// records whose loss in a power failure is harmless.
+pub(crate) fn write_replace(tmp_dir: &Path, dest: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let tmp = tmp_dir.join(format!("w-{}", unique()));
+    let res = (|| {
+        fs::write(&tmp, data).map_err(StoreError::io("write", &tmp))?;
+        fs::rename(&tmp, dest).map_err(StoreError::io("rename", dest))
     })();
     if res.is_err() {
         let _ = fs::remove_file(&tmp);
