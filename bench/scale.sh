@@ -152,6 +152,7 @@ c1m() {
   echo "c1m: $(jq -r '"\(.started) tasks started in \(.seconds|.*100|round/100) s: \(.tasks_per_second|round) tasks/s (Nomad C1M 3,750/s; kube-scheduler 5k-node floor 810/s); offer->RUNNING p50 \(.latency_ms_p50|round) ms p99 \(.latency_ms_p99|round) ms; duplicates \(.duplicate_starts), overcommits \(.overcommit|length)"' <<<"$out")"
   awk -v r="$rss" -v b="$base" -v n="$C1M_TASKS" \
     'BEGIN { printf "c1m: master RSS %.0f MB with the tasks running: %.2f KB per running task (goal <= 2 KB)\n", r/1024, (r-b)/n }'
+  echo "c1m: agents connected $(metric master/slaves_connected) of $C1M_AGENTS, unreachable $(metric master/slaves_unreachable); simulator: $(tail -n 1 "$WORK/sim-c1m.log")"
   stop_all
 }
 
