@@ -313,3 +313,55 @@ async fn custom_executor_ids_are_validated() {
     assert_eq!((s.state, s.reason), (TaskState::Error, Some(Reason::ReasonTaskInvalid)));
     assert!(s.message.unwrap_or_default().contains("executor id"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mark_agent_gone_and_weights_through_the_operator_api() {
+    let c = Cluster::start(1, &[], &[]).await;
+    let url = c.url("/api/v1");
+    let mut fw = Fw::subscribe(&c.master.addr, info("gone", true, 0.0)).await;
+    let offers = fw.offers().await;
+    let agent = offers[0].agent_id.clone();
+    fw.launch_on(&offers[0], &[("sleeper", "sleep 600")], 0.1, 32.0).await;
+    fw.until_state("sleeper", TaskState::Running, T).await;
+
+    // Bad input: 400 and nothing changes.
+    let r = post(&url, &[], r#"{"type":"MARK_AGENT_GONE"}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = post(&url, &[], r#"{"type":"MARK_AGENT_GONE","mark_agent_gone":{"agent_id":{"value":"nope"}}}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    assert!(String::from_utf8_lossy(&r.body).contains("not known"), "{:?}", r.body);
+    let r = post(&url, &[], r#"{"type":"UPDATE_WEIGHTS","update_weights":{"weight_infos":[{"role":"a","weight":2},{"role":"b","weight":-1}]}}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST);
+    let r = post(&url, &[], r#"{"type":"GET_WEIGHTS"}"#).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["get_weights"]["weight_infos"], serde_json::json!([]), "a rejected update changes nothing: {v}");
+
+    // Weights: set, then read back.
+    let r =
+        post(&url, &[], r#"{"type":"UPDATE_WEIGHTS","update_weights":{"weight_infos":[{"role":"a","weight":2.5}]}}"#)
+            .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let r = post(&url, &[], r#"{"type":"GET_WEIGHTS"}"#).await;
+    let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["get_weights"]["weight_infos"], serde_json::json!([{"role": "a", "weight": 2.5}]), "{v}");
+
+    // The agent marked gone: its task ends GONE_BY_OPERATOR, the agent leaves the cluster
+    // and may not come back; a second mark is a no-op.
+    let body =
+        format!(r#"{{"type":"MARK_AGENT_GONE","mark_agent_gone":{{"agent_id":{{"value":"{}"}}}}}}"#, agent.value);
+    let r = post(&url, &[], &body).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    let seen = fw.until_state("sleeper", TaskState::GoneByOperator, T).await;
+    let last = seen.last().expect("an update");
+    assert_eq!(last.reason, Some(Reason::ReasonAgentRemovedByOperator), "{last:?}");
+    assert_eq!(post(&url, &[], &body).await.status, StatusCode::OK);
+    let state = c.state().await;
+    assert_eq!(state["slaves"].as_array().map(|a| a.len()), Some(0), "{}", state["slaves"]);
+    let gone = wait_until(T, || async {
+        let r = post(&c.url("/api/v1"), &[], r#"{"type":"GET_AGENTS"}"#).await;
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        v["get_agents"]["agents"].as_array().map(|a| a.is_empty()).unwrap_or(false).then_some(())
+    })
+    .await;
+    assert!(gone.is_some());
+}

@@ -19,6 +19,9 @@ pub enum CallType {
     GetRoles,
     GetMaster,
     Teardown,
+    MarkAgentGone,
+    GetWeights,
+    UpdateWeights,
     #[serde(other)]
     Unknown,
 }
@@ -29,11 +32,34 @@ pub struct TeardownCall {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MarkAgentGone {
+    pub agent_id: AgentId,
+}
+
+/// A role's weight (Mesos's `WeightInfo`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightInfo {
+    pub weight: f64,
+    #[serde(default)]
+    pub role: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct WeightInfos {
+    #[serde(default)]
+    pub weight_infos: Vec<WeightInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Call {
     #[serde(rename = "type")]
     pub kind: CallType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub teardown: Option<TeardownCall>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mark_agent_gone: Option<MarkAgentGone>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_weights: Option<WeightInfos>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,6 +209,8 @@ pub struct Response {
     pub get_metrics: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub get_roles: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get_weights: Option<WeightInfos>,
 }
 
 impl Response {
@@ -200,6 +228,7 @@ impl Response {
             get_flags: None,
             get_metrics: None,
             get_roles: None,
+            get_weights: None,
         }
     }
 }

@@ -211,6 +211,8 @@ async fn dispatch(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
             let call = operator::Call {
                 kind: operator::CallType::Teardown,
                 teardown: Some(operator::TeardownCall { framework_id: fid.as_str().into() }),
+                mark_agent_gone: None,
+                update_weights: None,
             };
             match h.ask(|reply| Msg::Operator { call, reply }).await {
                 Some(Ok(_)) => agora_http::empty(StatusCode::OK),
@@ -303,7 +305,10 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
     }
     match h.ask(|reply| Msg::Operator { call, reply }).await {
         Some(Ok(r)) => {
-            if r.kind == operator::CallType::Teardown {
+            if matches!(
+                r.kind,
+                operator::CallType::Teardown | operator::CallType::MarkAgentGone | operator::CallType::UpdateWeights
+            ) {
                 agora_http::empty(StatusCode::OK)
             } else {
                 agora_http::json(StatusCode::OK, &r)

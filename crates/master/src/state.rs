@@ -2202,6 +2202,45 @@ impl State {
         // Dropping the agent entry closes its stream; when it wakes it re-registers.
     }
 
+    /// MARK_AGENT_GONE: the agent (registered or unreachable) will never come back; its
+    /// tasks end TASK_GONE_BY_OPERATOR and it is refused if it tries.
+    fn mark_gone(&mut self, id: &AgentId) -> Result<(), ApiError> {
+        if self.gone_agents.contains_key(id) {
+            return Ok(());
+        }
+        let known = self.agents.contains_key(id)
+            || self.unreachable_agents.contains_key(id)
+            || self.recovered_agents.contains_key(id);
+        if !known {
+            return Err(ApiError::bad_request(format!("Agent {id} is not known to the master")));
+        }
+        let now = now_secs();
+        let message = "Agent was marked gone by the operator";
+        if let Some(a) = self.agents.get_mut(id) {
+            a.send(&MasterToAgent::Shutdown { message: message.into() });
+        }
+        self.remove_agent(id, TaskState::GoneByOperator, Reason::ReasonAgentRemovedByOperator, message);
+        self.recovered_agents.remove(id);
+        if let Some(u) = self.unreachable_agents.remove(id) {
+            for (fid, tid) in u.tasks {
+                let Some(fw) = self.frameworks.get_mut(&fid) else { continue };
+                let Some(mut t) = fw.unreachable_tasks.remove(&tid) else { continue };
+                let mut s =
+                    status_for(&tid, TaskState::GoneByOperator, Some(Reason::ReasonAgentRemovedByOperator), message);
+                s.agent_id = Some(id.clone());
+                t.task.state = TaskState::GoneByOperator;
+                push_status(&mut t.task.statuses, s.clone());
+                s.state = s.state.for_framework(fw.info.partition_aware());
+                fw.send(&Event::update(s));
+                fw.completed_tasks.push_back(t.task);
+            }
+        }
+        self.gone_agents.insert(id.clone(), now);
+        self.submit(vec![Op::MarkGone { agent_id: id.value.clone(), time: now }], Ack::None);
+        tracing::warn!(agent_id = %id, "agent marked gone by the operator");
+        Ok(())
+    }
+
     fn ping_agents(&mut self) {
         let mut unreachable = Vec::new();
         for (id, a) in self.agents.iter_mut() {
@@ -2363,6 +2402,41 @@ impl State {
                     return Err(ApiError::bad_request(format!("Framework {} cannot be found", t.framework_id)));
                 }
                 self.remove_framework(&t.framework_id);
+            }
+            T::MarkAgentGone => {
+                let m = call
+                    .mark_agent_gone
+                    .ok_or_else(|| ApiError::bad_request("Expecting 'mark_agent_gone' to be present"))?;
+                self.mark_gone(&m.agent_id)?;
+            }
+            T::GetWeights => {
+                r.get_weights = Some(operator::WeightInfos {
+                    weight_infos: self
+                        .weights
+                        .iter()
+                        .map(|(role, w)| operator::WeightInfo { weight: *w, role: role.clone() })
+                        .collect(),
+                });
+            }
+            T::UpdateWeights => {
+                let u = call
+                    .update_weights
+                    .ok_or_else(|| ApiError::bad_request("Expecting 'update_weights' to be present"))?;
+                // All or nothing: every entry is checked before any is applied.
+                for w in &u.weight_infos {
+                    validate_role(&w.role).map_err(ApiError::bad_request)?;
+                    if w.role == "*" || !(w.weight.is_finite() && w.weight > 0.0) {
+                        return Err(ApiError::bad_request(format!(
+                            "Invalid weight {} for role '{}': weights are positive numbers of named roles",
+                            w.weight, w.role
+                        )));
+                    }
+                }
+                for w in &u.weight_infos {
+                    self.allocator.set_weight(&w.role, w.weight);
+                    self.weights.insert(w.role.clone(), w.weight);
+                }
+                self.submit(vec![Op::SetWeights { weights: self.weights.clone() }], Ack::None);
             }
             T::Unknown => return Err(ApiError::bad_request("Unknown or unsupported operator call type")),
         }
