@@ -935,3 +935,50 @@ async fn pymesos_follows_the_leader() {
     drop(agent);
     drop(etcd);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agora_run_outlives_a_master_failover() {
+    let dir = Scratch::new("run-failover");
+    let etcd = Etcd::start(1, 24_800);
+    let prefix = format!("/agora-{}", uuid::Uuid::new_v4());
+    let extra = s(&["--etcd", &etcd.endpoints, "--etcd-prefix", &prefix, "--agent-reregister-timeout", "60secs"]);
+    let mut m = Masters::start(&dir.0, 3, &extra);
+    let l = wait_leader(&m.addrs, T, None).await.unwrap_or_else(|| panic!("no leader:\n{}", m.logs()));
+    let _agent = spawn_agent(&dir.0, 0, &m.list());
+    wait_until(T, || async { (active_agents(&l).await.len() == 1).then_some(()) })
+        .await
+        .unwrap_or_else(|| panic!("agent did not register:\n{}", m.logs()));
+
+    let (out, err) = (dir.0.join("run.out"), dir.0.join("run.err"));
+    let mut run = Command::new(env!("CARGO_BIN_EXE_agora"))
+        .args(["run", "--master", &m.list(), "--cpus", "0.1", "--mem", "32", "--"])
+        .arg("sleep 6; echo survived")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("out"))
+        .stderr(std::fs::File::create(&err).expect("err"))
+        .spawn()
+        .expect("agora run");
+    let running = wait_until(T, || async {
+        std::fs::read_to_string(&err).unwrap_or_default().contains("TASK_RUNNING").then_some(())
+    })
+    .await;
+    assert!(running.is_some(), "task did not start: {}", std::fs::read_to_string(&err).unwrap_or_default());
+
+    // Kill the leader while the task runs: `agora run` finds the new one and sees the end.
+    m.kill(m.index_of(&l));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(st) = run.try_wait().expect("wait") {
+            break st;
+        }
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            panic!("agora run did not finish: {}", std::fs::read_to_string(&err).unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let stderr = std::fs::read_to_string(&err).unwrap_or_default();
+    assert!(status.success(), "exit {status}: {stderr}\n{}", m.logs());
+    assert!(stderr.contains("subscribing again"), "{stderr}");
+    assert!(std::fs::read_to_string(&out).unwrap_or_default().contains("survived"), "{stderr}");
+}

@@ -1,6 +1,7 @@
 //! `agora run`: the simplest framework (Mesos's `mesos-execute`). It launches one command
 //! task, prints its state changes to stderr, streams its stdout and stderr through the
-//! agent's files API, and exits with the task's exit code.
+//! agent's files API, and exits with the task's exit code. It outlives a master failover:
+//! when the master goes away it subscribes again (to the new leader) as the same framework.
 use crate::{framework_info, Scheduler, SchedulerError};
 use agora_api::scheduler::EventType;
 use agora_api::*;
@@ -113,10 +114,29 @@ fn signal_in(msg: &str) -> Option<i32> {
     table.iter().find(|(n, _)| msg.contains(n)).map(|(_, v)| *v)
 }
 
+/// How long `agora run` keeps trying to subscribe again after losing the master.
+const RESUBSCRIBE_WINDOW: Duration = Duration::from_secs(60);
+
+async fn resubscribe(master: &str, info: &FrameworkInfo) -> Result<Scheduler, SchedulerError> {
+    let deadline = tokio::time::Instant::now() + RESUBSCRIBE_WINDOW;
+    loop {
+        match Scheduler::subscribe(master, info.clone()).await {
+            Ok(s) => return Ok(s),
+            Err(e @ SchedulerError::Refused(_)) => return Err(e),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(300)).await,
+        }
+    }
+}
+
 /// Runs the task to its end; returns the process exit code.
 pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
-    let info = framework_info(&format!("agora-run {}", opts.name), &opts.role);
-    let mut sched = Scheduler::subscribe(&opts.master, info).await?;
+    let mut info = framework_info(&format!("agora-run {}", opts.name), &opts.role);
+    // The master keeps the framework (and its task) this long while we re-subscribe after
+    // losing it (a master failover); a clean end tears it down at once.
+    info.failover_timeout = RESUBSCRIBE_WINDOW.as_secs_f64();
+    let mut sched = Scheduler::subscribe(&opts.master, info.clone()).await?;
+    info.id = Some(sched.framework_id.clone());
     let client = Client::new();
     let task_id = TaskId::new(format!("{}-{}", opts.name, std::process::id()));
     let say = |m: String| {
@@ -134,7 +154,21 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
     let code = loop {
         tokio::select! {
             ev = sched.next_event() => {
-                let ev = ev?;
+                let ev = match ev {
+                    Ok(ev) => ev,
+                    Err(e @ SchedulerError::Refused(_)) => return Err(e),
+                    Err(e) => {
+                        // The master went away (or stopped leading): find the leader and
+                        // subscribe again as the same framework, then ask where the task is.
+                        say(format!("Lost the master ({e}); subscribing again"));
+                        sched = resubscribe(&opts.master, &info).await?;
+                        say(format!("Subscribed again with framework id {}", sched.framework_id));
+                        if let Some(agent) = &launched {
+                            sched.reconcile(vec![(task_id.clone(), Some(agent.clone()))]).await?;
+                        }
+                        continue;
+                    }
+                };
                 match ev.kind {
                     EventType::Offers => {
                         let offers = ev.offers.map(|o| o.offers).unwrap_or_default();
