@@ -30,20 +30,11 @@ pub fn version_json() -> Value {
 
 pub(crate) fn render(st: &State, q: &Query) -> Value {
     match q {
-        Query::State => state_json(st),
         Query::StateSummary => state_summary(st),
         Query::Slaves => json!({
             "slaves": st.agents.values().map(|a| agent_json(st, a)).collect::<Vec<_>>(),
             "recovered_slaves": recovered_slaves(st),
         }),
-        Query::Frameworks { framework_id } => {
-            let keep = |f: &&Framework| framework_id.as_ref().map(|id| f.id().value == *id).unwrap_or(true);
-            json!({
-                "frameworks": st.frameworks.values().filter(keep).map(|f| framework_json(st, f, true)).collect::<Vec<_>>(),
-                "completed_frameworks": st.completed_frameworks.iter().filter(keep).map(|f| framework_json(st, f, true)).collect::<Vec<_>>(),
-                "unregistered_frameworks": [],
-            })
-        }
         Query::Tasks { limit, offset, ascending, framework_id, task_id } => {
             let mut all: Vec<&Task> = Vec::new();
             for f in st.frameworks.values().chain(st.completed_frameworks.iter()) {
@@ -71,11 +62,15 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
         }
         Query::Metrics => metrics(st),
         Query::Roles => roles(st),
-        Query::GetState | Query::GetTasks => serde_json::from_slice(&render_bytes(st, q)).unwrap_or(Value::Null),
+        // Written by `render_bytes`; read back for the callers that want a `Value`.
+        Query::State | Query::Frameworks { .. } | Query::GetState | Query::GetTasks => {
+            serde_json::from_slice(&render_bytes(st, q)).unwrap_or(Value::Null)
+        }
     }
 }
 
-fn framework_json(st: &State, f: &Framework, with_tasks: bool) -> Value {
+/// A framework in v0 JSON without its task lists (see [`write_framework`]).
+fn framework_json(st: &State, f: &Framework) -> Value {
     let id = f.id();
     let used = st.used_by(&id).to_legacy_map();
     let mut v = json!({
@@ -119,11 +114,6 @@ fn framework_json(st: &State, f: &Framework, with_tasks: bool) -> Value {
     }
     if let Some(l) = &f.info.labels {
         v["labels"] = json!(l.labels);
-    }
-    if with_tasks {
-        v["tasks"] = json!(f.tasks.values().map(|t| task_json(&t.task)).collect::<Vec<_>>());
-        v["unreachable_tasks"] = json!(f.unreachable_tasks.values().map(|t| task_json(&t.task)).collect::<Vec<_>>());
-        v["completed_tasks"] = json!(f.completed_tasks.iter().map(task_json).collect::<Vec<_>>());
     }
     v
 }
@@ -223,58 +213,13 @@ fn merge_legacy(a: &Value, b: &Value) -> Value {
     Value::Object(out)
 }
 
-/// A task in v0 JSON.
+/// A task in v0 JSON, as a `Value` (see [`TaskV0`]).
 pub fn task_json(t: &Task) -> Value {
-    let resources = Resources::from_vec(t.resources.clone());
-    let role = t.resources.iter().find_map(|r| r.allocation_role().map(str::to_string)).unwrap_or_else(|| "*".into());
-    let statuses: Vec<Value> = t
-        .statuses
-        .iter()
-        .map(|s| {
-            let mut v = json!({"state": s.state, "timestamp": s.timestamp.unwrap_or(0.0)});
-            if let Some(h) = s.healthy {
-                v["healthy"] = json!(h);
-            }
-            if let Some(c) = &s.container_status {
-                v["container_status"] = (**c).clone();
-            }
-            if let Some(l) = &s.labels {
-                v["labels"] = json!(l.labels);
-            }
-            v
-        })
-        .collect();
-    let mut v = json!({
-        "id": t.task_id.value,
-        "name": t.name,
-        "framework_id": t.framework_id.value,
-        "executor_id": t.executor_id.as_ref().map(|e| e.value.clone()).unwrap_or_default(),
-        "slave_id": t.agent_id.value,
-        "state": t.state,
-        "resources": resources.to_legacy_map(),
-        "role": role,
-        "statuses": statuses,
-    });
-    if let Some(u) = &t.user {
-        v["user"] = json!(u);
-    }
-    if let Some(l) = &t.labels {
-        v["labels"] = json!(l.labels);
-    }
-    if let Some(d) = &t.discovery {
-        v["discovery"] = (**d).clone();
-    }
-    if let Some(c) = &t.container {
-        v["container"] = (**c).clone();
-    }
-    if let Some(h) = &t.health_check {
-        v["health_check"] = (**h).clone();
-    }
-    v
+    serde_json::to_value(TaskV0(t)).unwrap_or(Value::Null)
 }
 
 /// A task in v0 JSON, written straight to the output with no `Value` tree in between
-/// (`/state` holds hundreds of thousands of tasks). Same fields as [`task_json`].
+/// (`/state` holds hundreds of thousands of tasks).
 pub(crate) struct TaskV0<'a>(pub &'a Task);
 
 impl Serialize for TaskV0<'_> {
@@ -390,9 +335,9 @@ impl<'a, I: Iterator<Item = &'a Task>> Serialize for TasksV0<'a, I> {
     }
 }
 
-/// A framework in v0 JSON: [`framework_json`]'s fields, its task lists written directly.
+/// A framework in v0 JSON: [`framework_json`]'s fields, then its task lists written directly.
 fn write_framework<M: SerializeMap>(st: &State, f: &Framework, m: &mut M) -> Result<(), M::Error> {
-    if let Value::Object(head) = framework_json(st, f, false) {
+    if let Value::Object(head) = framework_json(st, f) {
         for (k, v) in &head {
             m.serialize_entry(k, v)?;
         }
@@ -538,16 +483,7 @@ pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
     out
 }
 
-fn state_json(st: &State) -> Value {
-    let mut v = state_json_head(st);
-    v["slaves"] = json!(st.agents.values().map(|a| agent_json(st, a)).collect::<Vec<_>>());
-    v["frameworks"] = json!(st.frameworks.values().map(|f| framework_json(st, f, true)).collect::<Vec<_>>());
-    v["completed_frameworks"] =
-        json!(st.completed_frameworks.iter().map(|f| framework_json(st, f, true)).collect::<Vec<_>>());
-    v
-}
-
-/// `/state` without its frameworks.
+/// `/state` without its agents and frameworks.
 fn state_json_head(st: &State) -> Value {
     let flags: serde_json::Map<String, Value> =
         st.config.flags.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
