@@ -4,7 +4,7 @@
 # image from the same registry, in the same run; and the warm start (image in the store)
 # beside the image-less container start on the same agent.
 #
-#   bench/image-start.sh [N=20]      (run as root on a quiet machine: uptime load < 1.5)
+#   bench/image-start.sh [N=50]      (run as root on a quiet machine: uptime load < 1.5)
 #
 # Cold: before each launch the agent's store is emptied (PRUNE_IMAGES), then one /bin/true
 # task in the image: ACCEPT -> TASK_RUNNING as the framework sees it (pull, unpack, rootfs,
@@ -13,7 +13,7 @@
 # interleaved in batches; ACCEPT -> TASK_RUNNING p50.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-N=${1:-20}
+N=${1:-50}
 ROOT=$(pwd)
 FX=${AGORA_FIXTURES:-$ROOT/../shared/fixtures}
 [ -f "$FX/registry.sh" ] || FX=/work/shared/fixtures
@@ -71,14 +71,14 @@ done
 # Warm: busybox stays in the store; interleave batches with the image-less start.
 "$BENCH" "$MASTER" "$AGENT" 1 busybox warm >/dev/null
 declare -A WARM
-B=$(( N / 5 > 0 ? N / 5 : 1 ))
-for _ in 1 2 3 4 5; do
+B=$(( N / 10 > 0 ? N / 10 : 1 ))
+for _ in 1 2 3 4 5 6 7 8 9 10; do
   WARM[img]+="$("$BENCH" "$MASTER" "$AGENT" "$B" busybox warm | ms_p50) "
   WARM[none]+="$("$BENCH" "$MASTER" "$AGENT" "$B" - warm | ms_p50) "
 done
 wi=$(tr ' ' '\n' <<<"${WARM[img]}" | grep . | median); wn=$(tr ' ' '\n' <<<"${WARM[none]}" | grep . | median)
 echo
-echo "| warm start, ACCEPT -> TASK_RUNNING p50 ($((B * 5)) launches each) | ms | ratio |"
+echo "| warm start, ACCEPT -> TASK_RUNNING, median of 10 interleaved batches' p50 ($((B * 10)) launches each) | ms | ratio |"
 echo "|---|---|---|"
 awk -v i="$wi" -v n="$wn" 'BEGIN{printf "| no image | %.1f | 1.00x |\n| busybox, cached (overlay rootfs) | %.1f | %.2fx (goal <= 1.2) |\n", n, i, i/n}'
 echo
