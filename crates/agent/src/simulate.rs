@@ -103,13 +103,6 @@ impl Simulation {
             t.abort();
         }
     }
-
-    /// Waits until every simulated agent has stopped (only a master's SHUTDOWN stops one).
-    pub async fn wait(mut self) {
-        for t in std::mem::take(&mut self.tasks) {
-            let _ = t.await;
-        }
-    }
 }
 
 impl Drop for Simulation {
