@@ -38,7 +38,7 @@ pub(crate) fn not_leader(e: &ClientError) -> bool {
         if *status == StatusCode::TEMPORARY_REDIRECT || *status == StatusCode::SERVICE_UNAVAILABLE)
 }
 
-fn jitter(max: Duration) -> Duration {
+pub(crate) fn jitter(max: Duration) -> Duration {
     // Spread reconnects of many agents; the uuid is a cheap source of randomness.
     let r = uuid::Uuid::new_v4().as_u128() as u64 % 1000;
     max.mul_f64(r as f64 / 1000.0)

@@ -12,7 +12,7 @@
 //! By default agents share HTTP/2 connections (`agents_per_connection`, each agent on its
 //! own streams); with one agent per connection, connections leave from `local_ips` in turn
 //! so tens of thousands of agents do not run out of ephemeral ports.
-use crate::link::{detector, not_leader};
+use crate::link::{detector, jitter, not_leader};
 use agora_api::agent_proto::{AgentToMaster, MasterToAgent, StatusUpdate, AGENT_PATH};
 use agora_api::json::Bytes as B64;
 use agora_api::{
@@ -224,7 +224,7 @@ impl SimAgent {
         let mut backoff = Duration::from_millis(100);
         while !self.stopped {
             let Some(leader) = self.shared.detector.leader().await else {
-                tokio::time::sleep(jitter(backoff)).await;
+                tokio::time::sleep(jitter(backoff).max(Duration::from_millis(10))).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 continue;
             };
@@ -276,7 +276,7 @@ impl SimAgent {
                     self.shared.detector.forget();
                 }
             }
-            tokio::time::sleep(jitter(backoff)).await;
+            tokio::time::sleep(jitter(backoff).max(Duration::from_millis(10))).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
@@ -597,9 +597,4 @@ async fn sleep_until(deadline: Option<Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-fn jitter(max: Duration) -> Duration {
-    let r = uuid::Uuid::new_v4().as_u128() as u64 % 1000;
-    max.mul_f64(r as f64 / 1000.0).max(Duration::from_millis(10))
 }
