@@ -45,11 +45,19 @@ impl Drop for Scratch {
     }
 }
 
-/// `$AGORA_FIXTURES` or the steering repo's `shared/fixtures` next to this checkout.
+/// `$AGORA_FIXTURES`, or the steering repo's `shared/fixtures` next to this checkout, or
+/// `/work/shared/fixtures`.
 fn fixtures() -> PathBuf {
     match std::env::var_os("AGORA_FIXTURES") {
         Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+        None => {
+            let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures");
+            if beside.join("etcd.sh").exists() {
+                beside
+            } else {
+                PathBuf::from("/work/shared/fixtures")
+            }
+        }
     }
 }
 

@@ -15,11 +15,18 @@ struct Etcd {
 }
 
 /// `$AGORA_FIXTURES/etcd.sh`, by default the steering repo's `shared/fixtures` next to
-/// this checkout.
+/// this checkout, else `/work/shared/fixtures`.
 fn fixture() -> PathBuf {
     match std::env::var_os("AGORA_FIXTURES") {
         Some(d) => PathBuf::from(d).join("etcd.sh"),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/etcd.sh"),
+        None => {
+            let beside = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/etcd.sh");
+            if beside.exists() {
+                beside
+            } else {
+                PathBuf::from("/work/shared/fixtures/etcd.sh")
+            }
+        }
     }
 }
 
