@@ -45,41 +45,6 @@ fn no_command() -> CommandInfo {
     CommandInfo { shell: false, value: None, arguments: vec![], environment: None, user: None, uris: vec![] }
 }
 
-async fn one_offer(fw: &mut Fw) -> Offer {
-    loop {
-        if let Some(o) = fw.offers().await.into_iter().next() {
-            return o;
-        }
-    }
-}
-
-/// Waits for the task's terminal update; returns every update seen.
-async fn until_terminal(fw: &mut Fw, id: &str) -> Vec<TaskStatus> {
-    let mut seen = vec![];
-    loop {
-        let s = fw.update(id, T).await.unwrap_or_else(|| panic!("task {id} did not end; saw {:?}", states(&seen)));
-        let done = s.state.is_terminal();
-        seen.push(s);
-        if done {
-            return seen;
-        }
-    }
-}
-
-fn sandbox_file(c: &Cluster, fw: &Fw, agent: &AgentId, task: &str, file: &str) -> String {
-    let p = c
-        .dir
-        .join("agent0/slaves")
-        .join(&agent.value)
-        .join("frameworks")
-        .join(&fw.s.framework_id.value)
-        .join("executors")
-        .join(task)
-        .join("runs/latest")
-        .join(file);
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
 /// Waits until agent 0 has no provisioned rootfs left and no mount of its provisioner.
 async fn assert_no_rootfs_left(c: &Cluster) {
     let prov = c.dir.join("agent0/provisioner");
@@ -205,7 +170,7 @@ async fn every_fixture_image_runs_a_task_in_its_rootfs() {
     fw.s.launch(vec![offer.id.clone()], tasks, 0.0).await.expect("launch");
     let want = [("bb", "rootfs-ok"), ("zstd", "zstd-ok"), ("ml", "multilayer-ok"), ("arch", "arch-ok")];
     for (id, marker) in want {
-        let seen = until_terminal(&mut fw, id).await;
+        let seen = until_terminal(&mut fw, id, T).await;
         let out = sandbox_file(&c, &fw, &offer.agent_id, id, "stdout");
         let err = sandbox_file(&c, &fw, &offer.agent_id, id, "stderr");
         assert_eq!(
@@ -218,7 +183,7 @@ async fn every_fixture_image_runs_a_task_in_its_rootfs() {
         assert!(out.contains(marker), "{id}: stdout:\n{out}");
     }
     // A nonexistent image: TASK_FAILED with a clear message, no executor ever started.
-    let seen = until_terminal(&mut fw, "missing").await;
+    let seen = until_terminal(&mut fw, "missing", T).await;
     let last = seen.last().unwrap();
     assert_eq!(last.state, TaskState::Failed);
     assert_eq!(last.reason, Some(Reason::ReasonContainerLaunchFailed));
@@ -259,7 +224,7 @@ async fn copy_backend_builds_the_multilayer_tree() {
     let offer = one_offer(&mut fw).await;
     let t = image_task("ml", &offer, "multilayer:v2s2", CommandInfo::shell(multilayer_script(&st.images)));
     fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.expect("launch");
-    let seen = until_terminal(&mut fw, "ml").await;
+    let seen = until_terminal(&mut fw, "ml", T).await;
     let out = sandbox_file(&c, &fw, &offer.agent_id, "ml", "stdout");
     assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "stdout:\n{out}\n{}", c.logs());
     assert!(out.contains("multilayer-ok"), "{out}");
@@ -384,12 +349,12 @@ async fn image_user_env_workdir_cli_and_appc() {
     let mut appc = task_info("appc", &offer.agent_id, no_command(), 0.1, 64.0);
     appc.container = Some(image_container("APPC", "example.com/busybox"));
     fw.s.launch(vec![offer.id.clone()], vec![t, appc], 0.0).await.expect("launch");
-    let seen = until_terminal(&mut fw, "user").await;
+    let seen = until_terminal(&mut fw, "user", T).await;
     let out = sandbox_file(&c, &fw, &offer.agent_id, "user", "stdout");
     let err = sandbox_file(&c, &fw, &offer.agent_id, "user", "stderr");
     assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{out}{err}\n{}", c.logs());
     assert_eq!(out, "65534\n65534\n/home\nfrom-image task\n/bin\n", "stderr: {err}");
-    let seen = until_terminal(&mut fw, "appc").await;
+    let seen = until_terminal(&mut fw, "appc", T).await;
     let out = sandbox_file(&c, &fw, &offer.agent_id, "appc", "stdout");
     assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{out}\n{}", c.logs());
     assert_eq!(out, "appc-entry\n");
@@ -411,7 +376,7 @@ async fn ten_tasks_share_one_pull_and_the_store_survives_a_restart() {
         ids.iter().map(|id| image_task(id, &offer, "multilayer", CommandInfo::shell("cat /etc/motd"))).collect();
     fw.s.launch(vec![offer.id.clone()], tasks, 0.0).await.expect("launch");
     for id in &ids {
-        let seen = until_terminal(&mut fw, id).await;
+        let seen = until_terminal(&mut fw, id, T).await;
         assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{id}: {:?}\n{}", seen.last(), c.logs());
         assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, id, "stdout"), "layer3\n");
     }
@@ -430,7 +395,7 @@ async fn ten_tasks_share_one_pull_and_the_store_survives_a_restart() {
         let offer = one_offer(&mut fw).await;
         let t = image_task("again", &offer, "multilayer", CommandInfo::shell("cat /data/c"));
         fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.expect("launch");
-        let seen = until_terminal(&mut fw, "again").await;
+        let seen = until_terminal(&mut fw, "again", T).await;
         if seen.last().and_then(|s| s.reason) != Some(Reason::ReasonInvalidOffers) {
             break seen;
         }
@@ -465,7 +430,7 @@ async fn registry_cut_mid_pull_fails_the_task_and_a_retry_succeeds() {
         .await;
     assert!(progress.is_some(), "no TASK_STARTING with pull progress:\n{}", c.logs());
     proxy.up.store(false, Ordering::SeqCst);
-    let seen = until_terminal(&mut fw, "cut").await;
+    let seen = until_terminal(&mut fw, "cut", T).await;
     let last = seen.last().unwrap();
     assert_eq!(last.state, TaskState::Failed, "{:?}", last);
     assert_eq!(last.reason, Some(Reason::ReasonContainerLaunchFailed));
@@ -479,7 +444,7 @@ async fn registry_cut_mid_pull_fails_the_task_and_a_retry_succeeds() {
     let offer = one_offer(&mut fw).await;
     let t = image_task("retry", &offer, "httpd", CommandInfo::shell("cat /www/index.html"));
     fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.expect("launch");
-    let seen = until_terminal(&mut fw, "retry").await;
+    let seen = until_terminal(&mut fw, "retry", T).await;
     assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{:?}\n{}", seen.last(), c.logs());
     assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, "retry", "stdout"), "hello from the httpd fixture\n");
     assert_no_rootfs_left(&c).await;
@@ -500,7 +465,7 @@ async fn a_task_killed_while_its_image_is_pulled_leaves_nothing() {
     fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.expect("launch");
     tokio::time::sleep(Duration::from_millis(500)).await;
     fw.s.kill(TaskId::new("k"), Some(offer.agent_id.clone())).await.expect("kill");
-    let seen = until_terminal(&mut fw, "k").await;
+    let seen = until_terminal(&mut fw, "k", T).await;
     assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Killed), "{:?}", seen.last());
     // The pull finishes on its own; its rootfs is destroyed then.
     let log = c.agents[0].log.clone();
@@ -546,7 +511,7 @@ async fn basic_and_token_auth_with_docker_config() {
         let offer = one_offer(&mut fw).await;
         let t = image_task("a", &offer, "busybox:v2s2", CommandInfo::shell("echo auth-ok"));
         fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.expect("launch");
-        let seen = until_terminal(&mut fw, "a").await;
+        let seen = until_terminal(&mut fw, "a", T).await;
         assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{mode}: {:?}\n{}", seen.last(), c.logs());
         assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, "a", "stdout"), "auth-ok\n");
         let _ = std::fs::remove_dir_all(dir);
@@ -600,17 +565,7 @@ async fn rootfses_survive_an_agent_crash_and_orphans_are_removed() {
     })
     .await;
     assert!(one.is_some(), "{}", c.logs());
-    let agent = c.agents[0].addr.clone();
-    let registered = wait_until(T, || async {
-        let m = agora_http::Client::new()
-            .get(&format!("http://{agent}/metrics/snapshot"), Duration::from_secs(2))
-            .await
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
-        (v["slave/registered"] == 1).then_some(())
-    })
-    .await;
-    assert!(registered.is_some(), "{}", c.logs());
+    wait_agent_registered(&c, 0, T).await;
     // The executor may not have re-subscribed yet: the agent keeps the kill until it has.
     kept.s.kill(TaskId::new("k"), Some(o1.agent_id.clone())).await.expect("kill");
     kept.until_state("k", TaskState::Killed, T).await;
@@ -639,11 +594,11 @@ async fn a_local_directory_of_docker_save_tarballs_as_the_registry() {
     ];
     fw.s.launch(vec![offer.id.clone()], tasks, 0.0).await.expect("launch");
     for (id, want) in [("bb", "local-ok\n"), ("web", "hello from the httpd fixture\n")] {
-        let seen = until_terminal(&mut fw, id).await;
+        let seen = until_terminal(&mut fw, id, T).await;
         assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{id}: {:?}\n{}", seen.last(), c.logs());
         assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, id, "stdout"), want);
     }
-    let seen = until_terminal(&mut fw, "none").await;
+    let seen = until_terminal(&mut fw, "none", T).await;
     let last = seen.last().unwrap();
     assert_eq!(last.state, TaskState::Failed);
     assert!(last.message.as_deref().unwrap_or("").contains("no tarball in local registry"), "{last:?}");

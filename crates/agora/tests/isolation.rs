@@ -14,40 +14,10 @@ fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
 
-async fn one_offer(fw: &mut Fw) -> Offer {
-    loop {
-        if let Some(o) = fw.offers().await.into_iter().next() {
-            return o;
-        }
-    }
-}
-
 async fn run_task(fw: &mut Fw, id: &str, cmd: &str, cpus: f64, mem: f64) -> Vec<TaskStatus> {
     let offer = one_offer(fw).await;
     fw.launch_on(&offer, &[(id, cmd)], cpus, mem).await;
-    let mut seen = vec![];
-    loop {
-        let s = fw.update(id, T).await.unwrap_or_else(|| panic!("task {id} did not end; saw {:?}", states(&seen)));
-        let done = s.state.is_terminal();
-        seen.push(s);
-        if done {
-            return seen;
-        }
-    }
-}
-
-fn sandbox_file(c: &Cluster, fw: &Fw, agent: &str, task: &str, file: &str) -> String {
-    let p = c
-        .dir
-        .join("agent0/slaves")
-        .join(agent)
-        .join("frameworks")
-        .join(&fw.s.framework_id.value)
-        .join("executors")
-        .join(task)
-        .join("runs/latest")
-        .join(file);
-    std::fs::read_to_string(p).unwrap_or_default()
+    until_terminal(fw, id, T).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -82,7 +52,7 @@ async fn a_task_sees_its_own_container() {
     });
     fw.s.launch(vec![offer.id.clone()], vec![task_info("inside", &offer.agent_id, cmd, 0.1, 64.0)], 0.0).await.unwrap();
     let end = fw.until_state("inside", TaskState::Finished, T).await;
-    let out = sandbox_file(&c, &fw, &offer.agent_id.value, "inside", "stdout");
+    let out = sandbox_file(&c, &fw, &offer.agent_id, "inside", "stdout");
     assert_eq!(end.last().unwrap().state, TaskState::Finished, "{out}\n{}", c.logs());
     assert!(out.contains("seccomp ok") && out.contains("pid-ns ok"), "{out}");
     // The task's /tmp was its own.
@@ -128,7 +98,7 @@ async fn process_count_is_bounded_by_pids() {
     }
     assert!(max_seen > 5 && max_seen <= 40, "processes in the container: {max_seen}");
     fw.until_state("forky", TaskState::Finished, T).await;
-    let out = sandbox_file(&c, &fw, &offer.agent_id.value, "forky", "stdout");
+    let out = sandbox_file(&c, &fw, &offer.agent_id, "forky", "stdout");
     let started: usize = out.trim().trim_start_matches("started=").parse().unwrap_or(999);
     assert!(started < 40, "{started} processes started under pids.max 40");
     let health = agora_http::Client::new().get(&format!("http://{agent}/health"), T).await.unwrap();
@@ -229,11 +199,11 @@ async fn nobody_cannot_read_a_root_only_file() {
         .unwrap();
     let end = fw.until_state("nob", TaskState::Failed, T).await;
     assert_eq!(end.last().unwrap().message.as_deref(), Some("Command exited with status 1"));
-    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id.value, "nob", "stdout"), "nobody\n");
+    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, "nob", "stdout"), "nobody\n");
     // Root (the framework's user) can.
     let seen = run_task(&mut fw, "rooty", &cmd, 0.1, 64.0).await;
     assert_eq!(seen.last().unwrap().state, TaskState::Finished);
-    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id.value, "rooty", "stdout"), "root\ntop secret");
+    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, "rooty", "stdout"), "root\ntop secret");
     // An unknown user is a clear failure.
     let offer = one_offer(&mut fw).await;
     let mut ghost = CommandInfo::shell("true");
@@ -384,9 +354,9 @@ async fn rlimits_and_capabilities_from_container_info() {
     );
     fw.s.launch(vec![offer.id.clone()], vec![t1, t2, t3], 0.0).await.unwrap();
     fw.until_state("rl", TaskState::Finished, T).await;
-    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id.value, "rl", "stdout"), "64\n128\n");
+    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, "rl", "stdout"), "64\n128\n");
     fw.until_state("nocaps", TaskState::Finished, T).await;
-    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id.value, "nocaps", "stdout"), "CapBnd:\t0000000000000000\n");
+    assert_eq!(sandbox_file(&c, &fw, &offer.agent_id, "nocaps", "stdout"), "CapBnd:\t0000000000000000\n");
     let end = fw.until_state("refused", TaskState::Failed, T).await;
     let last = end.last().unwrap();
     assert_eq!(last.reason, Some(Reason::ReasonContainerLaunchFailed), "{last:?}");

@@ -68,20 +68,6 @@ fn alive(pid: i32) -> bool {
     matches!(state.as_deref(), Some(s) if s != "Z" && s != "X")
 }
 
-async fn wait_reregistered(c: &Cluster, i: usize) {
-    let agent = c.agents[i].addr.clone();
-    let ok = wait_until(T, || async {
-        let m = agora_http::Client::new()
-            .get(&format!("http://{agent}/metrics/snapshot"), Duration::from_secs(2))
-            .await
-            .ok()?;
-        let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
-        (v["slave/registered"] == 1).then_some(())
-    })
-    .await;
-    assert!(ok.is_some(), "agent {i} did not re-register:\n{}", c.logs());
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_the_agent_and_every_task_lives_on() {
     let mut c = Cluster::start(1, &[], &["--resources", "cpus:4;mem:8192;disk:100;ports:[31000-32000]"]).await;
@@ -105,7 +91,7 @@ async fn kill_9_the_agent_and_every_task_lives_on() {
     c.crash_agent(0);
     assert!(pids.iter().all(|p| alive(*p)), "tasks die with the agent");
     c.restart_agent(0, &[]).unwrap();
-    wait_reregistered(&c, 0).await;
+    wait_agent_registered(&c, 0, T).await;
     // No spurious update: nothing arrives for a while after the re-registration.
     let spurious = fw.next_matching(Duration::from_secs(2), |e| e.kind == EventType::Update).await;
     assert!(spurious.is_none(), "unexpected update after the restart: {spurious:?}");
@@ -196,7 +182,7 @@ async fn corrupt_checkpoints_stop_strict_agents_and_lax_ones_recover_the_rest() 
     let err = c.restart_agent(0, &[]).expect_err("strict recovery must refuse");
     assert!(err.contains("broken/framework.json"), "the message names the file: {err}");
     c.restart_agent(0, &["--strict=false"]).unwrap();
-    wait_reregistered(&c, 0).await;
+    wait_agent_registered(&c, 0, T).await;
     fw.s.reconcile(vec![(TaskId::new("keep"), None)]).await.unwrap();
     assert_eq!(fw.update("keep", T).await.unwrap().state, TaskState::Running);
 }

@@ -379,3 +379,56 @@ pub fn task_info(id: &str, agent: &AgentId, command: CommandInfo, cpus: f64, mem
 pub fn states(v: &[TaskStatus]) -> Vec<TaskState> {
     v.iter().map(|s| s.state).collect()
 }
+
+/// The first offer that comes.
+pub async fn one_offer(fw: &mut Fw) -> Offer {
+    loop {
+        if let Some(o) = fw.offers().await.into_iter().next() {
+            return o;
+        }
+    }
+}
+
+/// Every update of task `id` up to and including its terminal one (each within `timeout`).
+pub async fn until_terminal(fw: &mut Fw, id: &str, timeout: Duration) -> Vec<TaskStatus> {
+    let mut seen = vec![];
+    loop {
+        let s =
+            fw.update(id, timeout).await.unwrap_or_else(|| panic!("task {id} did not end; saw {:?}", states(&seen)));
+        let done = s.state.is_terminal();
+        seen.push(s);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// A file of command task `task`'s sandbox on agent 0 (empty when it is not there).
+pub fn sandbox_file(c: &Cluster, fw: &Fw, agent: &AgentId, task: &str, file: &str) -> String {
+    let p = c
+        .dir
+        .join("agent0/slaves")
+        .join(&agent.value)
+        .join("frameworks")
+        .join(&fw.s.framework_id.value)
+        .join("executors")
+        .join(task)
+        .join("runs/latest")
+        .join(file);
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Waits until agent `i` says it is registered with the master (`slave/registered`).
+pub async fn wait_agent_registered(c: &Cluster, i: usize, timeout: Duration) {
+    let agent = c.agents[i].addr.clone();
+    let ok = wait_until(timeout, || async {
+        let m = agora_http::Client::new()
+            .get(&format!("http://{agent}/metrics/snapshot"), Duration::from_secs(2))
+            .await
+            .ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&m.body).ok()?;
+        (v["slave/registered"] == 1).then_some(())
+    })
+    .await;
+    assert!(ok.is_some(), "agent {i} did not register:\n{}", c.logs());
+}
