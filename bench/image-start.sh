@@ -34,9 +34,9 @@ bash "$FX/make-images.sh" "$W/images"
 ADDR=$(bash "$FX/registry.sh" start)
 bash "$FX/registry.sh" push "$W/images" >/dev/null
 cargo build --release -q -p agora
-cargo build --release -q -p agora-client --example image_launch_bench
+cargo build --release -q -p agora-client --example launch_bench
 BIN=target/release/agora
-BENCH=target/release/examples/image_launch_bench
+BENCH=target/release/examples/launch_bench
 "$BIN" master --port 0 --work-dir "$W/m" >"$W/master.log" 2>&1 &
 MPID=$!
 for _ in $(seq 100); do grep -q 'listening on' "$W/master.log" && break; sleep 0.05; done
@@ -53,7 +53,7 @@ secs() {
   if ! "$@" >/dev/null 2>&1; then echo fail; return; fi
   e=$(date +%s.%N); awk -v s="$s" -v e="$e" 'BEGIN{printf "%.4f\n", e-s}'
 }
-ms_p50() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["accept_to_running_ms_p50"])'; }
+ms_p50() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read())["framework_accept_to_running_ms_p50"])'; }
 echo "| image | agora cold start (ms, p50) | skopeo copy + umoci unpack (ms, p50) | ratio |"
 echo "|---|---|---|---|"
 K=$(( N < 10 ? N : 10 ))

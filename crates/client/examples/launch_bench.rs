@@ -1,7 +1,10 @@
 //! Container start benchmark client: launches N `/bin/true` tasks one after another through
-//! the real scheduler API and reports the latencies the framework and the agent saw.
+//! the real scheduler API, optionally in a container image, and reports the latencies the
+//! framework and the agent saw. With an image, `cold` removes it from the agent's store
+//! (PRUNE_IMAGES) before every launch, so each start pulls, unpacks and provisions it;
+//! `warm` (the default) keeps it.
 //!
-//! `cargo run --release -p agora-client --example launch_bench -- MASTER AGENT N`
+//! `cargo run --release -p agora-client --example launch_bench -- MASTER AGENT N [IMAGE|- [warm|cold]]`
 use agora_api::scheduler::EventType;
 use agora_api::*;
 use agora_client::{framework_info, Scheduler};
@@ -15,12 +18,39 @@ fn pct(v: &mut [f64], q: f64) -> f64 {
     v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1]
 }
 
+/// Empties the agent's store (waits until the previous container's rootfs is gone).
+async fn prune(agent: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let c = agora_http::Client::new();
+    for _ in 0..200 {
+        let r = c
+            .post(
+                &format!("http://{agent}/api/v1"),
+                &[],
+                br#"{"type":"PRUNE_IMAGES"}"#.to_vec(),
+                Duration::from_secs(30),
+            )
+            .await?;
+        if !r.status.is_success() {
+            return Err(format!("PRUNE_IMAGES: {}", r.status).into());
+        }
+        let l = c.get(&format!("http://{agent}/agora/v1/images"), Duration::from_secs(10)).await?;
+        let v: serde_json::Value = serde_json::from_slice(&l.body)?;
+        if v.as_array().is_some_and(|a| a.is_empty()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Err("the store did not empty".into())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let master = args.get(1).cloned().unwrap_or_else(|| "127.0.0.1:5050".into());
     let agent = args.get(2).cloned().unwrap_or_else(|| "127.0.0.1:5051".into());
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200);
+    let image = args.get(4).cloned().filter(|i| i != "-");
+    let cold = args.get(5).map(|m| m == "cold").unwrap_or(false);
     let mut info = framework_info("launch-bench", "*");
     info.user = "root".into();
     let mut s = Scheduler::subscribe(&master, info).await?;
@@ -32,7 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pool: Vec<Offer> = Vec::new();
     while i < n {
         if pool.is_empty() {
-            let ev = tokio::time::timeout(Duration::from_secs(30), s.next_event()).await??;
+            let ev = tokio::time::timeout(Duration::from_secs(60), s.next_event()).await??;
             if ev.kind != EventType::Offers {
                 continue;
             }
@@ -44,6 +74,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             s.decline(vec![offer.id.clone()], 0.0).await?;
             continue;
         }
+        if cold && image.is_some() {
+            prune(&agent).await?;
+        }
         let id = TaskId::new(format!("true-{i}"));
         let argv = CommandInfo {
             shell: false,
@@ -54,11 +87,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             uris: vec![],
         };
         let resources = vec![Resource::scalar("cpus", 0.1), Resource::scalar("mem", 32.0)];
-        let task = TaskInfo::command(id.clone(), offer.agent_id.clone(), resources, argv);
+        let mut task = TaskInfo::command(id.clone(), offer.agent_id.clone(), resources, argv);
+        if let Some(img) = &image {
+            task.container = Some(agora_client::run::container_with_image(img));
+        }
         let t0 = Instant::now();
         s.launch(vec![offer.id.clone()], vec![task], 0.0).await?;
         loop {
-            let ev = tokio::time::timeout(Duration::from_secs(30), s.next_event()).await??;
+            let ev = tokio::time::timeout(Duration::from_secs(60), s.next_event()).await??;
             if let Some(o) = ev.offers {
                 pool.extend(o.offers);
                 continue;
@@ -86,6 +122,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let m: serde_json::Value = serde_json::from_slice(&m.body)?;
     let out = serde_json::json!({
         "launches": n,
+        "image": image,
+        "mode": if cold { "cold" } else { "warm" },
         "total_secs": total,
         "framework_accept_to_running_ms_p50": pct(&mut to_running, 0.5),
         "framework_accept_to_running_ms_p99": pct(&mut to_running, 0.99),
