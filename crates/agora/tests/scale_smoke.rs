@@ -1,5 +1,6 @@
-//! CI-sized scale smoke test: a real master, 500 simulated agents (`agora agent
-//! --simulate`, the real agent protocol over HTTP/2 streams) and the load framework placing
+//! CI-sized scale smoke test: a real master, 500 simulated agents from two simulating
+//! processes (`agora agent --simulate`, the real agent protocol over HTTP/2 streams) and the
+//! load framework placing
 //! 5,000 tasks from 5 frameworks in 2 roles. Correctness only, no timings: every task placed
 //! once, no resource offered twice, no agent lost.
 mod common;
@@ -24,11 +25,34 @@ impl Drop for Sim {
 }
 
 impl Sim {
+    fn start(master: &str, name: &str, agents: usize, log: std::path::PathBuf) -> Sim {
+        let out = std::fs::File::create(&log).expect("sim log");
+        let child = Command::new(env!("CARGO_BIN_EXE_agora"))
+            .args(["agent", "--master", master, "--simulate", &agents.to_string()])
+            .args(["--simulate-name", name, "--simulate-report-interval", "200ms"])
+            .args(["--resources", "cpus:4;mem:1024;disk:1024;ports:[31000-31100]"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn simulator");
+        Sim { child, log }
+    }
+
     /// The simulator's last counters line.
     fn stats(&self) -> serde_json::Value {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         text.lines().rev().find_map(|l| serde_json::from_str(l).ok()).unwrap_or(serde_json::Value::Null)
     }
+}
+
+/// One counter summed over the simulating processes.
+fn total(sims: &[Sim], key: &str) -> u64 {
+    sims.iter().map(|s| s.stats()[key].as_u64().unwrap_or(0)).sum()
+}
+
+fn all_stats(sims: &[Sim]) -> String {
+    sims.iter().map(|s| s.stats().to_string()).collect::<Vec<_>>().join("\n")
 }
 
 async fn metric(c: &Cluster, name: &str) -> f64 {
@@ -38,24 +62,17 @@ async fn metric(c: &Cluster, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
     let c = Cluster::start(0, &[], &[]).await;
-    let log = c.dir.join("sim.log");
-    let out = std::fs::File::create(&log).expect("sim log");
-    let child = Command::new(env!("CARGO_BIN_EXE_agora"))
-        .args(["agent", "--master", &c.master.addr, "--simulate", &AGENTS.to_string()])
-        .args(["--simulate-name", "smoke", "--simulate-report-interval", "200ms"])
-        .args(["--resources", "cpus:4;mem:1024;disk:1024;ports:[31000-31100]"])
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().expect("log"))
-        .stderr(out)
-        .spawn()
-        .expect("spawn simulator");
-    let sim = Sim { child, log };
+    // Two simulating processes against one master, as the issue allows.
+    let sims = [
+        Sim::start(&c.master.addr, "smoke-a", AGENTS / 2, c.dir.join("sim-a.log")),
+        Sim::start(&c.master.addr, "smoke-b", AGENTS - AGENTS / 2, c.dir.join("sim-b.log")),
+    ];
 
     let registered = wait_until(Duration::from_secs(60), || async {
         (metric(&c, "master/slaves_connected").await as usize == AGENTS).then_some(())
     })
     .await;
-    assert!(registered.is_some(), "agents did not all register: {}\n{}", sim.stats(), c.logs());
+    assert!(registered.is_some(), "agents did not all register: {}\n{}", all_stats(&sims), c.logs());
 
     let report = agora_client::load::run(agora_client::load::LoadOptions {
         master: c.master.addr.clone(),
@@ -98,15 +115,15 @@ async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
 
     // The agents' view: each task launched exactly once, nobody lost or shut down.
     let settled = wait_until(Duration::from_secs(30), || async {
-        let s = sim.stats();
-        (s["running"].as_u64() == Some(TASKS as u64) && s["updates_acked"].as_u64() >= Some(TASKS as u64)).then_some(s)
+        (total(&sims, "running") == TASKS as u64 && total(&sims, "updates_acked") >= TASKS as u64).then_some(())
     })
     .await;
-    let s = settled.unwrap_or_else(|| panic!("simulator did not settle: {}", sim.stats()));
-    assert_eq!(s["launched"], TASKS, "{s}");
-    assert_eq!(s["registered"], AGENTS, "{s}");
-    assert_eq!(s["connected"], AGENTS, "{s}");
-    assert_eq!(s["shut_down"], 0, "{s}");
+    assert!(settled.is_some(), "simulators did not settle: {}", all_stats(&sims));
+    let stats = all_stats(&sims);
+    assert_eq!(total(&sims, "launched"), TASKS as u64, "{stats}");
+    assert_eq!(total(&sims, "registered"), AGENTS as u64, "{stats}");
+    assert_eq!(total(&sims, "connected"), AGENTS as u64, "{stats}");
+    assert_eq!(total(&sims, "shut_down"), 0, "{stats}");
     assert_eq!(metric(&c, "master/slaves_connected").await as usize, AGENTS);
     assert_eq!(metric(&c, "master/slaves_unreachable").await, 0.0);
 }
