@@ -114,6 +114,24 @@ fn signal_in(msg: &str) -> Option<i32> {
     table.iter().find(|(n, _)| msg.contains(n)).map(|(_, v)| *v)
 }
 
+/// A call that failed because the master went away (the connection broke, it timed out,
+/// or the master no longer leads) is not fatal: the event stream breaks too, and `agora run`
+/// subscribes again and reconciles. Any other failure (a refused call) is.
+fn tolerate(r: Result<(), SchedulerError>) -> Result<(), SchedulerError> {
+    use agora_http::http::StatusCode;
+    match r {
+        Err(SchedulerError::Http(
+            agora_http::ClientError::Request { .. } | agora_http::ClientError::Timeout { .. },
+        )) => Ok(()),
+        Err(SchedulerError::Http(agora_http::ClientError::Status { status, .. }))
+            if status == StatusCode::TEMPORARY_REDIRECT || status == StatusCode::SERVICE_UNAVAILABLE =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 /// How long `agora run` keeps trying to subscribe again after losing the master.
 const RESUBSCRIBE_WINDOW: Duration = Duration::from_secs(60);
 
@@ -164,7 +182,11 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                         sched = resubscribe(&opts.master, &info).await?;
                         say(format!("Subscribed again with framework id {}", sched.framework_id));
                         if let Some(agent) = &launched {
-                            sched.reconcile(vec![(task_id.clone(), Some(agent.clone()))]).await?;
+                            tolerate(sched.reconcile(vec![(task_id.clone(), Some(agent.clone()))]).await)?;
+                            if killing {
+                                // A kill sent while the master was away may be lost.
+                                tolerate(sched.kill(task_id.clone(), Some(agent.clone())).await)?;
+                            }
                         }
                         continue;
                     }
@@ -220,11 +242,13 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                                 offsets: [0, 0],
                             });
                             say(format!("Launching task '{}' on agent {} ({})", task_id, offer.agent_id, offer.hostname));
-                            sched.launch(vec![offer.id.clone()], vec![task], 5.0).await?;
+                            // If the master went away mid-call, the reconciliation after re-subscribing
+                            // tells whether the launch got through.
+                            tolerate(sched.launch(vec![offer.id.clone()], vec![task], 5.0).await)?;
                             launched = Some(offer.agent_id.clone());
                         }
                         if !decline.is_empty() {
-                            sched.decline(decline, 3600.0).await?;
+                            tolerate(sched.decline(decline, 3600.0).await)?;
                         }
                     }
                     EventType::Update => {
@@ -235,7 +259,8 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                         }
                         let detail = s.message.as_deref().map(|m| format!(": {m}")).unwrap_or_default();
                         say(format!("Received status update {} for task '{}'{}", s.state.name(), s.task_id, detail));
-                        sched.acknowledge(&s).await?;
+                        // An update not acknowledged is sent again (after a re-subscription too).
+                        tolerate(sched.acknowledge(&s).await)?;
                         if s.state.is_terminal() {
                             if let Some(sb) = sandbox.as_mut() {
                                 sb.pump(&client).await;
@@ -259,7 +284,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                 killing = true;
                 say("Interrupted: killing the task".to_string());
                 match &launched {
-                    Some(agent) => sched.kill(task_id.clone(), Some(agent.clone())).await?,
+                    Some(agent) => tolerate(sched.kill(task_id.clone(), Some(agent.clone())).await)?,
                     None => break 130,
                 }
             }
