@@ -51,6 +51,35 @@ pub struct LaunchSpec {
     /// rootfs (special filesystems, `/etc` files, the sandbox) in the container's mount
     /// namespace and tells the init where it is with [`ROOTFS_ENV`]. Needs `filesystem/linux`.
     pub rootfs: Option<PathBuf>,
+    /// Host directories or files mounted into the container, in order (volumes of every
+    /// kind: sandbox paths, host paths, image volumes, persistent volumes). Needs
+    /// `filesystem/linux`.
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// One volume, resolved by the agent to a host path.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct VolumeMount {
+    /// What is mounted: an existing host directory or file (already checked against the
+    /// agent's policy, e.g. `--allowed-host-paths`).
+    pub source: PathBuf,
+    /// Where, as the container asks: relative = under the sandbox (also seen at
+    /// `/mnt/mesos/sandbox/<target>`), absolute = in the container's root filesystem (the
+    /// image's rootfs, or the host's for a container without an image). The launcher
+    /// resolves it without following symlinks out of that root and without `..`.
+    pub target: String,
+    pub read_only: bool,
+    pub propagation: Propagation,
+}
+
+/// Mount propagation of a volume (Mesos `MountPropagation.Mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Propagation {
+    /// Mounts made on the host under the source later appear in the container (rslave).
+    #[default]
+    HostToContainer,
+    /// Mounts propagate both ways (rshared).
+    Bidirectional,
 }
 
 /// The environment variable that tells a container's init where the task's prepared root
