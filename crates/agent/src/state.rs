@@ -864,6 +864,7 @@ impl State {
             mem_limit_mb: limit("mem"),
             container_info: task.container.clone().or_else(|| executor_info.container.clone()),
             rootfs: None,
+            volumes: Vec::new(),
         };
         let executor = Executor {
             info: executor_info,
