@@ -26,7 +26,7 @@ pub(crate) type RoleIdx = u32;
 pub(crate) type Qty = [i64; 4];
 
 /// The scalar names shares are computed over, in [`Qty`] order.
-const SHARED: [&str; 4] = ["cpus", "mem", "disk", "gpus"];
+pub(crate) const SHARED: [&str; 4] = ["cpus", "mem", "disk", "gpus"];
 
 #[derive(Clone, Debug, PartialEq)]
 pub(crate) enum Value {
@@ -435,6 +435,26 @@ impl Bundle {
         let (taken, kept) = std::mem::take(&mut self.entries).into_iter().partition(|e| Bundle::usable(e, cat, role));
         self.entries = kept;
         Bundle { entries: taken }
+    }
+
+    /// The entries usable by `role`, with the scalars shares count cut down so that their
+    /// amounts stay within `cap` (per [`Qty`] slot; other entries whole).
+    pub(crate) fn usable_capped(&self, cat: &Catalog, role: RoleIdx, cap: &Qty) -> Bundle {
+        let mut left = *cap;
+        let mut entries = Vec::with_capacity(self.entries.len());
+        for e in self.entries.iter().filter(|e| Bundle::usable(e, cat, role)) {
+            match (&e.value, cat.classes[e.class as usize].share_slot) {
+                (Value::Scalar(v), Some(slot)) => {
+                    let take = (*v).min(left[slot].max(0));
+                    left[slot] -= take;
+                    if take > 0 {
+                        entries.push(Entry { class: e.class, kind: e.kind, value: Value::Scalar(take) });
+                    }
+                }
+                _ => entries.push(e.clone()),
+            }
+        }
+        Bundle { entries }
     }
 
     /// As wire resources, each with allocation role `role` (or none).

@@ -29,7 +29,7 @@
 mod compact;
 
 use agora_api::{AgentId, FrameworkId, Resources};
-use compact::{Bundle, Catalog, Qty, RoleIdx};
+use compact::{Bundle, Catalog, Qty, RoleIdx, SHARED};
 use std::borrow::{Borrow, Cow};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -243,12 +243,41 @@ struct RoleState {
     /// Stamp of the last time a framework joined: a framework can be offered resources that
     /// every earlier member had refused.
     joined: u64,
+    /// Quota: what the role is guaranteed (0 = nothing) and may hold at most
+    /// ([`NO_LIMIT`] = no limit), per [`Qty`] slot.
+    guarantee: Qty,
+    limit: Qty,
 }
+
+/// A quota limit that limits nothing.
+const NO_LIMIT: i64 = i64::MAX;
 
 impl Default for RoleState {
     fn default() -> Self {
-        RoleState { weight: 1.0, alloc: [0; 4], members: Sorter::default(), joined: 0 }
+        RoleState {
+            weight: 1.0,
+            alloc: [0; 4],
+            members: Sorter::default(),
+            joined: 0,
+            guarantee: [0; 4],
+            limit: [NO_LIMIT; 4],
+        }
     }
+}
+
+impl RoleState {
+    /// What the role still lacks of its guarantee.
+    fn shortfall(&self) -> Qty {
+        std::array::from_fn(|i| (self.guarantee[i] - self.alloc[i]).max(0))
+    }
+}
+
+/// A role's quota as the allocator takes it: amounts by resource name (`cpus`, `mem`,
+/// `disk`, `gpus`; other names are not subject to quota and are ignored).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Quota {
+    pub guarantees: BTreeMap<String, f64>,
+    pub limits: BTreeMap<String, f64>,
 }
 
 /// Resources a framework refused for a role on an agent. Frameworks that refused the same
@@ -401,6 +430,10 @@ pub struct Allocator {
     shares_stale: bool,
     /// The agent the last full cycle started at.
     last_start: Option<AgentId>,
+    /// Roles with a quota (a guarantee or a limit).
+    quota_roles: Vec<RoleIdx>,
+    /// Sum of every role's allocation.
+    allocated_total: Qty,
 }
 
 /// Whether refuse filters cover an offer, worked out once per shared [`Refused`].
@@ -493,6 +526,8 @@ impl Allocator {
             total: [0; 4],
             shares_stale: false,
             last_start: None,
+            quota_roles: Vec::new(),
+            allocated_total: [0; 4],
         }
     }
 
@@ -790,6 +825,72 @@ impl Allocator {
         }
     }
 
+    /// Sets a role's quota (replacing the previous one); an empty [`Quota`] removes it.
+    ///
+    /// Guarantees are met first: in each agent's turn, roles short of their guarantee are
+    /// offered (up to what they lack) before fair sharing, and no offer leaves the cluster's
+    /// unallocated resources below what the other roles still lack of their guarantees (the
+    /// headroom). Limits cap what a role holds, offered or in use. Amounts count the role's
+    /// allocations, reserved resources included.
+    pub fn set_quota(&mut self, role: &str, quota: &Quota) {
+        let to_qty = |m: &BTreeMap<String, f64>, default: i64| -> Qty {
+            std::array::from_fn(|i| m.get(SHARED[i]).map_or(default, |v| (v.max(0.0) * 1000.0).round() as i64))
+        };
+        let r = self.role(role);
+        let rs = &mut self.role_states[r as usize];
+        rs.guarantee = to_qty(&quota.guarantees, 0);
+        rs.limit = to_qty(&quota.limits, NO_LIMIT);
+        let has = rs.guarantee.iter().any(|g| *g > 0) || rs.limit.iter().any(|l| *l != NO_LIMIT);
+        self.quota_roles.retain(|x| *x != r);
+        if has {
+            self.quota_roles.push(r);
+        }
+        // Agents that found every framework filtered may now offer differently.
+        for agent in self.agents.iter_mut().flatten() {
+            agent.all_filtered.remove(&r);
+        }
+    }
+
+    /// How much `role` may be offered now, per [`Qty`] slot, under quotas: `None` when no
+    /// quota constrains it. In stage 1 (guarantees first) only a role short of its
+    /// guarantee gets anything, and at most what it lacks in the slots it is guaranteed.
+    fn quota_cap(&self, role: RoleIdx, stage1: bool) -> Option<Qty> {
+        if self.quota_roles.is_empty() {
+            return None;
+        }
+        let rs = self.role_states.get(role as usize)?;
+        let own = rs.shortfall();
+        if stage1 && own.iter().all(|x| *x == 0) {
+            return Some([0; 4]);
+        }
+        // Headroom: what every other role still lacks of its guarantee must stay unallocated.
+        let mut others = [0i64; 4];
+        let mut guaranteed = [false; 4];
+        for &q in &self.quota_roles {
+            let Some(s) = self.role_states.get(q as usize) else { continue };
+            for i in 0..4 {
+                guaranteed[i] |= s.guarantee[i] > 0;
+            }
+            if q != role {
+                let short = s.shortfall();
+                for i in 0..4 {
+                    others[i] += short[i];
+                }
+            }
+        }
+        Some(std::array::from_fn(|i| {
+            let unallocated = (self.total[i] - self.allocated_total[i]).max(0);
+            let mut cap = if rs.limit[i] == NO_LIMIT { NO_LIMIT } else { (rs.limit[i] - rs.alloc[i]).max(0) };
+            if guaranteed[i] {
+                cap = cap.min((unallocated - others[i]).max(0));
+            }
+            if stage1 && rs.guarantee[i] > 0 {
+                cap = cap.min(own[i]);
+            }
+            cap
+        }))
+    }
+
     /// Everything allocated to the framework (offered or in use) over all agents.
     pub fn allocated(&self, framework_id: &FrameworkId) -> Resources {
         let Some((&h, fw)) = self.fw_ids.get(framework_id).and_then(|h| Some((h, self.fws.get(h)?))) else {
@@ -891,15 +992,22 @@ impl Allocator {
         }
     }
 
-    /// Offers what the agent has left, role by role in DRF order.
+    /// Offers what the agent has left, role by role in DRF order; with quotas, first to the
+    /// roles short of their guarantees, then to all within limits and headroom.
     fn allocate_agent(&mut self, slot: AgentIdx, now: Duration, out: &mut Vec<Allocation>) {
+        if self.quota_roles.is_empty() {
+            self.allocate_stage(slot, now, None, out);
+        } else {
+            self.allocate_stage(slot, now, Some(true), out);
+            self.allocate_stage(slot, now, Some(false), out);
+        }
+    }
+
+    /// One pass over the roles for an agent. `stage1`: `None` without quotas, else whether
+    /// this is the guarantees-first pass.
+    fn allocate_stage(&mut self, slot: AgentIdx, now: Duration, stage1: Option<bool>, out: &mut Vec<Allocation>) {
         let mut cursor: Option<(Share, RoleIdx)> = None;
         loop {
-            let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
-            let available = agent.available.qty(&self.cat);
-            if !agent.active || !allocatable(&self.config, &available) {
-                return;
-            }
             // A role that gets resources moves back, with nothing left to use here, so
             // meeting it again is harmless.
             let next = match cursor {
@@ -908,15 +1016,26 @@ impl Allocator {
             };
             let Some(&Key(share, _, role)) = next else { return };
             cursor = Some((share, role));
+            let cap = stage1.and_then(|s1| self.quota_cap(role, s1));
+            let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
+            let available = agent.available.qty(&self.cat);
+            if !agent.active || !allocatable(&self.config, &available) {
+                return;
+            }
             let Some(rs) = self.role_states.get(role as usize) else { continue };
             if agent.all_filtered.get(&role).is_some_and(|f| f.joined == rs.joined && now < f.until) {
                 continue;
             }
-            let all_usable = agent.available.all_usable_by(&self.cat, role);
-            let (usable, q) = match all_usable {
-                true => (Cow::Borrowed(&agent.available), available),
-                false => {
+            let all_usable = cap.is_none() && agent.available.all_usable_by(&self.cat, role);
+            let (usable, q) = match (all_usable, &cap) {
+                (true, _) => (Cow::Borrowed(&agent.available), available),
+                (false, None) => {
                     let usable = agent.available.usable_by(&self.cat, role);
+                    let q = usable.qty(&self.cat);
+                    (Cow::Owned(usable), q)
+                }
+                (false, Some(cap)) => {
+                    let usable = agent.available.usable_capped(&self.cat, role, cap);
                     let q = usable.qty(&self.cat);
                     (Cow::Owned(usable), q)
                 }
@@ -930,16 +1049,23 @@ impl Allocator {
                 match pick_framework(&rs.members, &mut agent.filters, role, &usable, now) {
                     Ok(fw) => Some(fw),
                     Err(until) => {
-                        agent.all_filtered.insert(role, AllFiltered { joined: rs.joined, until });
+                        // A capped offer is not all the role could use here: don't remember.
+                        if cap.is_none() {
+                            agent.all_filtered.insert(role, AllFiltered { joined: rs.joined, until });
+                        }
                         None
                     }
                 }
             };
             let Some(fw) = fw else { continue };
             // What the role can use is exactly the entries that go: move them.
-            let taken = match all_usable {
-                true => std::mem::take(&mut agent.available),
-                false => agent.available.take_usable(&self.cat, role),
+            let taken = match (all_usable, usable) {
+                (true, _) => std::mem::take(&mut agent.available),
+                (false, Cow::Owned(capped)) if cap.is_some() => {
+                    agent.available.subtract(&capped);
+                    capped
+                }
+                (false, _) => agent.available.take_usable(&self.cat, role),
             };
             let name = self.cat.role_name(role);
             let resources = taken.to_resources(&self.cat, Some(name));
@@ -972,6 +1098,7 @@ impl Allocator {
         if let Some(rs) = self.role_states.get_mut(role as usize) {
             add_qty(&mut rs.alloc, q, sign);
         }
+        add_qty(&mut self.allocated_total, q, sign);
         if let Some(f) = self.fws.get_mut(&fw) {
             match f.by_role.iter_mut().find(|(r, _)| *r == role) {
                 Some((_, x)) => add_qty(x, q, sign),
@@ -1385,6 +1512,59 @@ mod tests {
         let offer = a.allocate(secs(0));
         assert_eq!(got(&offer), ["a1>web"]);
         assert!(offer[0].resources.iter().all(|r| r.reservation_role() == "web"));
+        a.check();
+    }
+
+    fn quota(guarantees: &[(&str, f64)], limits: &[(&str, f64)]) -> Quota {
+        let map = |v: &[(&str, f64)]| v.iter().map(|(k, x)| (k.to_string(), *x)).collect();
+        Quota { guarantees: map(guarantees), limits: map(limits) }
+    }
+
+    fn offered(allocs: &[Allocation], fw: &str, name: &str) -> f64 {
+        allocs.iter().filter(|a| a.framework_id == fid(fw)).map(|a| a.resources.scalar(name)).sum()
+    }
+
+    #[test]
+    fn a_guarantee_is_kept_free_for_its_role_and_met_first() {
+        let agents = [("a1", "cpus:4;mem:4096"), ("a2", "cpus:4;mem:4096"), ("a3", "cpus:4;mem:4096")];
+        // Without quota, the only framework gets everything.
+        let mut plain = setup(&[("greedy", &["batch"])], &agents);
+        assert_eq!(offered(&plain.allocate(secs(0)), "greedy", "cpus"), 12.0);
+        // With 8 cpus guaranteed to `prod`, which has no framework yet, 8 cpus stay free.
+        let mut a = setup(&[("greedy", &["batch"])], &agents);
+        a.set_quota("prod", &quota(&[("cpus", 8.0)], &[]));
+        let first = a.allocate(secs(0));
+        assert_eq!(offered(&first, "greedy", "cpus"), 4.0);
+        a.check();
+        // `prod` arrives: it gets its 8 at once, the greedy role nothing more.
+        a.add_framework(&fid("web"), &roles(&["prod"]), &[], true);
+        let second = a.allocate(secs(0));
+        assert_eq!(offered(&second, "web", "cpus"), 8.0);
+        assert_eq!(offered(&second, "greedy", "cpus"), 0.0);
+        a.check();
+        // Removing the quota frees nothing held, and changes nothing offered twice.
+        a.set_quota("prod", &Quota::default());
+        assert!(a.allocate(secs(0)).is_empty());
+        a.check();
+    }
+
+    #[test]
+    fn a_role_is_never_offered_beyond_its_limit() {
+        let mut a = setup(&[("f1", &["dev"])], &[("a1", "cpus:4;mem:4096"), ("a2", "cpus:4;mem:4096")]);
+        a.set_quota("dev", &quota(&[], &[("cpus", 5.0), ("mem", 6000.0)]));
+        let offers = a.allocate(secs(0));
+        assert_eq!(offered(&offers, "f1", "cpus"), 5.0);
+        assert_eq!(offered(&offers, "f1", "mem"), 6000.0);
+        a.check();
+        // Declining gives it back; the next cycle stays within the limit again.
+        for o in &offers {
+            a.recover(&o.framework_id, &o.agent_id, &o.resources, None, secs(0));
+        }
+        assert_eq!(offered(&a.allocate(secs(1)), "f1", "cpus"), 5.0);
+        a.check();
+        // A raised limit lets it have the rest.
+        a.set_quota("dev", &quota(&[], &[("cpus", 100.0)]));
+        assert_eq!(offered(&a.allocate(secs(2)), "f1", "cpus"), 3.0);
         a.check();
     }
 
