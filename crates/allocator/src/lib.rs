@@ -868,14 +868,11 @@ impl Allocator {
         let mut guaranteed = [false; 4];
         for &q in &self.quota_roles {
             let Some(s) = self.role_states.get(q as usize) else { continue };
-            for i in 0..4 {
-                guaranteed[i] |= s.guarantee[i] > 0;
+            for (g, x) in guaranteed.iter_mut().zip(&s.guarantee) {
+                *g |= *x > 0;
             }
             if q != role {
-                let short = s.shortfall();
-                for i in 0..4 {
-                    others[i] += short[i];
-                }
+                add_qty(&mut others, &s.shortfall(), 1);
             }
         }
         Some(std::array::from_fn(|i| {
