@@ -210,6 +210,15 @@ struct MasterArgs {
     /// (whole seconds, at least 2).
     #[arg(long, env = "AGORA_ETCD_LEASE_TTL", default_value = "3secs", value_parser = parse_duration)]
     etcd_lease_ttl: Duration,
+    /// Unreachable and gone agents are pruned from the registry after this long.
+    #[arg(long, env = "AGORA_REGISTRY_MAX_AGENT_AGE", default_value = "2weeks", value_parser = parse_duration)]
+    registry_max_agent_age: Duration,
+    /// ... and, oldest first, beyond this many.
+    #[arg(long, env = "AGORA_REGISTRY_MAX_AGENT_COUNT", default_value_t = 102_400)]
+    registry_max_agent_count: usize,
+    /// How often the registry is pruned.
+    #[arg(long, env = "AGORA_REGISTRY_GC_INTERVAL", default_value = "15mins", value_parser = parse_duration)]
+    registry_gc_interval: Duration,
 }
 
 /// `--etcd http://h1:2379,http://h2:2379`.
@@ -235,6 +244,9 @@ impl MasterArgs {
             ("etcd".into(), self.etcd.as_ref().map(|e| e.0.join(",")).unwrap_or_default()),
             ("etcd_prefix".into(), self.etcd_prefix.clone()),
             ("etcd_lease_ttl".into(), format!("{:?}", self.etcd_lease_ttl)),
+            ("registry_max_agent_age".into(), format!("{:?}", self.registry_max_agent_age)),
+            ("registry_max_agent_count".into(), self.registry_max_agent_count.to_string()),
+            ("registry_gc_interval".into(), format!("{:?}", self.registry_gc_interval)),
         ];
         MasterConfig {
             ip: self.ip.clone(),
@@ -253,6 +265,9 @@ impl MasterArgs {
                 prefix: self.etcd_prefix.clone(),
                 lease_ttl: Duration::from_secs(self.etcd_lease_ttl.as_secs_f64().ceil().max(2.0) as u64),
             }),
+            registry_max_agent_age: self.registry_max_agent_age,
+            registry_max_agent_count: self.registry_max_agent_count,
+            registry_gc_interval: self.registry_gc_interval,
             flags,
             ..MasterConfig::default()
         }

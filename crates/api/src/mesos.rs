@@ -231,6 +231,9 @@ pub struct Offer {
     pub executor_ids: Vec<ExecutorId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation_info: Option<crate::resources::AllocationInfo>,
+    /// Set when the agent's machine is scheduled for maintenance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailability: Option<crate::maintenance::Unavailability>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use crate::mesos::*;
 use crate::resources::Resource;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum CallType {
     GetHealth,
@@ -22,6 +22,16 @@ pub enum CallType {
     MarkAgentGone,
     GetWeights,
     UpdateWeights,
+    GetQuota,
+    UpdateQuota,
+    SetQuota,
+    RemoveQuota,
+    GetMaintenanceStatus,
+    GetMaintenanceSchedule,
+    UpdateMaintenanceSchedule,
+    StartMaintenance,
+    StopMaintenance,
+    #[default]
     #[serde(other)]
     Unknown,
 }
@@ -50,7 +60,7 @@ pub struct WeightInfos {
     pub weight_infos: Vec<WeightInfo>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Call {
     #[serde(rename = "type")]
     pub kind: CallType,
@@ -60,6 +70,18 @@ pub struct Call {
     pub mark_agent_gone: Option<MarkAgentGone>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub update_weights: Option<WeightInfos>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_quota: Option<crate::quota::UpdateQuota>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_quota: Option<crate::quota::SetQuota>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remove_quota: Option<crate::quota::RemoveQuota>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_maintenance_schedule: Option<crate::maintenance::UpdateSchedule>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_maintenance: Option<crate::maintenance::Machines>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_maintenance: Option<crate::maintenance::Machines>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,7 +205,7 @@ pub struct GetHealth {
 }
 
 /// An operator `Response`: `{"type": T, "<t>": {...}}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Response {
     #[serde(rename = "type")]
     pub kind: CallType,
@@ -211,24 +233,16 @@ pub struct Response {
     pub get_roles: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub get_weights: Option<WeightInfos>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get_quota: Option<crate::quota::GetQuota>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get_maintenance_status: Option<crate::maintenance::GetStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub get_maintenance_schedule: Option<crate::maintenance::GetSchedule>,
 }
 
 impl Response {
     pub fn of(kind: CallType) -> Self {
-        Response {
-            kind,
-            get_health: None,
-            get_version: None,
-            get_state: None,
-            get_agents: None,
-            get_frameworks: None,
-            get_executors: None,
-            get_tasks: None,
-            get_master: None,
-            get_flags: None,
-            get_metrics: None,
-            get_roles: None,
-            get_weights: None,
-        }
+        Response { kind, ..Default::default() }
     }
 }

@@ -18,16 +18,11 @@ pub async fn show(master: &str, view: View, json: bool) -> Result<String, Client
         View::Frameworks => CallType::GetFrameworks,
         View::Tasks => CallType::GetTasks,
     };
-    let (url, reply) = crate::call_leader(
-        master,
-        "/api/v1",
-        &Call { kind, teardown: None, mark_agent_gone: None, update_weights: None },
-    )
-    .await
-    .map_err(|e| match e {
-        crate::SchedulerError::Http(e) => e,
-        e => ClientError::Request { url: master.to_string(), why: e.to_string() },
-    })?;
+    let (url, reply) =
+        crate::call_leader(master, "/api/v1", &Call { kind, ..Default::default() }).await.map_err(|e| match e {
+            crate::SchedulerError::Http(e) => e,
+            e => ClientError::Request { url: master.to_string(), why: e.to_string() },
+        })?;
     let resp: Response = serde_json::from_slice(&reply.body)
         .map_err(|e| ClientError::Stream { url: url.clone(), why: format!("bad operator response: {e}") })?;
     if json {

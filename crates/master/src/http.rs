@@ -17,6 +17,9 @@ const MAX_BODY: usize = 64 * 1024 * 1024;
 /// The routes, matched by longest prefix on whole path segments.
 const ROUTES: &[&str] = &[
     "/api/v1/scheduler",
+    "/quota",
+    "/maintenance/schedule",
+    "/maintenance/status",
     "/api/v1",
     "/agora/v1/agent",
     "/state",
@@ -31,6 +34,9 @@ const ROUTES: &[&str] = &[
     "/flags",
     "/roles",
     "/teardown",
+    "/quota",
+    "/maintenance/schedule",
+    "/maintenance/status",
 ];
 
 /// Maps a request path to its route (`/master` is the master's libprocess id).
@@ -196,6 +202,35 @@ async fn dispatch(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
             };
             query(h, query_v, &q).await
         }
+        "/quota" | "/maintenance/schedule" | "/maintenance/status" => {
+            if req.method() != Method::GET {
+                return agora_http::text(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    format!("Expecting a GET request; change {r} through the v1 operator API"),
+                );
+            }
+            use operator::CallType as T;
+            let kind = match r {
+                "/quota" => T::GetQuota,
+                "/maintenance/schedule" => T::GetMaintenanceSchedule,
+                _ => T::GetMaintenanceStatus,
+            };
+            let call = operator::Call { kind, ..Default::default() };
+            match h.ask(|reply| Msg::Operator { call, reply }).await {
+                Some(Ok(r)) => {
+                    let v = match kind {
+                        T::GetQuota => serde_json::to_value(r.get_quota.map(|q| q.status)),
+                        T::GetMaintenanceSchedule => {
+                            serde_json::to_value(r.get_maintenance_schedule.map(|s| s.schedule))
+                        }
+                        _ => serde_json::to_value(r.get_maintenance_status.map(|s| s.status)),
+                    };
+                    json_or_jsonp(&v.unwrap_or_default(), &q)
+                }
+                Some(Err(e)) => err(e),
+                None => unavailable(),
+            }
+        }
         "/teardown" => {
             if req.method() != Method::POST {
                 return agora_http::text(StatusCode::METHOD_NOT_ALLOWED, "Expecting a POST request");
@@ -211,8 +246,7 @@ async fn dispatch(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
             let call = operator::Call {
                 kind: operator::CallType::Teardown,
                 teardown: Some(operator::TeardownCall { framework_id: fid.as_str().into() }),
-                mark_agent_gone: None,
-                update_weights: None,
+                ..Default::default()
             };
             match h.ask(|reply| Msg::Operator { call, reply }).await {
                 Some(Ok(_)) => agora_http::empty(StatusCode::OK),
@@ -305,9 +339,18 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
     }
     match h.ask(|reply| Msg::Operator { call, reply }).await {
         Some(Ok(r)) => {
+            use operator::CallType as T;
             if matches!(
                 r.kind,
-                operator::CallType::Teardown | operator::CallType::MarkAgentGone | operator::CallType::UpdateWeights
+                T::Teardown
+                    | T::MarkAgentGone
+                    | T::UpdateWeights
+                    | T::UpdateQuota
+                    | T::SetQuota
+                    | T::RemoveQuota
+                    | T::UpdateMaintenanceSchedule
+                    | T::StartMaintenance
+                    | T::StopMaintenance
             ) {
                 agora_http::empty(StatusCode::OK)
             } else {

@@ -7,7 +7,7 @@ use agora_api::*;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub fn version_info() -> VersionInfo {
     VersionInfo {
@@ -661,11 +661,25 @@ fn roles(st: &State) -> Value {
             t.add_resources_to(&mut roles.entry(t.role.clone()).or_insert_with(|| (vec![], Resources::new())).1);
         }
     }
+    for role in st.quotas.keys() {
+        roles.entry(role.clone()).or_insert_with(|| (vec![], Resources::new()));
+    }
     json!({
-        "roles": roles.into_iter().map(|(name, (fws, res))| json!({
-            "weight": st.weights.get(&name).copied().unwrap_or(1.0),
-            "name": name, "frameworks": fws, "resources": res.to_legacy_map(),
-        })).collect::<Vec<_>>()
+        "roles": roles.into_iter().map(|(name, (fws, res))| {
+            let quota = st.quotas.get(&name).cloned().unwrap_or_else(|| agora_api::quota::QuotaConfig {
+                role: name.clone(),
+                ..Default::default()
+            });
+            json!({
+                "weight": st.weights.get(&name).copied().unwrap_or(1.0),
+                "quota": {
+                    "role": name, "guarantee": quota.guarantees.iter().map(|(k, v)| (k.clone(), v.value)).collect::<BTreeMap<_, _>>(),
+                    "limit": quota.limits.iter().map(|(k, v)| (k.clone(), v.value)).collect::<BTreeMap<_, _>>(),
+                    "consumed": res.to_legacy_map(),
+                },
+                "name": name, "frameworks": fws, "resources": res.to_legacy_map(),
+            })
+        }).collect::<Vec<_>>()
     })
 }
 

@@ -47,6 +47,13 @@ pub struct MasterConfig {
     /// Registry and leader election in etcd (HA); `None`: the embedded registry under
     /// `work_dir`, always leading.
     pub etcd: Option<EtcdConfig>,
+    /// Unreachable and gone agents are forgotten by the registry after this long (Mesos
+    /// `--registry_max_agent_age`, 2 weeks) ...
+    pub registry_max_agent_age: Duration,
+    /// ... or, oldest first, beyond this many (Mesos `--registry_max_agent_count`, 102400).
+    pub registry_max_agent_count: usize,
+    /// How often the registry is pruned so (Mesos `--registry_gc_interval`, 15 mins).
+    pub registry_gc_interval: Duration,
     /// The flags as given, for `/flags` and GET_FLAGS.
     pub flags: Vec<(String, String)>,
 }
@@ -93,6 +100,9 @@ impl Default for MasterConfig {
             weights: Vec::new(),
             agent_reregister_timeout: Duration::from_secs(600),
             etcd: None,
+            registry_max_agent_age: Duration::from_secs(14 * 24 * 3600),
+            registry_max_agent_count: 100 * 1024,
+            registry_gc_interval: Duration::from_secs(15 * 60),
             flags: Vec::new(),
         }
     }

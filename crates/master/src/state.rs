@@ -14,6 +14,8 @@ use crate::MasterConfig;
 use agora_allocator::{Allocation, Allocator};
 use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
 use agora_api::json::to_ascii_json;
+use agora_api::maintenance::MaintenanceState;
+use agora_api::quota::QuotaConfig;
 use agora_api::scheduler::{self as sched, Call, CallType, Event};
 use agora_api::*;
 use agora_http::http::StatusCode;
@@ -24,6 +26,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+
+mod policy;
 
 /// An error answered to an API caller: Mesos's status code and a readable message.
 #[derive(Debug, Clone, PartialEq)]
@@ -403,6 +407,10 @@ pub(crate) struct State {
     pub counters: Counters,
     /// Role weights in force (the registry's, overridden by `--weights`).
     pub weights: BTreeMap<String, f64>,
+    /// Quotas by role (UPDATE_QUOTA), as the registry holds them.
+    pub quotas: BTreeMap<String, QuotaConfig>,
+    /// The maintenance schedule and the machines that are down.
+    pub maintenance: MaintenanceState,
     pub role: Role,
     role_tx: watch::Sender<Role>,
     /// The current (or last) term of leadership.
@@ -489,6 +497,8 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         counters: Counters::default(),
         removals: VecDeque::new(),
         weights,
+        quotas: BTreeMap::new(),
+        maintenance: MaintenanceState::default(),
         role: Role::Following(None),
         role_tx,
         term: 0,
@@ -513,6 +523,8 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>) {
     ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat_tick = tokio::time::interval(st.config.heartbeat_interval);
     heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gc_tick = tokio::time::interval(policy::gc_interval(&st.config));
+    gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Event-driven allocation is batched: at most one pass per this delay.
     let batch = Duration::from_millis(20);
     let mut soon: Option<Instant> = None;
@@ -537,6 +549,7 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>) {
             }
             _ = ping_tick.tick() => st.ping_agents(),
             _ = heartbeat_tick.tick() => st.heartbeat(),
+            _ = gc_tick.tick() => if st.role == Role::Leading { st.prune_registry() },
         }
     }
 }
@@ -736,6 +749,8 @@ impl State {
             self.submit(vec![Op::SetWeights { weights: weights.clone() }], Ack::None);
         }
         self.weights = weights;
+        self.recover_quotas(registry.quotas);
+        self.maintenance = registry.maintenance;
         for (id, record) in registry.agents {
             self.by_pid.insert(record.pid.clone(), AgentId::new(id.clone()));
             self.recovered_agents.insert(AgentId::new(id), record);
@@ -753,6 +768,7 @@ impl State {
             self.insert_recovered_framework(fid, info, now);
         }
         self.elected_time = Some(now);
+        self.prune_registry();
         let term = self.term;
         let tx = self.self_tx.clone();
         let wait = self.config.agent_reregister_timeout;
@@ -816,6 +832,8 @@ impl State {
         self.full_allocation = false;
         self.elected_time = None;
         self.weights = self.config.weights.iter().cloned().collect();
+        self.quotas.clear();
+        self.maintenance = MaintenanceState::default();
         self.allocator = new_allocator(&self.config.weights);
         self.set_role(Role::Following(None));
     }
@@ -1716,6 +1734,7 @@ impl State {
                 if agent_info.hostname.is_empty() {
                     return Err(ApiError::bad_request("'agent_info.hostname' must not be empty"));
                 }
+                self.check_machine_up(&agent_info)?;
                 let total = Resources::from_vec(agent_info.resources.clone());
                 for r in total.iter() {
                     r.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
@@ -1811,6 +1830,7 @@ impl State {
         if self.gone_agents.contains_key(&id) {
             return Err(ApiError::forbidden(format!("Agent {id} has been marked gone")));
         }
+        self.check_machine_up(&agent_info)?;
         // The registry needs a write unless it holds this agent as it is now.
         let pid = format!("slave(1)@{}:{}", agent_info.hostname, agent_info.port);
         let same = |info: &AgentInfo, p: &str, v: &str| *info == agent_info && p == pid && v == version;
@@ -2309,6 +2329,7 @@ impl State {
         }
         let mut per_framework: BTreeMap<FrameworkId, Vec<Offer>> = BTreeMap::new();
         for Allocation { framework_id, agent_id, role, resources } in allocations {
+            let unavailability = self.agents.get(&agent_id).and_then(|a| self.unavailability_of(&a.info));
             let Some(agent) = self.agents.get_mut(&agent_id) else {
                 self.allocator.recover(&framework_id, &agent_id, &resources, None, now);
                 continue;
@@ -2339,6 +2360,7 @@ impl State {
                 attributes: agent.info.attributes.clone(),
                 executor_ids: fw.executors.get(&agent_id).map(|m| m.keys().cloned().collect()).unwrap_or_default(),
                 allocation_info: Some(agent_api_alloc(&role)),
+                unavailability,
             };
             agent.offers.insert(oid.clone());
             fw.offers.insert(oid.clone());
@@ -2437,6 +2459,46 @@ impl State {
                     self.weights.insert(w.role.clone(), w.weight);
                 }
                 self.submit(vec![Op::SetWeights { weights: self.weights.clone() }], Ack::None);
+            }
+            T::GetQuota => r.get_quota = Some(self.get_quota()),
+            T::UpdateQuota => {
+                let u =
+                    call.update_quota.ok_or_else(|| ApiError::bad_request("Expecting 'update_quota' to be present"))?;
+                self.update_quota(u.quota_configs, u.force)?;
+            }
+            T::SetQuota => {
+                let q = call.set_quota.ok_or_else(|| ApiError::bad_request("Expecting 'set_quota' to be present"))?;
+                self.set_quota(q.quota_request)?;
+            }
+            T::RemoveQuota => {
+                let q =
+                    call.remove_quota.ok_or_else(|| ApiError::bad_request("Expecting 'remove_quota' to be present"))?;
+                self.remove_quota(&q.role)?;
+            }
+            T::GetMaintenanceSchedule => {
+                r.get_maintenance_schedule =
+                    Some(agora_api::maintenance::GetSchedule { schedule: self.maintenance.schedule.clone() })
+            }
+            T::GetMaintenanceStatus => {
+                r.get_maintenance_status = Some(agora_api::maintenance::GetStatus { status: self.maintenance.status() })
+            }
+            T::UpdateMaintenanceSchedule => {
+                let u = call
+                    .update_maintenance_schedule
+                    .ok_or_else(|| ApiError::bad_request("Expecting 'update_maintenance_schedule' to be present"))?;
+                self.update_schedule(u.schedule)?;
+            }
+            T::StartMaintenance => {
+                let m = call
+                    .start_maintenance
+                    .ok_or_else(|| ApiError::bad_request("Expecting 'start_maintenance' to be present"))?;
+                self.start_maintenance(m.machines)?;
+            }
+            T::StopMaintenance => {
+                let m = call
+                    .stop_maintenance
+                    .ok_or_else(|| ApiError::bad_request("Expecting 'stop_maintenance' to be present"))?;
+                self.stop_maintenance(m.machines)?;
             }
             T::Unknown => return Err(ApiError::bad_request("Unknown or unsupported operator call type")),
         }

@@ -1,5 +1,6 @@
 //! The registry in etcd: one key per entry under `<prefix>/registry/`
-//! (`agents/<id>`, `unreachable/<id>`, `gone/<id>`, `frameworks/<id>`, `weights`), values
+//! (`agents/<id>`, `unreachable/<id>`, `gone/<id>`, `frameworks/<id>`, `weights`, `quotas`,
+//! `maintenance`), values
 //! JSON. Every write is a transaction guarded by the writer's leader key: it applies only
 //! while that key still has the create revision the writer was elected with, so a master
 //! that lost its leadership can never write (fencing).
@@ -73,6 +74,16 @@ impl EtcdStore {
             }
             Op::RemoveFramework { framework_id } => vec![TxnOp::Delete { key: self.key("frameworks", framework_id) }],
             Op::SetWeights { weights } => vec![put(format!("{}weights", self.root).into_bytes(), Self::json(weights))],
+            Op::SetQuotas { quotas } => vec![put(format!("{}quotas", self.root).into_bytes(), Self::json(quotas))],
+            Op::SetMaintenance { maintenance } => {
+                vec![put(format!("{}maintenance", self.root).into_bytes(), Self::json(maintenance))]
+            }
+            Op::ForgetAgents { agent_ids } => agent_ids
+                .iter()
+                .flat_map(|id| {
+                    [TxnOp::Delete { key: self.key("unreachable", id) }, TxnOp::Delete { key: self.key("gone", id) }]
+                })
+                .collect(),
         }
     }
 
@@ -110,6 +121,8 @@ impl EtcdStore {
                 reg.frameworks.insert(id.to_string(), serde_json::from_slice(value).map_err(bad)?);
             }
             None if rest == "weights" => reg.weights = serde_json::from_slice(value).map_err(bad)?,
+            None if rest == "quotas" => reg.quotas = serde_json::from_slice(value).map_err(bad)?,
+            None if rest == "maintenance" => reg.maintenance = serde_json::from_slice(value).map_err(bad)?,
             _ => tracing::debug!(key = %k, "ignoring an unknown registry key"),
         }
         Ok(())

@@ -24,6 +24,8 @@ pub use embedded::EmbeddedStore;
 pub use etcd_store::{EtcdStore, Fence};
 pub use writer::Writer;
 
+use agora_api::maintenance::MaintenanceState;
+use agora_api::quota::QuotaConfig;
 use agora_api::{AgentInfo, FrameworkInfo, MasterInfo};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -62,6 +64,11 @@ pub struct Registry {
     pub frameworks: BTreeMap<String, FrameworkInfo>,
     #[serde(default)]
     pub weights: BTreeMap<String, f64>,
+    /// Quotas by role.
+    #[serde(default)]
+    pub quotas: BTreeMap<String, QuotaConfig>,
+    #[serde(default)]
+    pub maintenance: MaintenanceState,
 }
 
 /// One change to the registry. Applying an operation twice has the effect of applying it
@@ -95,6 +102,17 @@ pub enum Op {
     SetWeights {
         weights: BTreeMap<String, f64>,
     },
+    /// Every role's quota (roles absent have none).
+    SetQuotas {
+        quotas: BTreeMap<String, QuotaConfig>,
+    },
+    SetMaintenance {
+        maintenance: MaintenanceState,
+    },
+    /// Unreachable or gone agents pruned from the registry (too old, or too many).
+    ForgetAgents {
+        agent_ids: Vec<String>,
+    },
 }
 
 impl Registry {
@@ -125,6 +143,14 @@ impl Registry {
                 self.frameworks.remove(framework_id);
             }
             Op::SetWeights { weights } => self.weights = weights.clone(),
+            Op::SetQuotas { quotas } => self.quotas = quotas.clone(),
+            Op::SetMaintenance { maintenance } => self.maintenance = maintenance.clone(),
+            Op::ForgetAgents { agent_ids } => {
+                for id in agent_ids {
+                    self.unreachable.remove(id);
+                    self.gone.remove(id);
+                }
+            }
         }
     }
 
@@ -134,7 +160,7 @@ impl Registry {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0 && self.weights.is_empty()
+        self.len() == 0 && self.weights.is_empty() && self.quotas.is_empty() && self.maintenance.is_empty()
     }
 }
 
@@ -242,6 +268,23 @@ pub(crate) mod conformance {
         }
     }
 
+    pub fn quota(role: &str) -> QuotaConfig {
+        let mut q = QuotaConfig { role: role.into(), ..Default::default() };
+        q.guarantees.insert("cpus".into(), agora_api::resources::Scalar { value: 2.0 });
+        q
+    }
+
+    pub fn maintenance(host: &str) -> MaintenanceState {
+        let machine = agora_api::maintenance::MachineId { hostname: Some(host.into()), ip: None };
+        let mut m = MaintenanceState::default();
+        m.schedule.windows.push(agora_api::maintenance::Window {
+            machine_ids: vec![machine.clone()],
+            unavailability: Default::default(),
+        });
+        m.down.insert(machine);
+        m
+    }
+
     /// Writes a history with `open` (a fresh handle on the same storage each call) and checks
     /// what a later recovery sees.
     pub async fn suite<S: Store, F: FnMut() -> S>(mut open: F, many: u32) {
@@ -262,6 +305,11 @@ pub(crate) mod conformance {
             Op::PutFramework { framework: framework("f2", "two-renamed") },
             Op::RemoveFramework { framework_id: "f1".into() },
             Op::SetWeights { weights: [("web".to_string(), 2.0)].into_iter().collect() },
+            Op::SetQuotas { quotas: [("dev".to_string(), quota("dev"))].into_iter().collect() },
+            Op::SetMaintenance { maintenance: maintenance("h9") },
+            Op::MarkGone { agent_id: "old".into(), time: 1.0 },
+            Op::MarkUnreachable { agent_id: "old2".into(), time: 1.0 },
+            Op::ForgetAgents { agent_ids: vec!["old".into(), "old2".into()] },
         ])
         .await
         .expect("second write");
@@ -271,6 +319,8 @@ pub(crate) mod conformance {
         expect.gone.insert("a2".into(), 6.0);
         expect.frameworks.insert("f2".into(), framework("f2", "two-renamed"));
         expect.weights.insert("web".into(), 2.0);
+        expect.quotas.insert("dev".into(), quota("dev"));
+        expect.maintenance = maintenance("h9");
         let mut again = open();
         assert_eq!(again.recover().await.expect("recover"), expect);
         // Re-admission clears unreachability; writes go on after a recovery.
