@@ -152,12 +152,27 @@ async fn run_suite<F: FnMut() -> EtcdStore>(mut open: F) {
     ops.push(Op::MarkUnreachable { agent_id: "a1".into(), time: 2.0 });
     ops.push(Op::MarkGone { agent_id: "a2".into(), time: 3.0 });
     ops.push(Op::SetWeights { weights: [("web".to_string(), 2.0)].into_iter().collect() });
+    let quota: agora_api::quota::QuotaConfig =
+        serde_json::from_str(r#"{"role":"dev","limits":{"cpus":{"value":3}}}"#).expect("quota");
+    ops.push(Op::SetQuotas { quotas: [("dev".to_string(), quota.clone())].into_iter().collect() });
+    let maintenance: agora_api::maintenance::MaintenanceState = serde_json::from_str(
+        r#"{"schedule":{"windows":[{"machine_ids":[{"hostname":"h"}],"unavailability":{"start":{"nanoseconds":5}}}]},
+            "down":[{"hostname":"h"}]}"#,
+    )
+    .expect("maintenance");
+    ops.push(Op::SetMaintenance { maintenance: maintenance.clone() });
+    ops.push(Op::MarkGone { agent_id: "a3".into(), time: 3.0 });
+    ops.push(Op::MarkUnreachable { agent_id: "a4".into(), time: 3.0 });
+    ops.push(Op::ForgetAgents { agent_ids: vec!["a3".into(), "a4".into()] });
     // 300 admissions need several transactions; a1 twice needs a split too.
     s.apply(&ops).await.expect("apply");
     let r = open().recover().await.expect("recover");
-    assert_eq!(r.agents.len(), 298);
+    assert_eq!(r.agents.len(), 296);
     assert_eq!(r.unreachable.get("a1"), Some(&2.0));
     assert_eq!(r.gone.get("a2"), Some(&3.0));
+    assert!(!r.gone.contains_key("a3") && !r.unreachable.contains_key("a4"), "forgotten");
+    assert_eq!(r.quotas.get("dev"), Some(&quota));
+    assert_eq!(r.maintenance, maintenance);
     assert_eq!(r.weights.get("web"), Some(&2.0));
     assert_eq!(r.agents.get("a7"), Some(&agent("a7", 7)));
     let mut s = open();
