@@ -605,3 +605,56 @@ async fn a_local_directory_of_docker_save_tarballs_as_the_registry() {
     assert_no_rootfs_left(&c).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// `agora image ls` against an agent: the references it lists.
+fn listed(agent: &str) -> String {
+    let (code, out, err) = agora(&["image", "ls", "--agent", agent]);
+    assert_eq!(code, 0, "{err}");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_gc_thresholds_collect_only_unused_and_unexcluded_images() {
+    if !ready() {
+        return;
+    }
+    let st = Setup::new(false).await;
+    // Any byte over the threshold: every image no container uses and not excluded goes.
+    let flags = [st.agent_flag(), "--image-gc-max-store-bytes=1".into(), "--image-gc-excluded=busybox".into()];
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let c = Cluster::start(1, &[], &flags).await;
+    let agent = c.agents[0].addr.clone();
+    let (code, out, err) = agora(&["image", "pull", "--agent", &agent, "busybox"]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    let mut fw = Fw::subscribe(&c.master.addr, info("gc", true, 0.0)).await;
+    let offer = one_offer(&mut fw).await;
+    let serving = image_task("serving", &offer, "httpd", CommandInfo::shell("sleep 600"));
+    let done = image_task("done", &offer, "multilayer", CommandInfo::shell("cat /etc/motd"));
+    fw.s.launch(vec![offer.id.clone()], vec![serving, done], 0.0).await.expect("launch");
+    fw.until_state("serving", TaskState::Running, T).await;
+    let seen = until_terminal(&mut fw, "done", T).await;
+    assert_eq!(seen.last().map(|s| s.state), Some(TaskState::Finished), "{:?}\n{}", seen.last(), c.logs());
+
+    // The finished task's image is collected; the one in use and the excluded one stay.
+    let gone = wait_until(T, || async {
+        let out = listed(&agent);
+        (!out.contains("/multilayer:")).then_some(out)
+    })
+    .await
+    .unwrap_or_else(|| panic!("multilayer was not collected:\n{}\n{}", listed(&agent), c.logs()));
+    assert!(gone.contains("/httpd:latest"), "an image in use was collected:\n{gone}");
+    assert!(gone.contains("/busybox:latest"), "an excluded image was collected:\n{gone}");
+
+    // Once its task ends, the other image goes too.
+    fw.s.kill(TaskId::new("serving"), Some(offer.agent_id.clone())).await.expect("kill");
+    until_terminal(&mut fw, "serving", T).await;
+    let left = wait_until(T, || async {
+        let out = listed(&agent);
+        (!out.contains("/httpd:")).then_some(out)
+    })
+    .await
+    .unwrap_or_else(|| panic!("httpd was not collected after its task ended:\n{}", listed(&agent)));
+    assert!(left.contains("/busybox:latest"), "{left}");
+    assert_no_rootfs_left(&c).await;
+}
