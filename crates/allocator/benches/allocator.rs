@@ -133,12 +133,20 @@ fn agent_change(c: &mut Criterion) {
     }
 }
 
-/// (d) The quota shape, 3,000 agents × 3,000 roles of one framework each (the allocator has
-/// no quotas yet): a cycle with everything available, and one with nothing available.
+/// (d) The quota shape, 3,000 agents × 3,000 roles of one framework each, every role with a
+/// quota guaranteeing one agent's worth (`cpus:24;mem:4096`, of which it uses 16 cpus on its
+/// agent): a cycle with everything available (each agent goes to a role short of its
+/// guarantee), and one with nothing available.
 fn quota_shape(c: &mut Criterion) {
     let mut g = group(c, "quota_shape");
     let (agents, roles) = (3_000, 3_000);
     let mut cl = Cluster::new(agents, roles, Roles::OnePerFramework);
+    let guarantee: std::collections::BTreeMap<String, f64> =
+        [("cpus".to_string(), 24.0), ("mem".to_string(), 4096.0)].into_iter().collect();
+    for i in 0..roles {
+        let q = agora_allocator::Quota { guarantees: guarantee.clone(), limits: Default::default() };
+        cl.allocator.set_quota(&format!("role{i}"), &q);
+    }
     let mut offers = Vec::new();
     g.bench_function(format!("{agents}x{roles}/full"), |b| {
         ran("quota_shape", &format!("{agents}x{roles}/full"));

@@ -432,6 +432,12 @@ pub struct Allocator {
     last_start: Option<AgentId>,
     /// Roles with a quota (a guarantee or a limit).
     quota_roles: Vec<RoleIdx>,
+    /// What all roles together still lack of their guarantees (kept up to date by `track`).
+    shortfall_total: Qty,
+    /// The [`Qty`] slots some role has a guarantee in.
+    guaranteed: [bool; 4],
+    /// The roles of `roles` short of their guarantee, in the same order: the first stage.
+    short_roles: Sorter,
     /// Sum of every role's allocation.
     allocated_total: Qty,
 }
@@ -527,6 +533,9 @@ impl Allocator {
             shares_stale: false,
             last_start: None,
             quota_roles: Vec::new(),
+            shortfall_total: [0; 4],
+            guaranteed: [false; 4],
+            short_roles: Sorter::default(),
             allocated_total: [0; 4],
         }
     }
@@ -845,6 +854,16 @@ impl Allocator {
         if has {
             self.quota_roles.push(r);
         }
+        self.shortfall_total = [0; 4];
+        self.guaranteed = [false; 4];
+        for &q in &self.quota_roles {
+            let Some(s) = self.role_states.get(q as usize) else { continue };
+            add_qty(&mut self.shortfall_total, &s.shortfall(), 1);
+            for (g, x) in self.guaranteed.iter_mut().zip(&s.guarantee) {
+                *g |= *x > 0;
+            }
+        }
+        self.sync_short(r);
         // Agents that found every framework filtered may now offer differently.
         for agent in self.agents.iter_mut().flatten() {
             agent.all_filtered.remove(&r);
@@ -864,22 +883,12 @@ impl Allocator {
             return Some([0; 4]);
         }
         // Headroom: what every other role still lacks of its guarantee must stay unallocated.
-        let mut others = [0i64; 4];
-        let mut guaranteed = [false; 4];
-        for &q in &self.quota_roles {
-            let Some(s) = self.role_states.get(q as usize) else { continue };
-            for (g, x) in guaranteed.iter_mut().zip(&s.guarantee) {
-                *g |= *x > 0;
-            }
-            if q != role {
-                add_qty(&mut others, &s.shortfall(), 1);
-            }
-        }
         Some(std::array::from_fn(|i| {
-            let unallocated = (self.total[i] - self.allocated_total[i]).max(0);
             let mut cap = if rs.limit[i] == NO_LIMIT { NO_LIMIT } else { (rs.limit[i] - rs.alloc[i]).max(0) };
-            if guaranteed[i] {
-                cap = cap.min((unallocated - others[i]).max(0));
+            if self.guaranteed[i] {
+                let unallocated = (self.total[i] - self.allocated_total[i]).max(0);
+                let others = self.shortfall_total[i] - own[i];
+                cap = cap.min((unallocated - others).max(0));
             }
             if stage1 && rs.guarantee[i] > 0 {
                 cap = cap.min(own[i]);
@@ -1007,18 +1016,25 @@ impl Allocator {
         loop {
             // A role that gets resources moves back, with nothing left to use here, so
             // meeting it again is harmless.
+            let sorter = if stage1 == Some(true) { &self.short_roles } else { &self.roles };
             let next = match cursor {
-                None => self.roles.order.first(),
-                Some((share, r)) => self.roles.after(share, self.cat.role_name(r), r),
+                None => sorter.order.first(),
+                Some((share, r)) => sorter.after(share, self.cat.role_name(r), r),
             };
             let Some(&Key(share, _, role)) = next else { return };
             cursor = Some((share, role));
-            let cap = stage1.and_then(|s1| self.quota_cap(role, s1));
-            let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
+            let Some(agent) = self.agents.get(slot as usize).and_then(Option::as_ref) else { return };
             let available = agent.available.qty(&self.cat);
             if !agent.active || !allocatable(&self.config, &available) {
                 return;
             }
+            if stage1 == Some(true)
+                && self.role_states.get(role as usize).is_none_or(|rs| rs.shortfall().iter().all(|x| *x == 0))
+            {
+                continue;
+            }
+            let cap = stage1.and_then(|s1| self.quota_cap(role, s1));
+            let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return };
             let Some(rs) = self.role_states.get(role as usize) else { continue };
             if agent.all_filtered.get(&role).is_some_and(|f| f.joined == rs.joined && now < f.until) {
                 continue;
@@ -1093,7 +1109,12 @@ impl Allocator {
     fn track(&mut self, fw: FwIdx, role: RoleIdx, q: &Qty, sign: i64) {
         self.sync_roles();
         if let Some(rs) = self.role_states.get_mut(role as usize) {
+            let before = rs.shortfall();
             add_qty(&mut rs.alloc, q, sign);
+            if rs.guarantee.iter().any(|g| *g > 0) {
+                add_qty(&mut self.shortfall_total, &before, -1);
+                add_qty(&mut self.shortfall_total, &rs.shortfall(), 1);
+            }
         }
         add_qty(&mut self.allocated_total, q, sign);
         if let Some(f) = self.fws.get_mut(&fw) {
@@ -1122,14 +1143,30 @@ impl Allocator {
 
     /// Re-sorts a role, and a framework within it, after their allocation changed.
     fn reshare(&mut self, fw: Option<FwIdx>, role: RoleIdx) {
-        let Some(rs) = self.role_states.get_mut(role as usize) else { return };
+        let Some(rs) = self.role_states.get(role as usize) else { return };
         if self.roles.contains(role) {
             self.roles.set(role, self.cat.role_name(role), share(&rs.alloc, &self.total, rs.weight));
         }
+        if !self.quota_roles.is_empty() {
+            self.sync_short(role);
+        }
+        let Some(rs) = self.role_states.get_mut(role as usize) else { return };
         let Some(h) = fw.filter(|h| rs.members.contains(*h)) else { return };
         let Some(f) = self.fws.get(&h) else { return };
         let alloc = f.by_role.iter().find(|(r, _)| *r == role).map_or([0; 4], |x| x.1);
         rs.members.set(h, &f.name, share(&alloc, &self.total, 1.0));
+    }
+
+    /// Keeps `short_roles` in step with `roles` for one role.
+    fn sync_short(&mut self, role: RoleIdx) {
+        let short = self.role_states.get(role as usize).is_some_and(|rs| rs.shortfall().iter().any(|x| *x > 0));
+        match self.roles.share.get(&role) {
+            Some((share, name)) if short => {
+                let (share, name) = (*share, Arc::clone(name));
+                self.short_roles.set(role, &name, share);
+            }
+            _ => self.short_roles.remove(role),
+        }
     }
 
     /// Recomputes every share after the cluster total changed: O(roles + frameworks).
@@ -1170,6 +1207,7 @@ impl Allocator {
                 rs.members.remove(h);
                 if rs.members.is_empty() {
                     self.roles.remove(r);
+                    self.short_roles.remove(r);
                 }
             }
         }
@@ -1263,6 +1301,15 @@ mod tests {
 
         /// Checks the internal invariants, panicking otherwise.
         fn check(&self) {
+            let mut short = [0; 4];
+            for &q in &self.quota_roles {
+                add_qty(&mut short, &self.role_states[q as usize].shortfall(), 1);
+            }
+            assert_eq!(short, self.shortfall_total, "shortfall bookkeeping");
+            for (r, rs) in self.role_states.iter().enumerate() {
+                let listed = self.roles.contains(r as RoleIdx) && rs.shortfall().iter().any(|x| *x > 0);
+                assert_eq!(listed, self.short_roles.contains(r as RoleIdx), "short roles list, role {r}");
+            }
             let mut by_fw: HashMap<(FwIdx, RoleIdx), Qty> = HashMap::new();
             let mut by_role: HashMap<RoleIdx, Qty> = HashMap::new();
             let mut total = [0; 4];
@@ -1647,10 +1694,21 @@ mod tests {
 
     #[derive(Clone, Debug)]
     enum Op {
-        AddAgent { agent: u8, cpus: u8, mem: u16, port: u16, reserved: bool, used_by: Option<u8> },
+        AddAgent {
+            agent: u8,
+            cpus: u8,
+            mem: u16,
+            port: u16,
+            reserved: bool,
+            used_by: Option<u8>,
+        },
         RemoveAgent(u8),
         ToggleAgent(u8),
-        AddFramework { fw: u8, roles: u8, suppressed: u8 },
+        AddFramework {
+            fw: u8,
+            roles: u8,
+            suppressed: u8,
+        },
         RemoveFramework(u8),
         ToggleFramework(u8),
         Suppress(u8, u8),
@@ -1658,7 +1716,18 @@ mod tests {
         Weight(u8, u8),
         Allocate(u8),
         AllocateAgents(Vec<u8>),
-        Recover { fw: u8, agent: u8, part: u8, refuse: Option<u8> },
+        Recover {
+            fw: u8,
+            agent: u8,
+            part: u8,
+            refuse: Option<u8>,
+        },
+        /// A cpus guarantee and maybe a limit (0 = none) for role a, b or c.
+        Quota {
+            role: u8,
+            guarantee: u8,
+            limit: u8,
+        },
     }
 
     /// The roles of a bit mask over a, b, c.
@@ -1684,6 +1753,7 @@ mod tests {
             3 => (0u8..4).prop_map(Op::Allocate),
             1 => proptest::collection::vec(0u8..7, 0..4).prop_map(Op::AllocateAgents),
             3 => recover.prop_map(|(fw, agent, part, refuse)| Op::Recover { fw, agent, part, refuse }),
+            1 => (0u8..3, 0u8..10, 0u8..10).prop_map(|(role, guarantee, limit)| Op::Quota { role, guarantee, limit }),
         ]
     }
 
@@ -1747,8 +1817,21 @@ mod tests {
                     Op::Allocate(dt) => {
                         now += secs(u64::from(dt));
                         made = a.allocate(now);
-                        let left = a.left_unoffered(now);
-                        prop_assert!(left.is_empty(), "not offered after a full cycle: {left:?}");
+                        // Quotas hold resources back on purpose (headroom, limits).
+                        if a.quota_roles.is_empty() {
+                            let left = a.left_unoffered(now);
+                            prop_assert!(left.is_empty(), "not offered after a full cycle: {left:?}");
+                        }
+                    }
+                    Op::Quota { role, guarantee, limit } => {
+                        let mut q = Quota::default();
+                        if guarantee > 0 {
+                            q.guarantees.insert("cpus".into(), f64::from(guarantee.min(limit.max(guarantee))));
+                        }
+                        if limit > 0 {
+                            q.limits.insert("cpus".into(), f64::from(limit.max(guarantee)));
+                        }
+                        a.set_quota(&mask(1 << role)[0], &q);
                     }
                     Op::AllocateAgents(v) => {
                         made = a.allocate_agents(&v.into_iter().map(s).collect::<Vec<_>>(), now);
@@ -1759,6 +1842,16 @@ mod tests {
                     }
                 }
                 a.check();
+                // No offer takes a role beyond its limit.
+                for x in &made {
+                    let r = a.cat.find_role(&x.role).expect("a known role");
+                    let rs = &a.role_states[r as usize];
+                    let offered: i64 = made.iter().filter(|y| y.role == x.role).map(|y| (y.resources.scalar("cpus") * 1000.0).round() as i64).sum();
+                    prop_assert!(
+                        rs.limit[0] == NO_LIMIT || rs.alloc[0] <= rs.limit[0] || offered == 0,
+                        "role {} over its cpus limit: {} > {}", x.role, rs.alloc[0], rs.limit[0]
+                    );
+                }
                 // Every new allocation came out of what was available, none of it twice.
                 let mut given: BTreeMap<AgentId, Resources> = BTreeMap::new();
                 for x in &made {
