@@ -17,6 +17,11 @@ pub const KNOWN: &[&str] = &[
     "posix/cpu",
     "posix/mem",
     "posix/rlimits",
+    "volume/sandbox_path",
+    "volume/host_path",
+    "volume/image",
+    "disk/du",
+    "disk/xfs",
 ];
 
 /// Aliases Mesos accepts.
@@ -33,8 +38,6 @@ const LATER: &[&str] = &[
     "cgroups/net_cls",
     "cgroups/net_prio",
     "cgroups/perf_event",
-    "disk/du",
-    "disk/xfs",
     "docker/runtime",
     "docker/volume",
     "environment_secret",
@@ -46,9 +49,6 @@ const LATER: &[&str] = &[
     "network/ports",
     "posix/disk",
     "volume/csi",
-    "volume/host_path",
-    "volume/image",
-    "volume/sandbox_path",
     "volume/secret",
 ];
 
@@ -70,6 +70,11 @@ pub struct Isolation {
     pub nnp: bool,
     pub seccomp: bool,
     pub rlimits: bool,
+    pub volume_sandbox_path: bool,
+    pub volume_host_path: bool,
+    pub volume_image: bool,
+    pub disk_du: bool,
+    pub disk_xfs: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -114,6 +119,11 @@ impl Isolation {
                     "linux/nnp" => iso.nnp = true,
                     "linux/seccomp" => iso.seccomp = true,
                     "posix/rlimits" => iso.rlimits = true,
+                    "volume/sandbox_path" => iso.volume_sandbox_path = true,
+                    "volume/host_path" => iso.volume_host_path = true,
+                    "volume/image" => iso.volume_image = true,
+                    "disk/du" => iso.disk_du = true,
+                    "disk/xfs" => iso.disk_xfs = true,
                     "posix/cpu" | "posix/mem" => {}
                     other if LATER.contains(&other) => {
                         return Err(IsolationError(format!("isolator '{other}' is not supported by Agora yet")));
@@ -133,6 +143,19 @@ impl Isolation {
                 filesystems.join(" and ")
             )));
         }
+        let volumes = [
+            ("volume/sandbox_path", iso.volume_sandbox_path),
+            ("volume/host_path", iso.volume_host_path),
+            ("volume/image", iso.volume_image),
+        ];
+        if let Some((name, _)) = volumes.iter().find(|(_, on)| *on && !iso.filesystem_linux) {
+            return Err(IsolationError(format!(
+                "isolator '{name}' needs filesystem/linux (volumes are mounts in the container's mount namespace)"
+            )));
+        }
+        if iso.disk_du && iso.disk_xfs {
+            return Err(IsolationError("at most one of disk/du and disk/xfs may be used".into()));
+        }
         Ok(iso)
     }
 
@@ -147,6 +170,8 @@ impl Isolation {
             || self.capabilities
             || self.nnp
             || self.seccomp
+            || self.disk_du
+            || self.disk_xfs
     }
 
     pub fn uses_cgroups(&self) -> bool {
@@ -181,5 +206,10 @@ mod tests {
         let e = Isolation::parse("network/cni").unwrap_err();
         assert!(e.0.contains("not supported"), "{e}");
         assert!(Isolation::parse("filesystem/linux,filesystem/posix").is_err());
+        let e = Isolation::parse("posix/cpu,volume/host_path").unwrap_err();
+        assert!(e.0.contains("filesystem/linux"), "{e}");
+        let iso = Isolation::parse("filesystem/linux,volume/host_path,volume/sandbox_path,disk/du").unwrap();
+        assert!(iso.volume_host_path && iso.volume_sandbox_path && iso.disk_du && !iso.volume_image);
+        assert!(Isolation::parse("disk/du,disk/xfs").is_err());
     }
 }

@@ -18,6 +18,7 @@ pub mod linux;
 pub mod posix;
 pub mod seccomp;
 pub mod supervisor;
+pub mod volumes;
 
 use agora_api::{ContainerId, Reason, Resource};
 use std::path::PathBuf;

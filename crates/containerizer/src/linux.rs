@@ -181,6 +181,21 @@ impl LinuxContainerizer {
                 })
             }
         };
+        let volumes = if spec.volumes.is_empty() {
+            Vec::new()
+        } else if !iso.filesystem_linux {
+            return Err("volumes need the filesystem/linux isolator".into());
+        } else {
+            let roots = crate::volumes::Roots {
+                sandbox: &spec.directory,
+                container_sandbox: match &spec.rootfs {
+                    Some(_) => Path::new(CONTAINER_ROOTFS).join(CONTAINER_SANDBOX.trim_start_matches('/')),
+                    None => CONTAINER_SANDBOX.into(),
+                },
+                rootfs: spec.rootfs.as_deref().map(|r| (r, PathBuf::from(CONTAINER_ROOTFS))),
+            };
+            crate::volumes::plan(&spec.volumes, &roots)?
+        };
         let mut mounts = Vec::new();
         if iso.filesystem_linux {
             if iso.namespaces_pid {
@@ -276,6 +291,7 @@ impl LinuxContainerizer {
             seccomp: iso.seccomp,
             rootfs,
             detach_under: self.config.foreign_mounts.clone(),
+            volumes,
         })
     }
 
@@ -487,6 +503,10 @@ impl Containerizer for LinuxContainerizer {
         let dir = self.config.runtime_dir.join(&id.value);
         let sup_spec = self.build_spec(&spec, &cgroup, &dir).map_err(&invalid)?;
         supervisor::validate(&sup_spec).map_err(&invalid)?;
+        // A BIDIRECTIONAL volume's source must be a shared mount on the host.
+        for v in spec.volumes.iter().filter(|v| v.propagation == crate::Propagation::Bidirectional) {
+            crate::volumes::ensure_shared(&v.source).map_err(&invalid)?;
+        }
         // The sandbox (and its private /tmp) belong to the task's user.
         let sandbox_err =
             |path: &Path, source| ContainerizerError::Sandbox { id: ids.clone(), path: path.to_path_buf(), source };

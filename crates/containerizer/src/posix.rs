@@ -76,6 +76,12 @@ impl Containerizer for PosixContainerizer {
                 message: "container images need the filesystem/linux isolator (the linux launcher)".into(),
             });
         }
+        if !spec.volumes.is_empty() {
+            return Err(ContainerizerError::Invalid {
+                id,
+                message: "volumes need the filesystem/linux isolator (the linux launcher, as root): the posix launcher has no mount namespace".into(),
+            });
+        }
         std::fs::create_dir_all(&spec.directory).map_err(|source| ContainerizerError::Sandbox {
             id: id.clone(),
             path: spec.directory.clone(),

@@ -88,6 +88,9 @@ pub struct Spec {
     /// new mount namespace, which would otherwise hold copies of them until it ends.
     #[serde(default)]
     pub detach_under: Vec<PathBuf>,
+    /// Volumes mounted in the container's mount namespace (see [`crate::volumes`]).
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::VolumeSpec>,
 }
 
 /// `started.json`.
@@ -177,6 +180,15 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
             }
         }
     }
+    if !spec.volumes.is_empty() && !spec.new_mount_ns {
+        return Err("volumes need a mount namespace (the filesystem/linux isolator)".into());
+    }
+    for v in &spec.volumes {
+        crate::volumes::check_target(&v.path)?;
+        if !v.source.is_absolute() || !v.root.is_absolute() {
+            return Err(format!("volume {}: source and root must be absolute paths", v.path));
+        }
+    }
     Ok(())
 }
 
@@ -199,7 +211,7 @@ fn detach_mounts_under(dirs: &[PathBuf], keep: Option<&Path>) {
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
+pub(crate) fn unescape_mountinfo(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -362,6 +374,7 @@ struct Setup {
     mounts: Vec<MountSpec>,
     rootfs: Option<RootfsSpec>,
     detach_under: Vec<PathBuf>,
+    volumes: Vec<crate::volumes::VolumeSpec>,
     hostname: Option<String>,
     rlimits: Vec<(nix::sys::resource::Resource, u64, u64)>,
     keep_caps: Option<caps::CapsHashSet>,
@@ -422,17 +435,31 @@ fn container_setup(s: &Setup) -> std::io::Result<()> {
     if !s.unshare.is_empty() {
         nix::sched::unshare(s.unshare).map_err(|e| io_err("unshare", e))?;
     }
-    if s.private_root {
+    if s.private_root && !s.volumes.is_empty() {
+        // Volumes: host mounts under their sources must still reach the container.
+        crate::volumes::enslave_root(&s.volumes)?;
+    } else if s.private_root {
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
             .map_err(|e| io_err("make / private", e))?;
     }
     if !s.detach_under.is_empty() {
         detach_mounts_under(&s.detach_under, s.rootfs.as_ref().map(|r| r.source.as_path()));
     }
+    for v in s.volumes.iter().filter(|v| !v.late) {
+        crate::volumes::mount_volume(v)?;
+    }
     if let Some(r) = &s.rootfs {
         prepare_rootfs(r)?;
     }
-    for m in &s.mounts {
+    // The container's own /tmp comes last: volume sources may live under the host's /tmp.
+    let own_tmp = |m: &&MountSpec| m.target == Path::new("/tmp");
+    for m in s.mounts.iter().filter(|m| !own_tmp(m)) {
+        do_mount(m)?;
+    }
+    for v in s.volumes.iter().filter(|v| v.late) {
+        crate::volumes::mount_volume(v)?;
+    }
+    for m in s.mounts.iter().filter(own_tmp) {
         do_mount(m)?;
     }
     if let Some(h) = &s.hostname {
@@ -493,6 +520,7 @@ fn prepare(spec: &Spec) -> Result<Setup, String> {
         mounts: spec.mounts.clone(),
         rootfs: spec.rootfs.clone(),
         detach_under: if spec.new_mount_ns { spec.detach_under.clone() } else { vec![] },
+        volumes: spec.volumes.clone(),
         hostname: spec.hostname.clone(),
         rlimits,
         keep_caps,
