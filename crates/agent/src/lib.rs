@@ -15,6 +15,7 @@ pub mod link;
 pub mod resources;
 pub mod simulate;
 pub mod state;
+pub mod volumes;
 
 use agora_api::{AgentInfo, Attribute, Resources};
 use std::net::SocketAddr;
@@ -80,6 +81,8 @@ pub struct AgentConfig {
     pub image_gc_max_store_bytes: Option<u64>,
     /// `--image-gc-excluded`: images never collected by the thresholds.
     pub image_gc_excluded: Vec<String>,
+    /// Volumes and disk quota (`--allowed-host-paths`, `--enforce-container-disk-quota`, ...).
+    pub volumes: volumes::VolumeConfig,
     pub flags: Vec<(String, String)>,
 }
 
@@ -115,6 +118,7 @@ impl Default for AgentConfig {
             image_gc_headroom: None,
             image_gc_max_store_bytes: None,
             image_gc_excluded: Vec::new(),
+            volumes: volumes::VolumeConfig::default(),
             flags: Vec::new(),
         }
     }

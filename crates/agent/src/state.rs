@@ -851,6 +851,28 @@ impl State {
                 return;
             }
         };
+        let container_info = task.container.clone().or_else(|| executor_info.container.clone());
+        let volumes = match crate::volumes::mounts_for(
+            container_info.as_ref(),
+            &directory,
+            user.as_deref(),
+            crate::volumes::isolators(&self.config),
+            &self.config.volumes,
+        ) {
+            Ok(v) => v,
+            Err(message) => {
+                tracing::warn!(%message, "invalid volumes");
+                let s = self.agent_status(
+                    &task.task_id,
+                    Some(&eid),
+                    TaskState::Failed,
+                    Some(Reason::ReasonContainerLaunchFailed),
+                    format!("Failed to launch container: {message}"),
+                );
+                self.enqueue_update(&fid, None, s);
+                return;
+            }
+        };
         let spec = LaunchSpec {
             container_id: cid.clone(),
             argv,
@@ -862,9 +884,9 @@ impl State {
             mem_mb: Some(total.scalar("mem")).filter(|m| *m > 0.0),
             cpus_limit: limit("cpus"),
             mem_limit_mb: limit("mem"),
-            container_info: task.container.clone().or_else(|| executor_info.container.clone()),
+            container_info,
             rootfs: None,
-            volumes: Vec::new(),
+            volumes,
         };
         let executor = Executor {
             info: executor_info,

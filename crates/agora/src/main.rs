@@ -357,6 +357,18 @@ struct AgentArgs {
     /// Images (comma-separated references) the garbage collection never removes.
     #[arg(long, env = "AGORA_IMAGE_GC_EXCLUDED", value_delimiter = ',')]
     image_gc_excluded: Vec<String>,
+    /// Host path prefixes (comma-separated) HOST_PATH volumes may name; default: none.
+    #[arg(long, env = "AGORA_ALLOWED_HOST_PATHS", value_delimiter = ',')]
+    allowed_host_paths: Vec<PathBuf>,
+    /// disk/du, disk/xfs: kill a container whose sandbox grows over its `disk` resource.
+    #[arg(long, env = "AGORA_ENFORCE_CONTAINER_DISK_QUOTA")]
+    enforce_container_disk_quota: bool,
+    /// disk/du: how often sandboxes are measured.
+    #[arg(long, env = "AGORA_CONTAINER_DISK_WATCH_INTERVAL", default_value = "15secs", value_parser = parse_duration)]
+    container_disk_watch_interval: Duration,
+    /// disk/xfs: the XFS project ids containers' sandboxes may get.
+    #[arg(long, env = "AGORA_XFS_PROJECT_RANGE", default_value = "[5000-10000]")]
+    xfs_project_range: String,
     /// Scale testing: run N simulated agents in this process instead of a real agent. Each
     /// registers over its own connection with `--resources` (default
     /// 'cpus:24;mem:4096;disk:4096;ports:[31000-32000]') and a fake containerizer.
@@ -439,6 +451,18 @@ impl AgentArgs {
             },
             image_gc_max_store_bytes: self.image_gc_max_store_bytes,
             image_gc_excluded: self.image_gc_excluded.clone(),
+            volumes: agora_agent::volumes::VolumeConfig {
+                allowed_host_paths: self
+                    .allowed_host_paths
+                    .iter()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .cloned()
+                    .collect(),
+                enforce_container_disk_quota: self.enforce_container_disk_quota,
+                container_disk_watch_interval: self.container_disk_watch_interval.max(Duration::from_millis(100)),
+                xfs_project_range: agora_agent::volumes::parse_project_range(&self.xfs_project_range)
+                    .map_err(|e| anyhow::anyhow!("--xfs-project-range: {e}"))?,
+            },
             flags,
         })
     }
