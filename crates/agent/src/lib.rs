@@ -167,6 +167,7 @@ pub struct Agent {
     pub addr: SocketAddr,
     pub handle: state::Handle,
     pub images: Arc<images::Images>,
+    removed: tokio::sync::watch::Receiver<Option<String>>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -287,7 +288,7 @@ impl Agent {
             }
         }
         let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel();
-        let (handle, actor) =
+        let (handle, removed, actor) =
             state::spawn(config.clone(), info, containerizer, images.clone(), out_tx, recovered, recovery_tx);
         let reconnect = Arc::new(tokio::sync::Notify::new());
         let link_task = tokio::spawn(link::run(config.clone(), handle.clone(), reconnect.clone(), recovery_rx));
@@ -295,7 +296,7 @@ impl Agent {
         let server =
             tokio::spawn(agora_http::serve(listener, http::handler(handle.clone(), config.clone(), images.clone())));
         tracing::info!(%addr, resources = %total, master = %config.master, "agent started");
-        Ok(Agent { addr, handle, images, tasks: vec![actor, link_task, out_task, server] })
+        Ok(Agent { addr, handle, images, removed, tasks: vec![actor, link_task, out_task, server] })
     }
 
     /// Destroys every container (waiting up to 10 s for them to end) and their rootfses,
@@ -304,6 +305,22 @@ impl Agent {
         let _ = self.handle.ask(|reply| state::Msg::Shutdown { reply }).await;
         self.stop();
         self.images.release_all().await;
+    }
+
+    /// Resolves when the master has removed this agent (marked gone, or its machine taken
+    /// down) and the agent has ended its containers and forgotten its identity: the process
+    /// should exit (Mesos's agent does); started again, it registers as a new agent.
+    pub async fn removed_by_master(&self) -> String {
+        let mut rx = self.removed.clone();
+        loop {
+            if let Some(reason) = rx.borrow_and_update().clone() {
+                return reason;
+            }
+            if rx.changed().await.is_err() {
+                // The actor is gone; this agent is never removed.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     pub fn stop(&self) {

@@ -92,13 +92,16 @@ pub async fn run(
                     _ => detector.forget(),
                 }
             }
+            Err(ClientError::Status { status, body, .. })
+                if status == StatusCode::BAD_REQUEST || status == StatusCode::FORBIDDEN =>
+            {
+                // Refused (a bad registration, a machine down for maintenance): say why and
+                // try again later, as the refusal can be lifted.
+                tracing::error!(%status, %body, "the master refused this agent's registration");
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the master");
-                if let ClientError::Status { status, body, .. } = &e {
-                    if *status == StatusCode::BAD_REQUEST {
-                        tracing::error!(%body, "the master refused this agent's registration");
-                    }
-                } else {
+                if !matches!(e, ClientError::Status { .. }) {
                     detector.forget();
                 }
             }

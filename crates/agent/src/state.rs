@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -93,6 +93,8 @@ pub enum Msg {
         reply: oneshot::Sender<()>,
     },
     ShutdownDeadline,
+    /// The master removed this agent a while ago: destroy what still runs.
+    RemovedDeadline,
     /// A long image pull is still going: tell the framework (TASK_STARTING).
     ImageProgress {
         container_id: ContainerId,
@@ -208,6 +210,11 @@ pub(crate) struct State {
     to_exit_ms: VecDeque<f64>,
     /// Set while the agent shuts down: answered when the last container ended.
     shutdown: Option<oneshot::Sender<()>>,
+    /// The master removed this agent (marked gone, or its machine is down): why. The agent
+    /// stops registering, ends its containers, forgets its checkpointed identity and then
+    /// publishes the reason here, so the process exits and a restart is a new agent.
+    removed_by_master: Option<String>,
+    removed_tx: watch::Sender<Option<String>>,
 }
 
 #[derive(Default)]
@@ -238,8 +245,9 @@ pub(crate) fn spawn(
     out: mpsc::UnboundedSender<AgentToMaster>,
     recovered: Recovered,
     recovery_done: oneshot::Sender<()>,
-) -> (Handle, tokio::task::JoinHandle<()>) {
+) -> (Handle, watch::Receiver<Option<String>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (removed_tx, removed_rx) = watch::channel(None);
     let (exits_tx, exits_rx) = mpsc::unbounded_channel();
     let checkpoints = Checkpoints::new(&config.work_dir);
     let mut st = State {
@@ -267,12 +275,14 @@ pub(crate) fn spawn(
         checkpoints,
         recovery: Some(recovery_done),
         recovering: true,
+        removed_by_master: None,
+        removed_tx,
     };
     let task = tokio::spawn(async move {
         st.restore(recovered);
         run(st, rx, exits_rx).await
     });
-    (Handle { tx }, task)
+    (Handle { tx }, removed_rx, task)
 }
 
 async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>, mut exits: mpsc::UnboundedReceiver<ContainerExit>) {
@@ -332,7 +342,11 @@ impl State {
                 }
             }
             Msg::RegistrationCall { reply } => {
-                let _ = reply.send(self.registration_call());
+                // A removed agent never registers again under its old id: dropping the
+                // reply ends the link.
+                if self.removed_by_master.is_none() {
+                    let _ = reply.send(self.registration_call());
+                }
             }
             Msg::FromMaster(m) => self.on_master_message(m),
             Msg::ExecutorSubscribe { call, tx, reply } => {
@@ -394,6 +408,15 @@ impl State {
             Msg::RecoveryDone => self.recovery_done(),
             Msg::ImageProgress { container_id, message } => self.image_progress(&container_id, message),
             Msg::ImageReady { container_id, result } => self.image_ready(container_id, result),
+            Msg::RemovedDeadline => {
+                let stuck = self.containerizer.containers();
+                if self.removed_tx.borrow().is_none() && !stuck.is_empty() {
+                    tracing::warn!(containers = stuck.len(), "containers still running after removal; destroying them");
+                    for c in stuck {
+                        self.containerizer.destroy(&c);
+                    }
+                }
+            }
             Msg::ShutdownDeadline => {
                 if let Some(r) = self.shutdown.take() {
                     tracing::warn!("containers still running at the shutdown deadline");
@@ -667,11 +690,23 @@ impl State {
                 }
             }
             MasterToAgent::Shutdown { message } => {
-                tracing::error!(%message, "the master asked this agent to shut down");
+                if self.removed_by_master.is_some() {
+                    return;
+                }
+                tracing::error!(%message, "the master removed this agent: ending its containers and leaving");
+                self.removed_by_master = Some(message);
                 let fids: Vec<FrameworkId> = self.frameworks.keys().cloned().collect();
                 for f in fids {
                     self.shutdown_framework(&f);
                 }
+                self.maybe_removed_done();
+                // Executors that ignore the shutdown are killed by their grace period; this
+                // bounds the wait for the ones whose kill itself hangs.
+                let tx = self.self_tx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    let _ = tx.send(Msg::RemovedDeadline);
+                });
             }
         }
     }
@@ -1546,6 +1581,18 @@ impl State {
         Ok(())
     }
 
+    /// Once a removed agent's containers are gone: forget the checkpointed identity (a
+    /// restart registers as a new agent, as the master expects) and say so.
+    fn maybe_removed_done(&mut self) {
+        let Some(reason) = self.removed_by_master.clone() else { return };
+        if self.removed_tx.borrow().is_some() || !self.containerizer.containers().is_empty() {
+            return;
+        }
+        self.checkpoints.remove_all();
+        tracing::warn!(%reason, "the agent's checkpointed state is removed; a restart registers a new agent");
+        self.removed_tx.send_replace(Some(reason));
+    }
+
     fn maybe_shutdown_done(&mut self) {
         if self.shutdown.is_some() && self.containerizer.containers().is_empty() {
             if let Some(r) = self.shutdown.take() {
@@ -1557,6 +1604,7 @@ impl State {
     fn container_exited(&mut self, exit: ContainerExit) {
         self.container_ended(exit);
         self.maybe_shutdown_done();
+        self.maybe_removed_done();
         self.maybe_recovered();
     }
 

@@ -630,8 +630,13 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
                 Err(e) => return Err(e.into()),
             };
             println!("agora agent listening on {}", a.addr);
-            wait_for_shutdown().await;
-            a.shutdown().await;
+            tokio::select! {
+                _ = wait_for_shutdown() => a.shutdown().await,
+                reason = a.removed_by_master() => {
+                    println!("the master removed this agent ({reason}); started again it registers as a new agent");
+                    a.shutdown().await;
+                }
+            }
             Ok(0)
         }
         Command::Dev(args) => {

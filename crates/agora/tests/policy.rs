@@ -224,6 +224,10 @@ async fn maintenance_marks_offers_then_takes_the_machine_down_and_up() {
     assert_eq!(status, StatusCode::OK, "{text}");
     let seen = fw.until_state("sleeper", TaskState::Gone, T).await;
     assert_eq!(seen.last().and_then(|s| s.reason), Some(Reason::ReasonAgentRemoved), "{seen:?}");
+    // Told to shut down, the agent ends its task and exits, forgetting its id (as Mesos's).
+    let exit = c.wait_agent_exit(0, T).await;
+    assert!(exit.is_some_and(|s| s.success()), "the removed agent did not exit: {exit:?}\n{}", c.agents[0].log_tail());
+    assert!(c.agents[0].log_tail().contains("the master removed this agent"), "{}", c.agents[0].log_tail());
     let (status, _, text) = post(
         &url,
         r#"{"type":"UPDATE_MAINTENANCE_SCHEDULE","update_maintenance_schedule":{"schedule":{"windows":[]}}}"#,
@@ -239,7 +243,13 @@ async fn maintenance_marks_offers_then_takes_the_machine_down_and_up() {
     .await
     .expect("the restarted master answers");
     assert_eq!(status["down_machines"][0]["hostname"], "127.0.0.1", "{status}");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Started again while its machine is down, the agent is refused and keeps trying.
+    c.restart_agent(0, &[]).expect("the agent starts again");
+    let refused = wait_until(T, || async {
+        c.agents[0].log_tail().contains("the master refused this agent's registration").then_some(())
+    })
+    .await;
+    assert!(refused.is_some(), "{}", c.agents[0].log_tail());
     let st = c.state().await;
     assert_eq!(st["slaves"].as_array().map(Vec::len), Some(0), "the agent stays out while its machine is down");
     let v0 = c.get("/maintenance/status").await;
@@ -255,6 +265,15 @@ async fn maintenance_marks_offers_then_takes_the_machine_down_and_up() {
         serde_json::json!({"draining_machines": [], "down_machines": []})
     );
     c.wait_agents(1).await;
+    let new_id = agent_ids(&c).await;
+    assert_eq!(new_id.len(), 1);
+    assert_ne!(new_id[0], first[0].agent_id.value, "the agent came back as a new agent");
+}
+
+/// The ids of the agents the master knows.
+async fn agent_ids(c: &Cluster) -> Vec<String> {
+    let st = c.state().await;
+    st["slaves"].as_array().into_iter().flatten().filter_map(|s| s["id"].as_str().map(String::from)).collect()
 }
 
 /// Explicit reconciliation of one task: the state the master answers.
@@ -278,6 +297,9 @@ async fn the_registry_forgets_gone_agents_after_their_max_age() {
     assert_eq!(post(&url, &body).await.0, StatusCode::OK);
     fw.until_state("t", TaskState::GoneByOperator, T).await;
     assert_eq!(reconcile(&mut fw, "t", &agent).await, TaskState::GoneByOperator, "known gone at first");
+    // The gone agent leaves for good: it exits, so it never comes back under its old id.
+    let exit = c.wait_agent_exit(0, T).await;
+    assert!(exit.is_some_and(|s| s.success()), "the gone agent did not exit: {exit:?}\n{}", c.agents[0].log_tail());
     // Older than --registry-max-agent-age: pruned, here and in the registry.
     let deadline = std::time::Instant::now() + T;
     while reconcile(&mut fw, "t", &agent).await != TaskState::Unknown {

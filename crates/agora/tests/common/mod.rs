@@ -215,6 +215,18 @@ impl Cluster {
         Ok(())
     }
 
+    /// Waits for agent `i`'s process to exit on its own; its exit status.
+    pub async fn wait_agent_exit(&mut self, i: usize, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.agents[i].child.try_wait() {
+                return Some(st);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.master.addr, path)
     }
