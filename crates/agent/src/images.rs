@@ -31,6 +31,11 @@ impl ImageRequest {
         if kind != "MESOS" {
             return Err(format!("ContainerInfo.mesos.image needs type MESOS, not {kind}"));
         }
+        Self::from_image(image).map(Some)
+    }
+
+    /// Reads an `Image` message (`{type, docker{name} | appc{name, labels}, cached}`).
+    pub fn from_image(image: &serde_json::Value) -> Result<ImageRequest, String> {
         let cached = image.get("cached").and_then(|c| c.as_bool()).unwrap_or(true);
         match image.get("type").and_then(|t| t.as_str()) {
             Some("DOCKER") => {
@@ -40,12 +45,7 @@ impl ImageRequest {
                     .and_then(|n| n.as_str())
                     .filter(|n| !n.trim().is_empty())
                     .ok_or("a DOCKER image needs 'docker.name'")?;
-                Ok(Some(ImageRequest {
-                    kind: ImageKind::Docker,
-                    name: name.trim().to_string(),
-                    cached,
-                    labels: vec![],
-                }))
+                Ok(ImageRequest { kind: ImageKind::Docker, name: name.trim().to_string(), cached, labels: vec![] })
             }
             Some("APPC") => {
                 let appc = image.get("appc").ok_or("an APPC image needs 'appc'")?;
@@ -66,7 +66,7 @@ impl ImageRequest {
                             .collect()
                     })
                     .unwrap_or_default();
-                Ok(Some(ImageRequest { kind: ImageKind::Appc, name: name.trim().to_string(), cached, labels }))
+                Ok(ImageRequest { kind: ImageKind::Appc, name: name.trim().to_string(), cached, labels })
             }
             Some(other) => Err(format!("unknown image type '{other}' (want DOCKER or APPC)")),
             None => Err("the image needs a 'type' (DOCKER or APPC)".into()),
@@ -130,6 +130,25 @@ impl Progress {
 pub struct Provisioned {
     pub rootfs: PathBuf,
     pub image: Image,
+}
+
+/// Everything a container's launch waits for: its own image (if any) and the rootfs of
+/// each image volume, by the volume's index in the launch's mounts.
+#[derive(Clone, Debug, Default)]
+pub struct ProvisionedAll {
+    pub main: Option<Provisioned>,
+    pub volumes: Vec<(usize, PathBuf)>,
+}
+
+/// The provisioner key of a container's image volume `index`: `<container id>.volume<index>`
+/// (container ids never hold a '.', so the container a key belongs to is unambiguous).
+fn volume_key(container_id: &str, index: usize) -> String {
+    format!("{container_id}.volume{index}")
+}
+
+/// The container a provisioner key belongs to (itself, or the owner of an image volume).
+fn owner_of(key: &str) -> &str {
+    key.split_once(".volume").map(|(c, _)| c).unwrap_or(key)
 }
 
 /// The agent's image store and provisioner.
@@ -204,7 +223,7 @@ impl Images {
     pub async fn remove_orphans(&self, claimed: &HashSet<String>) -> usize {
         let mut n = 0;
         for id in self.provisioner.container_ids() {
-            if claimed.contains(&id) {
+            if claimed.contains(owner_of(&id)) {
                 continue;
             }
             tracing::info!(container_id = %id, "removing an orphaned rootfs");
@@ -234,6 +253,39 @@ impl Images {
             .await
             .map_err(|e| format!("cannot build the rootfs of image '{}': {e}", req.display()))?;
         Ok(Provisioned { rootfs, image })
+    }
+
+    /// Provisions a container's image (if it has one) and its image volumes (read-only
+    /// roots under keys of their own); on any failure nothing provisioned is left.
+    pub async fn provision_all(
+        &self,
+        container_id: &str,
+        main: Option<&ImageRequest>,
+        volumes: &[(usize, ImageRequest)],
+        progress: Arc<Mutex<Progress>>,
+    ) -> Result<ProvisionedAll, String> {
+        let mut out = ProvisionedAll::default();
+        let result: Result<(), String> = async {
+            if let Some(req) = main {
+                out.main = Some(self.provision(container_id, req, progress.clone()).await?);
+            }
+            for (index, req) in volumes {
+                let p = self
+                    .provision(&volume_key(container_id, *index), req, progress.clone())
+                    .await
+                    .map_err(|e| format!("image volume '{}': {e}", req.display()))?;
+                out.volumes.push((*index, p.rootfs));
+            }
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(out),
+            Err(e) => {
+                self.release(container_id).await;
+                Err(e)
+            }
+        }
     }
 
     async fn find_or_pull(&self, req: &ImageRequest, progress: Arc<Mutex<Progress>>) -> Result<Image, String> {
@@ -290,12 +342,20 @@ impl Images {
     /// Destroys a container's rootfs (if it has one), then collects garbage by the
     /// `--image-gc-*` thresholds.
     pub async fn release(&self, container_id: &str) {
-        match self.provisioner.destroy(container_id).await {
-            Ok(true) => tracing::info!(%container_id, "rootfs destroyed"),
-            Ok(false) => return,
-            Err(e) => tracing::warn!(%container_id, error = %e, "cannot destroy the rootfs"),
+        let mut any = false;
+        for key in self.provisioner.container_ids().into_iter().filter(|k| owner_of(k) == container_id) {
+            match self.provisioner.destroy(&key).await {
+                Ok(true) => {
+                    tracing::info!(%container_id, rootfs = %key, "rootfs destroyed");
+                    any = true;
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(%container_id, rootfs = %key, error = %e, "cannot destroy the rootfs"),
+            }
         }
-        self.collect().await;
+        if any {
+            self.collect().await;
+        }
     }
 
     /// Threshold garbage collection, when thresholds are set.

@@ -2,7 +2,7 @@
 //! status update manager that delivers every update to the master at least once, in order
 //! per task, until the framework acknowledges it.
 use crate::checkpoint::{Checkpoints, ExecutorRecord, Recovered, UpdateRecord};
-use crate::images::{ImageRequest, Images, Progress, Provisioned};
+use crate::images::{ImageRequest, Images, Progress, ProvisionedAll};
 use crate::AgentConfig;
 use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
 use agora_api::executor as exec;
@@ -103,7 +103,7 @@ pub enum Msg {
     /// A container's image is pulled and its rootfs provisioned (or that failed).
     ImageReady {
         container_id: ContainerId,
-        result: Result<Provisioned, String>,
+        result: Result<ProvisionedAll, String>,
     },
 }
 
@@ -908,6 +908,7 @@ impl State {
                 return;
             }
         };
+        let volume_images = crate::volumes::image_volumes(container_info.as_ref());
         let spec = LaunchSpec {
             container_id: cid.clone(),
             argv,
@@ -928,7 +929,11 @@ impl State {
             container_id: cid.clone(),
             directory: directory.clone(),
             is_command,
-            state: if image.is_some() { ExecState::Provisioning } else { ExecState::Registering },
+            state: if image.is_some() || !volume_images.is_empty() {
+                ExecState::Provisioning
+            } else {
+                ExecState::Registering
+            },
             stream: None,
             queued: vec![task.clone()],
             tasks: BTreeMap::new(),
@@ -941,29 +946,30 @@ impl State {
         if let Some(fw) = self.frameworks.get_mut(&fid) {
             fw.executors.insert(eid.clone(), executor);
         }
-        match image {
-            None => self.launch_container(&fid, &eid, spec),
-            Some(req) => {
-                if let Some(e) = self.executor_mut(&fid, &eid) {
-                    e.pending_launch = Some(spec);
-                }
-                self.provisioning.insert(cid.clone(), (fid.clone(), eid.clone()));
-                self.start_provisioning(cid, req);
+        if image.is_none() && volume_images.is_empty() {
+            self.launch_container(&fid, &eid, spec);
+        } else {
+            if let Some(e) = self.executor_mut(&fid, &eid) {
+                e.pending_launch = Some(spec);
             }
+            self.provisioning.insert(cid.clone(), (fid.clone(), eid.clone()));
+            self.start_provisioning(cid, image, volume_images);
         }
     }
 
     /// Pulls and provisions a container's image off the actor; the result comes back as
     /// `ImageReady`, and a pull still going after 2 s reports progress every 10 s.
-    fn start_provisioning(&self, cid: ContainerId, req: ImageRequest) {
+    fn start_provisioning(&self, cid: ContainerId, req: Option<ImageRequest>, volumes: Vec<(usize, ImageRequest)>) {
         use tracing::Instrument as _;
         let images = self.images.clone();
         let tx = self.self_tx.clone();
-        let span = tracing::info_span!("provision", container_id = %cid, image = %req.display());
+        let shown: Vec<String> = req.iter().chain(volumes.iter().map(|(_, r)| r)).map(|r| r.display()).collect();
+        let name = shown.join(", ");
+        let span = tracing::info_span!("provision", container_id = %cid, image = %name);
         tokio::spawn(
             async move {
                 let progress = Arc::new(std::sync::Mutex::new(Progress::default()));
-                let (p2, tx2, cid2, name) = (progress.clone(), tx.clone(), cid.clone(), req.display());
+                let (p2, tx2, cid2) = (progress.clone(), tx.clone(), cid.clone());
                 let reporter = tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_secs(2)).await;
                     loop {
@@ -977,12 +983,12 @@ impl State {
                     }
                 });
                 let started = std::time::Instant::now();
-                let result = images.provision(&cid.value, &req, progress.clone()).await;
+                let result = images.provision_all(&cid.value, req.as_ref(), &volumes, progress.clone()).await;
                 reporter.abort();
                 match &result {
                     Ok(p) => tracing::info!(
-                        image_id = %p.image.id,
-                        rootfs = %p.rootfs.display(),
+                        image_id = %p.main.as_ref().map(|m| m.image.id.to_string()).unwrap_or_default(),
+                        image_volumes = p.volumes.len(),
                         ms = started.elapsed().as_millis() as u64,
                         "image provisioned"
                     ),
@@ -1016,7 +1022,7 @@ impl State {
         tokio::spawn(async move { images.release(&id).await });
     }
 
-    fn image_ready(&mut self, cid: ContainerId, result: Result<Provisioned, String>) {
+    fn image_ready(&mut self, cid: ContainerId, result: Result<ProvisionedAll, String>) {
         let Some((fid, eid)) = self.provisioning.remove(&cid) else {
             self.release_rootfs(&cid);
             return;
@@ -1036,7 +1042,13 @@ impl State {
         let fallback_user =
             self.frameworks.get(&fid).map(|f| f.info.user.clone()).filter(|u| self.config.switch_user && !u.is_empty());
         match result {
-            Ok(p) => {
+            Ok(ProvisionedAll { main: None, volumes }) => {
+                let Some(e) = self.executor_mut(&fid, &eid) else { return };
+                let Some(mut spec) = e.pending_launch.take() else { return };
+                fill_image_volumes(&mut spec, volumes);
+                self.launch_container(&fid, &eid, spec);
+            }
+            Ok(ProvisionedAll { main: Some(p), volumes }) => {
                 let cfg = &p.image.config;
                 let runtime = agora_executor::ImageRuntime {
                     rootfs: PathBuf::new(),
@@ -1060,6 +1072,7 @@ impl State {
                 }
                 let Some(mut spec) = e.pending_launch.take() else { return };
                 spec.rootfs = Some(p.rootfs.clone());
+                fill_image_volumes(&mut spec, volumes);
                 match serde_json::to_string(&runtime) {
                     Ok(json) => spec.env.push((agora_executor::IMAGE_ENV.to_string(), json)),
                     Err(err) => tracing::error!(error = %err, "cannot encode the image config"),
@@ -1094,7 +1107,6 @@ impl State {
     fn launch_container(&mut self, fid: &FrameworkId, eid: &ExecutorId, spec: LaunchSpec) {
         let cid = spec.container_id.clone();
         let directory = spec.directory.clone();
-        let has_rootfs = spec.rootfs.is_some();
         match self.containerizer.launch(spec, self.exits_tx.clone()) {
             Ok(pid) => {
                 let Some(fw) = self.frameworks.get_mut(fid) else {
@@ -1143,9 +1155,8 @@ impl State {
             Err(e) => {
                 tracing::warn!(error = %e, "container launch failed");
                 self.drop_unlaunched(fid, eid, &e.to_string());
-                if has_rootfs {
-                    self.release_rootfs(&cid);
-                }
+                // Its rootfs and image volumes, if it had any.
+                self.release_rootfs(&cid);
             }
         }
     }
@@ -2060,4 +2071,13 @@ fn latest_symlink(dir: &std::path::Path) -> std::io::Result<()> {
     let link = runs.join("latest");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(dir, link)
+}
+
+/// Points each image volume's mount at its provisioned rootfs.
+fn fill_image_volumes(spec: &mut LaunchSpec, volumes: Vec<(usize, PathBuf)>) {
+    for (index, rootfs) in volumes {
+        if let Some(m) = spec.volumes.get_mut(index) {
+            m.source = rootfs;
+        }
+    }
 }

@@ -145,10 +145,27 @@ pub fn mounts_for(
         let read_only = mode_read_only(v, i)?;
         let source_type = str_field(v, &["source", "type"]);
         let legacy_host = v.get("host_path").and_then(|h| h.as_str());
-        if v.get("image").is_some() {
-            return Err(format!(
-                "volume {i} ('{container_path}'): image volumes (volume/image) are not supported by Agora yet"
-            ));
+        if let Some(image) = v.get("image") {
+            if !isolators.image {
+                return Err(format!(
+                    "volume {i} ('{container_path}'): image volumes need the volume/image isolator (--isolation)"
+                ));
+            }
+            crate::images::ImageRequest::from_image(image).map_err(|e| format!("volume {i}: {e}"))?;
+            if !read_only {
+                return Err(format!("volume {i} ('{container_path}'): an image volume is read-only: want mode RO"));
+            }
+            // The source is the image's rootfs, filled in once provisioned (`image_volumes`).
+            planned.push(Planned {
+                create: None,
+                mount: VolumeMount {
+                    source: PathBuf::new(),
+                    target: container_path.to_string(),
+                    read_only: true,
+                    propagation: Propagation::HostToContainer,
+                },
+            });
+            continue;
         }
         let p = match (source_type, legacy_host) {
             (Some("SANDBOX_PATH"), _) => {
@@ -242,6 +259,19 @@ pub fn mounts_for(
         out.push(p.mount);
     }
     Ok(out)
+}
+
+/// The image volumes of `ContainerInfo.volumes[]`: each one's index (which is also its
+/// index in what [`mounts_for`] returns, whose source it fills once provisioned) and image.
+/// Call after `mounts_for` accepted the volumes.
+pub fn image_volumes(container_info: Option<&serde_json::Value>) -> Vec<(usize, crate::images::ImageRequest)> {
+    let Some(list) = container_info.and_then(|c| c.get("volumes")).and_then(|v| v.as_array()) else {
+        return vec![];
+    };
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, v)| Some((i, crate::images::ImageRequest::from_image(v.get("image")?).ok()?)))
+        .collect()
 }
 
 /// Gives the directories from `sandbox` down to `dir` to the task's user (when the agent

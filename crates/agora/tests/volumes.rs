@@ -1,7 +1,7 @@
 //! Volumes and disk quota, end to end: real `agora master` / `agora agent` processes (the
 //! linux launcher, as root), tasks with `ContainerInfo.volumes` (SANDBOX_PATH, HOST_PATH,
-//! legacy host_path), mount propagation from a shared host mount, images from a local
-//! directory of `docker save` tarballs, and disk/du killing a disk hog.
+//! legacy host_path), mount propagation from a shared host mount, images and image volumes
+//! from a local directory of `docker save` tarballs.
 #![allow(clippy::unwrap_used)] // test helpers may panic
 
 mod common;
@@ -270,8 +270,85 @@ fn local_registry(scratch: &Scratch) -> Option<String> {
     let images = fx::images_dir();
     let dir = scratch.0.join("registry");
     std::fs::create_dir_all(&dir).unwrap();
-    std::os::unix::fs::symlink(images.join("docker-archive/busybox.tar"), dir.join("busybox.tar")).unwrap();
+    for name in ["busybox", "httpd", "multilayer"] {
+        std::os::unix::fs::symlink(images.join(format!("docker-archive/{name}.tar")), dir.join(format!("{name}.tar")))
+            .unwrap();
+    }
     Some(format!("--docker-registry={}", dir.display()))
+}
+
+fn image_vol(container_path: &str, image: &str, mode: &str) -> serde_json::Value {
+    json!({"container_path": container_path, "mode": mode,
+           "image": {"type": "DOCKER", "docker": {"name": image}}})
+}
+
+/// Rootfses agent 0 still has provisioned (a container's own and its image volumes').
+fn rootfses(c: &Cluster) -> Vec<String> {
+    std::fs::read_dir(c.dir.join("agent0/provisioner/containers"))
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_volumes_are_read_only_roots_in_host_and_image_containers() {
+    if !root() {
+        return;
+    }
+    let scratch = Scratch::new();
+    let Some(reg) = local_registry(&scratch) else { return };
+    // The default isolation: filesystem/linux brings volume/image, as in Mesos.
+    let c = Cluster::start(1, &[], &[&reg]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("imagevol", true, 0.0)).await;
+
+    // A host-rootfs task with the httpd image at a sandbox path: readable, not writable.
+    let cmd = r#"set -e
+        grep -q "hello from the httpd fixture" site/www/index.html
+        grep -q "hello from the httpd fixture" /mnt/mesos/sandbox/site/www/index.html
+        if touch site/www/new 2>/dev/null; then echo writable; exit 1; fi
+        echo ok"#;
+    let seen = run_with(&mut fw, "host", cmd, json!([image_vol("site", "httpd", "RO")])).await;
+    let last = seen.last().unwrap();
+    let agent = last.agent_id.clone().unwrap();
+    let err = std::fs::read_to_string(sandbox_of(&c, &fw, &agent, "host").join("stderr")).unwrap_or_default();
+    assert_eq!(last.state, TaskState::Finished, "{err}\n{last:?}\n{}", c.logs());
+
+    // An image task (busybox) with the multilayer image at an absolute path, its layers
+    // applied (whiteouts included), beside its own root.
+    let offer = one_offer(&mut fw).await;
+    let cmd = r#"set -e
+        [ "$(cat /opt/ml/etc/motd)" = layer3 ]
+        [ ! -e /opt/ml/data/a ] && [ -f /opt/ml/data/c ]
+        [ ! -e /www ]
+        echo ok"#;
+    let t = in_image(
+        task_info("img", &offer.agent_id, CommandInfo::shell(cmd), 0.1, 64.0),
+        json!([image_vol("/opt/ml", "multilayer", "RO")]),
+    );
+    fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.unwrap();
+    let seen = until_terminal(&mut fw, "img", T).await;
+    let last = seen.last().unwrap();
+    let sb = sandbox_of(&c, &fw, &offer.agent_id, "img");
+    let err = std::fs::read_to_string(sb.join("stderr")).unwrap_or_default();
+    assert_eq!(last.state, TaskState::Finished, "{err}\n{last:?}\n{}", c.logs());
+
+    // Bad input: RW, a missing image, an unknown image type. Nothing is left either way.
+    for (id, vol, why) in [
+        ("rw", image_vol("site", "httpd", "RW"), "read-only"),
+        ("missing", image_vol("site", "no-such-image", "RO"), "no-such-image"),
+        ("kind", json!({"container_path": "x", "mode": "RO", "image": {"type": "OCI"}}), "unknown image type"),
+    ] {
+        let seen = run_with(&mut fw, id, "echo ran", json!([vol])).await;
+        let last = seen.last().unwrap();
+        assert_eq!(last.state, TaskState::Failed, "{id}: {last:?}");
+        assert_eq!(last.reason, Some(Reason::ReasonContainerLaunchFailed), "{id}: {last:?}");
+        assert!(last.message.as_deref().unwrap_or("").contains(why), "{id}: {last:?}");
+    }
+    let left = wait_until(T, || async {
+        let r = rootfses(&c);
+        r.is_empty().then_some(())
+    })
+    .await;
+    assert!(left.is_some(), "rootfses left: {:?}", rootfses(&c));
 }
 
 fn in_image(mut t: TaskInfo, volumes: serde_json::Value) -> TaskInfo {

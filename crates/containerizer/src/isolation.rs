@@ -143,6 +143,13 @@ impl Isolation {
                 filesystems.join(" and ")
             )));
         }
+        if iso.filesystem_linux {
+            // As Mesos: filesystem/linux brings the volume isolators (host paths stay limited
+            // by --allowed-host-paths, which allows none by default).
+            iso.volume_sandbox_path = true;
+            iso.volume_host_path = true;
+            iso.volume_image = true;
+        }
         let volumes = [
             ("volume/sandbox_path", iso.volume_sandbox_path),
             ("volume/host_path", iso.volume_host_path),
@@ -209,7 +216,9 @@ mod tests {
         let e = Isolation::parse("posix/cpu,volume/host_path").unwrap_err();
         assert!(e.0.contains("filesystem/linux"), "{e}");
         let iso = Isolation::parse("filesystem/linux,volume/host_path,volume/sandbox_path,disk/du").unwrap();
-        assert!(iso.volume_host_path && iso.volume_sandbox_path && iso.disk_du && !iso.volume_image);
+        assert!(iso.volume_host_path && iso.volume_sandbox_path && iso.disk_du && iso.volume_image);
+        let implied = Isolation::parse("filesystem/linux").unwrap();
+        assert!(implied.volume_host_path && implied.volume_sandbox_path && implied.volume_image, "as Mesos");
         assert!(Isolation::parse("disk/du,disk/xfs").is_err());
     }
 }

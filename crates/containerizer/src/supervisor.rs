@@ -195,13 +195,13 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
 /// Lazily unmounts, in this (new, private) mount namespace, every mount below one of `dirs`
 /// except `keep`: other containers' rootfs mounts, copied in by `unshare`, that would
 /// otherwise stay referenced here after their containers ended. Best effort.
-fn detach_mounts_under(dirs: &[PathBuf], keep: Option<&Path>) {
+fn detach_mounts_under(dirs: &[PathBuf], keep: &[&Path]) {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
     let mut points: Vec<PathBuf> = info
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| PathBuf::from(unescape_mountinfo(p)))
-        .filter(|p| dirs.iter().any(|d| p.starts_with(d) && p != d) && Some(p.as_path()) != keep)
+        .filter(|p| dirs.iter().any(|d| p.starts_with(d) && p != d) && !keep.contains(&p.as_path()))
         .collect();
     // Deepest first.
     points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
@@ -443,7 +443,11 @@ fn container_setup(s: &Setup) -> std::io::Result<()> {
             .map_err(|e| io_err("make / private", e))?;
     }
     if !s.detach_under.is_empty() {
-        detach_mounts_under(&s.detach_under, s.rootfs.as_ref().map(|r| r.source.as_path()));
+        // Except this container's own rootfs and volume sources (an image volume's root is
+        // a mount under the agent's work dir too).
+        let keep: Vec<&Path> =
+            s.rootfs.iter().map(|r| r.source.as_path()).chain(s.volumes.iter().map(|v| v.source.as_path())).collect();
+        detach_mounts_under(&s.detach_under, &keep);
     }
     for v in s.volumes.iter().filter(|v| !v.late) {
         crate::volumes::mount_volume(v)?;
