@@ -858,10 +858,9 @@ impl State {
             Some(x + overhead(name))
         };
         // A command task's image: the executor stays on the host, the task runs in the image.
+        // A custom executor's image: the executor itself runs in it (as in Mesos).
         let image = match (&task.container, &executor_info.container) {
-            (_, Some(ci)) if !is_command && ci.get("mesos").and_then(|m| m.get("image")).is_some() => {
-                Err("container images for custom executors are not supported yet".to_string())
-            }
+            (_, Some(ci)) if !is_command => ImageRequest::from_container_info(ci),
             (Some(ci), _) if is_command => ImageRequest::from_container_info(ci),
             _ => Ok(None),
         };
@@ -922,6 +921,7 @@ impl State {
             mem_limit_mb: limit("mem"),
             container_info,
             rootfs: None,
+            init_in_rootfs: false,
             volumes,
         };
         let executor = Executor {
@@ -1060,6 +1060,16 @@ impl State {
                 };
                 let switch = self.config.switch_user;
                 let Some(e) = self.executor_mut(&fid, &eid) else { return };
+                if !e.is_command {
+                    // A custom executor runs in the image itself, by the image's config.
+                    let Some(mut spec) = e.pending_launch.take() else { return };
+                    apply_image_to_executor(&mut spec, &runtime);
+                    spec.rootfs = Some(p.rootfs.clone());
+                    spec.init_in_rootfs = true;
+                    fill_image_volumes(&mut spec, volumes);
+                    self.launch_container(&fid, &eid, spec);
+                    return;
+                }
                 // The task's user: its own, else the image's, else the framework's.
                 for t in e.queued.iter_mut() {
                     if let Some(c) = t.command.as_mut() {
@@ -2080,4 +2090,26 @@ fn fill_image_volumes(spec: &mut LaunchSpec, volumes: Vec<(usize, PathBuf)>) {
             m.source = rootfs;
         }
     }
+}
+
+/// A custom executor in an image: its command (else the image's Entrypoint + Cmd) and the
+/// image's Env under its own; it starts in the sandbox (`/mnt/mesos/sandbox`) as root.
+fn apply_image_to_executor(spec: &mut LaunchSpec, img: &agora_executor::ImageRuntime) {
+    if spec.argv.iter().all(|a| a.is_empty()) {
+        let argv: Vec<String> = img.entrypoint.iter().flatten().chain(img.cmd.iter().flatten()).cloned().collect();
+        if !argv.is_empty() {
+            spec.argv = argv;
+            spec.shell = false;
+        }
+    }
+    let mut env: Vec<(String, String)> = img
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter(|(k, _)| !spec.env.iter().any(|(k2, _)| k2 == k))
+        .collect();
+    if !env.iter().any(|(k, _)| k == "PATH") && !spec.env.iter().any(|(k, _)| k == "PATH") {
+        env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
+    }
+    spec.env.splice(0..0, env);
 }

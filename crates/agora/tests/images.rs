@@ -658,3 +658,94 @@ async fn image_gc_thresholds_collect_only_unused_and_unexcluded_images() {
     assert!(left.contains("/busybox:latest"), "{left}");
     assert_no_rootfs_left(&c).await;
 }
+
+/// A custom executor with an image runs inside it (pivoted into the rootfs, the host's root
+/// gone), as in Mesos. The executor is a shell that checks where it runs, then becomes
+/// Agora's own executor, brought in from the host with read-only host-path volumes (its
+/// binary and the C libraries it links); it subscribes from inside the image and, as the
+/// task has no command (a custom executor's task carries none), fails it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_executor_runs_inside_its_image() {
+    if !ready() {
+        return;
+    }
+    let st = Setup::new(false).await;
+    let bin = Path::new(BIN).canonicalize().unwrap();
+    let bin_dir = bin.parent().unwrap().to_path_buf();
+    let libs = ["/lib/x86_64-linux-gnu", "/lib64"];
+    if libs.iter().any(|l| !Path::new(l).exists()) {
+        eprintln!("SKIP: not a Debian x86_64 layout");
+        return;
+    }
+    let allowed = format!("--allowed-host-paths={},{}", libs.join(","), bin_dir.display());
+    let c = Cluster::start(1, &[], &[&st.agent_flag(), &allowed]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("custom-image", true, 0.0)).await;
+    let vol = |container_path: &str, host: &str| {
+        serde_json::json!({"container_path": container_path, "mode": "RO",
+                           "source": {"type": "HOST_PATH", "host_path": {"path": host}}})
+    };
+    let executor = |id: &str, image: &str| ExecutorInfo {
+        kind: None,
+        executor_id: ExecutorId::new(id),
+        framework_id: None,
+        command: Some(CommandInfo::shell(format!(
+            "{CHECKS}; exec /opt/agora/{} executor",
+            bin.file_name().unwrap().to_string_lossy()
+        ))),
+        container: Some(serde_json::json!({
+            "type": "MESOS",
+            "mesos": {"image": {"type": "DOCKER", "docker": {"name": image}}},
+            "volumes": [vol("/lib/x86_64-linux-gnu", libs[0]), vol("/lib64", libs[1]),
+                        vol("/opt/agora", &bin_dir.display().to_string())],
+        })),
+        resources: vec![Resource::scalar("cpus", 0.1), Resource::scalar("mem", 32.0)],
+        name: Some("in-image executor".into()),
+        source: None,
+        data: None,
+        discovery: None,
+        shutdown_grace_period: None,
+        labels: None,
+    };
+    const CHECKS: &str = r#"fail=0
+        [ ! -e /usr ] && [ ! -e /work ] || { echo "FAIL host files visible"; fail=1; }
+        [ -x /proc/1/root/bin/busybox ] && [ ! -e /proc/1/root/usr ] || { echo "FAIL the executor is not in the image"; fail=1; }
+        grep -q '^nobody:' /etc/passwd || { echo "FAIL not the image's /etc/passwd"; fail=1; }
+        [ "$(pwd)" = /mnt/mesos/sandbox ] && [ "$MESOS_SANDBOX" = /mnt/mesos/sandbox ] || { echo "FAIL sandbox $(pwd)"; fail=1; }
+        ( touch /opt/agora/x ) 2>/dev/null && { echo "FAIL volume writable"; fail=1; }
+        grep -q ' / / ' /proc/self/mountinfo || { echo "FAIL no root mount"; fail=1; }
+        [ $fail = 0 ] && echo custom-ok"#;
+    let offer = one_offer(&mut fw).await;
+    let mut t = task_info("in-image", &offer.agent_id, CommandInfo::shell("unused"), 0.1, 32.0);
+    t.command = None;
+    t.executor = Some(executor("custom-exec", "busybox"));
+    fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.unwrap();
+    let seen = until_terminal(&mut fw, "in-image", T).await;
+    let last = seen.last().unwrap();
+    let sb = c
+        .dir
+        .join("agent0/slaves")
+        .join(&offer.agent_id.value)
+        .join("frameworks")
+        .join(&fw.s.framework_id.value)
+        .join("executors/custom-exec/runs/latest");
+    let out = std::fs::read_to_string(sb.join("stdout")).unwrap_or_default()
+        + &std::fs::read_to_string(sb.join("stderr")).unwrap_or_default();
+    assert!(out.contains("custom-ok"), "{out}\n{last:?}\n{}", c.logs());
+    assert_eq!(last.state, TaskState::Failed, "{out}\n{last:?}");
+    assert_eq!(last.source, Some(Source::Executor), "reported by the executor: {last:?}");
+    assert!(last.message.as_deref().unwrap_or("").contains("no command"), "{last:?}");
+
+    // An image that does not exist: the task fails with the reason, nothing is left.
+    let offer = one_offer(&mut fw).await;
+    let mut t = task_info("no-image", &offer.agent_id, CommandInfo::shell("true"), 0.1, 32.0);
+    t.command = None;
+    t.executor = Some(executor("bad-exec", "no-such-image"));
+    fw.s.launch(vec![offer.id.clone()], vec![t], 0.0).await.unwrap();
+    let seen = until_terminal(&mut fw, "no-image", T).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, TaskState::Failed, "{last:?}");
+    assert_eq!(last.reason, Some(Reason::ReasonContainerLaunchFailed), "{last:?}");
+    assert!(last.message.as_deref().unwrap_or("").contains("no-such-image"), "{last:?}");
+    drop(fw);
+    assert_no_rootfs_left(&c).await;
+}

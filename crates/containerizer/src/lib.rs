@@ -52,6 +52,9 @@ pub struct LaunchSpec {
     /// rootfs (special filesystems, `/etc` files, the sandbox) in the container's mount
     /// namespace and tells the init where it is with [`ROOTFS_ENV`]. Needs `filesystem/linux`.
     pub rootfs: Option<PathBuf>,
+    /// The container's init itself runs in `rootfs` (a custom executor in an image), not
+    /// only its task: the launcher pivots into the rootfs before exec.
+    pub init_in_rootfs: bool,
     /// Host directories or files mounted into the container, in order (volumes of every
     /// kind: sandbox paths, host paths, image volumes, persistent volumes). Needs
     /// `filesystem/linux`.

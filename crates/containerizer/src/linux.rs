@@ -172,12 +172,16 @@ impl LinuxContainerizer {
             }
             Some(source) => {
                 env.retain(|(k, _)| k != crate::ROOTFS_ENV);
-                env.push((crate::ROOTFS_ENV.into(), CONTAINER_ROOTFS.into()));
+                if !spec.init_in_rootfs {
+                    // The init stays on the host and confines its task to the rootfs.
+                    env.push((crate::ROOTFS_ENV.into(), CONTAINER_ROOTFS.into()));
+                }
                 Some(RootfsSpec {
                     source: source.clone(),
                     target: CONTAINER_ROOTFS.into(),
                     sandbox: spec.directory.clone(),
                     etc_files: ETC_FILES.iter().map(|f| (f.to_string(), dir.join("etc").join(f))).collect(),
+                    enter: spec.init_in_rootfs,
                 })
             }
         };

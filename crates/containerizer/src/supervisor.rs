@@ -56,6 +56,11 @@ pub struct RootfsSpec {
     pub sandbox: PathBuf,
     /// Files bind-mounted over `<target>/etc/<name>`: (name, host file).
     pub etc_files: Vec<(String, PathBuf)>,
+    /// The init itself runs in the rootfs (a custom executor in an image): once everything
+    /// is mounted it pivots into `target` (the host's root detached) and starts in the
+    /// sandbox, `/mnt/mesos/sandbox`.
+    #[serde(default)]
+    pub enter: bool,
 }
 
 /// What the supervisor starts (`spec.json`).
@@ -189,6 +194,17 @@ pub fn validate(spec: &Spec) -> Result<(), String> {
             return Err(format!("volume {}: source and root must be absolute paths", v.path));
         }
     }
+    Ok(())
+}
+
+/// Makes the prepared rootfs the container's root: `pivot_root` with the old root stacked
+/// under the new one, then the old root lazily unmounted, so no host path stays reachable
+/// (unlike a chroot). The working directory becomes the sandbox inside it.
+fn enter_rootfs(target: &Path) -> std::io::Result<()> {
+    nix::unistd::chdir(target).map_err(|e| io_err(&format!("chdir {}", target.display()), e))?;
+    nix::unistd::pivot_root(".", ".").map_err(|e| io_err("pivot_root", e))?;
+    nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH).map_err(|e| io_err("detach the host's root", e))?;
+    nix::unistd::chdir(crate::linux::CONTAINER_SANDBOX).map_err(|e| io_err("chdir to the sandbox", e))?;
     Ok(())
 }
 
@@ -465,6 +481,9 @@ fn container_setup(s: &Setup) -> std::io::Result<()> {
     }
     for m in s.mounts.iter().filter(own_tmp) {
         do_mount(m)?;
+    }
+    if let Some(r) = s.rootfs.as_ref().filter(|r| r.enter) {
+        enter_rootfs(&r.target)?;
     }
     if let Some(h) = &s.hostname {
         nix::unistd::sethostname(h).map_err(|e| io_err("sethostname", e))?;
