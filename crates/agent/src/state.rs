@@ -59,7 +59,7 @@ pub enum Msg {
     },
     ExecutorSubscribe {
         call: exec::Call,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
     ExecutorCall {
@@ -85,6 +85,8 @@ pub enum Msg {
         framework_id: FrameworkId,
         executor_id: ExecutorId,
         container_id: ContainerId,
+        /// Which subscription: a late close of an earlier one must not drop a newer one.
+        stream: u64,
     },
     /// Destroy every container and answer once they have all ended (or the deadline passed).
     /// The executor re-registration window after a restart has closed.
@@ -306,13 +308,20 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>, mut exits: mps
 
 /// A subscription stream to an executor; dropping it ends the HTTP response.
 struct ExecStream {
-    tx: mpsc::UnboundedSender<Bytes>,
+    id: u64,
+    tx: agora_http::StreamTx,
     _cancel_watch: oneshot::Sender<()>,
 }
 
-fn watch_stream(tx: mpsc::UnboundedSender<Bytes>, on_close: Msg, self_tx: mpsc::UnboundedSender<Msg>) -> ExecStream {
+fn watch_stream(id: u64, tx: agora_http::StreamTx, on_close: Msg, self_tx: mpsc::UnboundedSender<Msg>) -> ExecStream {
     let cancel = agora_http::on_stream_closed(&tx, on_close, self_tx);
-    ExecStream { tx, _cancel_watch: cancel }
+    ExecStream { id, tx, _cancel_watch: cancel }
+}
+
+/// Ids of executor subscriptions, unique in this agent process.
+fn next_stream_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl State {
@@ -382,9 +391,9 @@ impl State {
                     self.containerizer.destroy(&container_id);
                 }
             }
-            Msg::ExecutorStreamClosed { framework_id, executor_id, container_id } => {
+            Msg::ExecutorStreamClosed { framework_id, executor_id, container_id, stream } => {
                 if let Some(e) = self.executor_mut(&framework_id, &executor_id) {
-                    if e.container_id == container_id {
+                    if e.container_id == container_id && e.stream.as_ref().is_some_and(|s| s.id == stream) {
                         e.stream = None;
                     }
                 }
@@ -1409,7 +1418,7 @@ impl State {
 
     // ------------------------------------------------------------ executors
 
-    fn executor_subscribe(&mut self, call: exec::Call, tx: mpsc::UnboundedSender<Bytes>) -> Result<(), ApiError> {
+    fn executor_subscribe(&mut self, call: exec::Call, tx: agora_http::StreamTx) -> Result<(), ApiError> {
         let fid = call.framework_id.clone();
         let eid = call.executor_id.clone();
         let agent_info = self.agent_info.clone();
@@ -1427,12 +1436,15 @@ impl State {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("Executor {eid} is terminating")));
         }
         tracing::info!(framework_id = %fid, executor_id = %eid, "executor subscribed");
+        let stream = next_stream_id();
         e.stream = Some(watch_stream(
+            stream,
             tx,
             Msg::ExecutorStreamClosed {
                 framework_id: fid.clone(),
                 executor_id: eid.clone(),
                 container_id: e.container_id.clone(),
+                stream,
             },
             self.self_tx.clone(),
         ));

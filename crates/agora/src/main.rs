@@ -219,6 +219,11 @@ struct MasterArgs {
     /// How often the registry is pruned.
     #[arg(long, env = "AGORA_REGISTRY_GC_INTERVAL", default_value = "15mins", value_parser = parse_duration)]
     registry_gc_interval: Duration,
+    /// Bytes a framework's or agent's event stream may fall behind its reader. Past it, a
+    /// reader that took nothing for 10 s, or any reader past 8x it, is disconnected (it
+    /// subscribes or re-registers again); the master's memory stays bounded.
+    #[arg(long, env = "AGORA_MAX_STREAM_BACKLOG", default_value_t = 128 << 20)]
+    max_stream_backlog: usize,
 }
 
 /// `--etcd http://h1:2379,http://h2:2379`.
@@ -247,6 +252,7 @@ impl MasterArgs {
             ("registry_max_agent_age".into(), format!("{:?}", self.registry_max_agent_age)),
             ("registry_max_agent_count".into(), self.registry_max_agent_count.to_string()),
             ("registry_gc_interval".into(), format!("{:?}", self.registry_gc_interval)),
+            ("max_stream_backlog".into(), self.max_stream_backlog.to_string()),
         ];
         MasterConfig {
             ip: self.ip.clone(),
@@ -268,6 +274,7 @@ impl MasterArgs {
             registry_max_agent_age: self.registry_max_agent_age,
             registry_max_agent_count: self.registry_max_agent_count,
             registry_gc_interval: self.registry_gc_interval,
+            max_stream_backlog: self.max_stream_backlog,
             flags,
             ..MasterConfig::default()
         }

@@ -365,3 +365,75 @@ async fn mark_agent_gone_and_weights_through_the_operator_api() {
     .await;
     assert!(gone.is_some());
 }
+
+/// A framework that stops reading its event stream does not make the master buffer without
+/// bound: past `--max-stream-backlog` (8x it at once here) the master ends the stream,
+/// marks the framework disconnected, and the framework can subscribe again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_framework_that_stops_reading_is_cut_off_and_can_resubscribe() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(1, &["--max-stream-backlog", "65536"], &[]).await;
+    // Subscribe by hand and read only up to the SUBSCRIBED event.
+    let mut sock = std::net::TcpStream::connect(&c.master.addr).unwrap();
+    let body =
+        r#"{"type":"SUBSCRIBE","subscribe":{"framework_info":{"user":"root","name":"stuck","failover_timeout":600}}}"#;
+    write!(
+        sock,
+        "POST /api/v1/scheduler HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAccept: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let field = |text: &str, after: &str| -> Option<String> {
+        let i = text.find(after)? + after.len();
+        let rest = &text[i..];
+        Some(rest[..rest.find(['"', '\r'])?].to_string())
+    };
+    let (fid, sid) = loop {
+        let mut buf = [0u8; 4096];
+        let n = sock.read(&mut buf).unwrap();
+        assert!(n > 0, "the subscription ended early");
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let (Some(f), Some(s)) = (
+            field(&text, r#""framework_id":{"value":""#),
+            field(&text, "Mesos-Stream-Id: ").or(field(&text, "mesos-stream-id: ")),
+        ) {
+            break (f, s);
+        }
+    };
+    // Reconciling many unknown tasks makes one UPDATE event each; the client reads none.
+    let url = c.url("/api/v1/scheduler");
+    let tasks: Vec<String> = (0..5000)
+        .map(|i| format!(r#"{{"task_id":{{"value":"ghost-{i}"}},"agent_id":{{"value":"nowhere"}}}}"#))
+        .collect();
+    let call = format!(
+        r#"{{"type":"RECONCILE","framework_id":{{"value":"{fid}"}},"reconcile":{{"tasks":[{}]}}}}"#,
+        tasks.join(",")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let cut = "does not keep up with its event stream";
+    while !c.master.log_tail().contains(cut) {
+        assert!(std::time::Instant::now() < deadline, "the stream was never cut:\n{}", c.master.log_tail());
+        let r = post(&url, &[("Mesos-Stream-Id", &sid)], &call).await;
+        if r.status != StatusCode::ACCEPTED {
+            break; // Disconnected already: the call is refused.
+        }
+    }
+    let disconnected = wait_until(T, || async {
+        let st = c.state().await;
+        let fw = st["frameworks"].as_array().and_then(|a| a.iter().find(|f| f["id"] == fid.as_str()).cloned());
+        fw.filter(|f| f["connected"] == false).map(|_| ())
+    })
+    .await;
+    assert!(disconnected.is_some(), "{}", c.master.log_tail());
+    assert!(c.master.log_tail().contains(cut), "{}", c.master.log_tail());
+    // The master is still well: the framework subscribes again under its id and is offered.
+    let mut again = info("stuck", true, 600.0);
+    again.id = Some(FrameworkId::new(fid.clone()));
+    let mut fw = Fw::subscribe(&c.master.addr, again).await;
+    assert_eq!(fw.s.framework_id.value, fid);
+    assert!(!fw.offers().await.is_empty());
+    drop(sock);
+}

@@ -25,7 +25,7 @@ const FIRST_SUBSCRIBE_LIMIT: Duration = Duration::from_secs(60);
 const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
 /// Kept back from the shutdown grace period so the task's end can still be reported.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(5);
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(20);
 const UPDATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the helper tasks tell the loop. `gen` names the subscription (connection) a

@@ -20,7 +20,7 @@ use tokio::time::{timeout, Instant};
 const WAIT: Duration = Duration::from_secs(5);
 
 struct Shared {
-    stream: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    stream: Mutex<Option<agora_http::StreamTx>>,
     calls: mpsc::UnboundedSender<Call>,
     capabilities: Vec<&'static str>,
     /// Answer this many SUBSCRIBEs with 503 (agent recovering) first.

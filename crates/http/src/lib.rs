@@ -12,6 +12,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -27,7 +28,88 @@ pub const JSON: &str = "application/json";
 /// A response body: either a whole buffer or a stream of chunks fed through a channel.
 pub enum Body {
     Full(Option<Bytes>),
-    Stream(mpsc::UnboundedReceiver<Bytes>),
+    Stream(mpsc::UnboundedReceiver<Bytes>, Arc<Backlog>),
+}
+
+/// What a streamed response has queued and its connection not yet taken, shared by the
+/// sender ([`StreamTx`]) and the body. Lets the sender tell a slow reader (still taking)
+/// from a dead one (taking nothing) without bounding the channel itself.
+#[derive(Debug)]
+pub struct Backlog {
+    bytes: AtomicUsize,
+    /// When the connection last took a chunk, in ms since `epoch`.
+    last_taken_ms: AtomicU64,
+    epoch: std::time::Instant,
+    aborted: AtomicBool,
+}
+
+impl Backlog {
+    fn new() -> Self {
+        Backlog {
+            bytes: AtomicUsize::new(0),
+            last_taken_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+            aborted: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    fn taken(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+        self.last_taken_ms.store(self.now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// The sending side of a streamed response; each `send` becomes one chunk.
+#[derive(Clone, Debug)]
+pub struct StreamTx {
+    tx: mpsc::UnboundedSender<Bytes>,
+    backlog: Arc<Backlog>,
+}
+
+impl StreamTx {
+    /// Queues a chunk; `Err` when the response is gone (the client went away).
+    pub fn send(&self, b: Bytes) -> Result<(), mpsc::error::SendError<Bytes>> {
+        let n = b.len();
+        self.backlog.bytes.fetch_add(n, Ordering::Relaxed);
+        self.tx.send(b).inspect_err(|_| {
+            self.backlog.bytes.fetch_sub(n, Ordering::Relaxed);
+        })
+    }
+
+    /// Bytes queued that the connection has not taken yet.
+    pub fn backlog_bytes(&self) -> usize {
+        self.backlog.bytes.load(Ordering::Relaxed)
+    }
+
+    /// How long since the connection last took a chunk (since the stream began if never).
+    pub fn idle_for(&self) -> Duration {
+        let last = self.backlog.last_taken_ms.load(Ordering::Relaxed);
+        Duration::from_millis(self.backlog.now_ms().saturating_sub(last))
+    }
+
+    /// Ends the response now, dropping what is queued; the client sees the stream end.
+    pub fn abort(&self) {
+        self.backlog.aborted.store(true, Ordering::Relaxed);
+        // Wakes the body so it notices.
+        let _ = self.tx.send(Bytes::new());
+    }
+
+    pub fn is_aborted(&self) -> bool {
+        self.backlog.aborted.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when the receiving side (the client's connection) is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 impl HttpBody for Body {
@@ -37,7 +119,22 @@ impl HttpBody for Body {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
-            Body::Stream(rx) => rx.poll_recv(cx).map(|o| o.map(|b| Ok(Frame::data(b)))),
+            Body::Stream(rx, backlog) => loop {
+                if backlog.aborted.load(Ordering::Relaxed) {
+                    rx.close();
+                    return Poll::Ready(None);
+                }
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(b)) => {
+                        backlog.taken(b.len());
+                        if b.is_empty() {
+                            continue;
+                        }
+                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                    }
+                    other => return other.map(|o| o.map(|b| Ok(Frame::data(b)))),
+                }
+            },
         }
     }
 
@@ -49,7 +146,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(Some(b)) => hyper::body::SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => hyper::body::SizeHint::with_exact(0),
-            Body::Stream(_) => hyper::body::SizeHint::default(),
+            Body::Stream(..) => hyper::body::SizeHint::default(),
         }
     }
 }
@@ -93,16 +190,17 @@ pub fn bytes(status: StatusCode, content_type: &str, b: Vec<u8>) -> Response<Bod
 }
 
 /// A streamed (chunked) response; each item sent on the returned channel becomes one chunk.
-pub fn stream(status: StatusCode, content_type: &str) -> (mpsc::UnboundedSender<Bytes>, Response<Body>) {
+pub fn stream(status: StatusCode, content_type: &str) -> (StreamTx, Response<Body>) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (tx, build(status, Some(content_type), Body::Stream(rx)))
+    let backlog = Arc::new(Backlog::new());
+    (StreamTx { tx, backlog: backlog.clone() }, build(status, Some(content_type), Body::Stream(rx, backlog)))
 }
 
 /// Sends `on_close` on `to` when the receiving side of a streamed response (the client's
 /// connection) goes away. Dropping the returned guard cancels the watch; the watch never
 /// keeps the stream open by itself.
 pub fn on_stream_closed<M: Send + 'static>(
-    tx: &mpsc::UnboundedSender<Bytes>,
+    tx: &StreamTx,
     on_close: M,
     to: mpsc::UnboundedSender<M>,
 ) -> tokio::sync::oneshot::Sender<()> {

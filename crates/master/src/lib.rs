@@ -54,6 +54,9 @@ pub struct MasterConfig {
     pub registry_max_agent_count: usize,
     /// How often the registry is pruned so (Mesos `--registry_gc_interval`, 15 mins).
     pub registry_gc_interval: Duration,
+    /// `--max-stream-backlog`: bytes a framework's or agent's stream may fall behind; past
+    /// it, a reader that took nothing for 10 s (or any reader past 8x it) is cut off.
+    pub max_stream_backlog: usize,
     /// The flags as given, for `/flags` and GET_FLAGS.
     pub flags: Vec<(String, String)>,
 }
@@ -103,6 +106,7 @@ impl Default for MasterConfig {
             registry_max_agent_age: Duration::from_secs(14 * 24 * 3600),
             registry_max_agent_count: 100 * 1024,
             registry_gc_interval: Duration::from_secs(15 * 60),
+            max_stream_backlog: 128 << 20,
             flags: Vec::new(),
         }
     }

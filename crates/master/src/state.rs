@@ -116,7 +116,7 @@ pub enum Query {
 pub enum Msg {
     Subscribe {
         call: Call,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
         reply: oneshot::Sender<Result<String, ApiError>>,
     },
     Scheduler {
@@ -126,7 +126,7 @@ pub enum Msg {
     },
     AgentSubscribe {
         call: AgentToMaster,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
         reply: oneshot::Sender<Result<(), ApiError>>,
     },
     AgentCall {
@@ -190,13 +190,49 @@ impl Handle {
 /// A subscription stream. Dropping it ends the HTTP response.
 struct Stream {
     id: String,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: agora_http::StreamTx,
     _cancel_watch: oneshot::Sender<()>,
+    /// `--max-stream-backlog`.
+    max_backlog: usize,
+}
+
+/// How long a reader over its backlog may take nothing before it is deemed dead.
+const STALLED_AFTER: Duration = Duration::from_secs(10);
+
+/// What became of an event sent on a stream.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    Queued,
+    /// The client went away.
+    Gone,
+    /// The reader fell too far behind (and stalled, or past 8x the limit): the stream was
+    /// ended, as Kubernetes ends a too-slow watch; the stream-closed watch then runs the
+    /// usual disconnection, and the client reconnects and reconciles.
+    TooSlow {
+        backlog: usize,
+        idle: Duration,
+    },
+    /// Ended already for being too slow; the event is dropped.
+    Closing,
 }
 
 impl Stream {
-    fn send(&self, payload: &[u8]) -> bool {
-        self.tx.send(Bytes::from(recordio::encode(payload))).is_ok()
+    fn send(&self, payload: &[u8]) -> Sent {
+        if self.tx.is_aborted() {
+            return Sent::Closing;
+        }
+        let backlog = self.tx.backlog_bytes();
+        if backlog > self.max_backlog {
+            let idle = self.tx.idle_for();
+            if idle >= STALLED_AFTER || backlog > self.max_backlog.saturating_mul(8) {
+                self.tx.abort();
+                return Sent::TooSlow { backlog, idle };
+            }
+        }
+        match self.tx.send(Bytes::from(recordio::encode(payload))) {
+            Ok(()) => Sent::Queued,
+            Err(_) => Sent::Gone,
+        }
     }
 }
 
@@ -257,8 +293,15 @@ impl Framework {
     }
     fn send(&mut self, e: &Event) {
         if let Some(s) = &self.stream {
-            if !s.send(&to_ascii_json(e)) {
-                self.stream = None;
+            match s.send(&to_ascii_json(e)) {
+                Sent::Queued | Sent::Closing => {}
+                Sent::Gone => self.stream = None,
+                Sent::TooSlow { backlog, idle } => tracing::warn!(
+                    framework_id = %self.id(),
+                    backlog,
+                    idle_ms = idle.as_millis() as u64,
+                    "the framework does not keep up with its event stream: closing it (it may subscribe again)"
+                ),
             }
         }
     }
@@ -316,8 +359,15 @@ impl Agent {
     fn send(&mut self, m: &MasterToAgent) {
         if let Some(s) = &self.stream {
             let payload = serde_json::to_vec(m).unwrap_or_default();
-            if !s.send(&payload) {
-                self.stream = None;
+            match s.send(&payload) {
+                Sent::Queued | Sent::Closing => {}
+                Sent::Gone => self.stream = None,
+                Sent::TooSlow { backlog, idle } => tracing::warn!(
+                    agent_id = %self.id(),
+                    backlog,
+                    idle_ms = idle.as_millis() as u64,
+                    "the agent does not keep up with its stream: closing it (it re-registers)"
+                ),
             }
         }
     }
@@ -343,7 +393,7 @@ enum PendingAgent {
         pid: String,
         version: String,
         total: Resources,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
     },
     Reregister {
         info: AgentInfo,
@@ -351,7 +401,7 @@ enum PendingAgent {
         frameworks: Vec<FrameworkInfo>,
         executors: Vec<ExecutorReport>,
         tasks: Vec<Task>,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
     },
 }
 
@@ -360,7 +410,7 @@ struct PendingFramework {
     info: FrameworkInfo,
     suppressed_roles: Vec<String>,
     stream_id: String,
-    tx: mpsc::UnboundedSender<Bytes>,
+    tx: agora_http::StreamTx,
 }
 
 #[derive(Default)]
@@ -926,7 +976,7 @@ impl State {
 
     // ---------------------------------------------------------------- frameworks
 
-    fn subscribe(&mut self, call: Call, tx: mpsc::UnboundedSender<Bytes>) -> Result<String, ApiError> {
+    fn subscribe(&mut self, call: Call, tx: agora_http::StreamTx) -> Result<String, ApiError> {
         let sub = call.subscribe.ok_or_else(|| ApiError::bad_request("Expecting 'subscribe' to be present"))?;
         let mut info = sub.framework_info;
         if info.name.is_empty() {
@@ -995,7 +1045,7 @@ impl State {
         id: FrameworkId,
         mut info: FrameworkInfo,
         suppressed_roles: Vec<String>,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
         stream_id: String,
     ) {
         let now = now_secs();
@@ -1007,7 +1057,8 @@ impl State {
             Msg::FrameworkStreamClosed { framework_id: id.clone(), stream_id: stream_id.clone() },
             self.self_tx.clone(),
         );
-        let stream = Stream { id: stream_id.clone(), tx, _cancel_watch: watch };
+        let stream =
+            Stream { id: stream_id.clone(), tx, _cancel_watch: watch, max_backlog: self.config.max_stream_backlog };
         let subscribed = Event::subscribed(sched::Subscribed {
             framework_id: id.clone(),
             heartbeat_interval_seconds: self.config.heartbeat_interval.as_secs_f64(),
@@ -1728,7 +1779,7 @@ impl State {
 
     // ---------------------------------------------------------------- agents
 
-    fn agent_subscribe(&mut self, call: AgentToMaster, tx: mpsc::UnboundedSender<Bytes>) -> Result<(), ApiError> {
+    fn agent_subscribe(&mut self, call: AgentToMaster, tx: agora_http::StreamTx) -> Result<(), ApiError> {
         match call {
             AgentToMaster::Register { mut agent_info, version } => {
                 if agent_info.hostname.is_empty() {
@@ -1764,7 +1815,7 @@ impl State {
         pid: String,
         version: String,
         total: Resources,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
     ) {
         let now = now_secs();
         let id = agent_info.id.clone().unwrap_or_default();
@@ -1803,14 +1854,14 @@ impl State {
     }
 
     /// A stream for a new session of an agent (the stream's id is the session id).
-    fn agent_stream(&self, id: &AgentId, tx: mpsc::UnboundedSender<Bytes>) -> Stream {
+    fn agent_stream(&self, id: &AgentId, tx: agora_http::StreamTx) -> Stream {
         let session_id = uuid::Uuid::new_v4().to_string();
         let watch = agora_http::on_stream_closed(
             &tx,
             Msg::AgentStreamClosed { agent_id: id.clone(), session_id: session_id.clone() },
             self.self_tx.clone(),
         );
-        Stream { id: session_id, tx, _cancel_watch: watch }
+        Stream { id: session_id, tx, _cancel_watch: watch, max_backlog: self.config.max_stream_backlog }
     }
 
     fn agent_reregister(
@@ -1820,7 +1871,7 @@ impl State {
         frameworks: Vec<FrameworkInfo>,
         executors: Vec<ExecutorReport>,
         tasks: Vec<Task>,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
     ) -> Result<(), ApiError> {
         let id = agent_info.id.clone().ok_or_else(|| ApiError::bad_request("REREGISTER needs 'agent_info.id'"))?;
         let total = Resources::from_vec(agent_info.resources.clone());
@@ -1859,7 +1910,7 @@ impl State {
         frameworks: Vec<FrameworkInfo>,
         executors: Vec<ExecutorReport>,
         tasks: Vec<Task>,
-        tx: mpsc::UnboundedSender<Bytes>,
+        tx: agora_http::StreamTx,
     ) {
         let id = agent_info.id.clone().unwrap_or_default();
         let total = Resources::from_vec(agent_info.resources.clone());

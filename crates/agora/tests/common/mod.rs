@@ -93,7 +93,10 @@ pub struct Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.agents.clear();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        // AGORA_TEST_KEEP=1 keeps the logs and sandboxes of every cluster for a post-mortem.
+        if std::env::var_os("AGORA_TEST_KEEP").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
