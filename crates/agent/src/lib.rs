@@ -12,6 +12,7 @@ pub mod http;
 pub mod images;
 pub mod images_api;
 pub mod link;
+pub mod persistent;
 pub mod resources;
 pub mod simulate;
 pub mod state;
@@ -274,6 +275,21 @@ impl Agent {
         let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel();
         let containerizer = make_containerizer(&config)?;
         let recovered = recover(&config, &info, containerizer.as_ref())?;
+        // Reservations and volumes the master made on this agent, on top of --resources.
+        let total = match persistent::read(&config.work_dir).map_err(AgentError::Reconfiguration)? {
+            Some(c) => {
+                let t = agora_api::operations::with_checkpointed(&total, &c).map_err(|e| {
+                    AgentError::Reconfiguration(format!(
+                        "the checkpointed reservations and volumes do not fit --resources: {e}"
+                    ))
+                })?;
+                tracing::info!(checkpointed = %c, "recovered checkpointed resources");
+                t
+            }
+            None => total,
+        };
+        let mut info = info;
+        info.resources = total.clone().into_vec();
         let images = Arc::new(images::Images::open(&config).await?);
         {
             // Rootfses of containers no checkpoint claims are left over from a crash.

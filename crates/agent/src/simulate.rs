@@ -458,6 +458,7 @@ impl SimAgent {
                 }
             }
             MasterToAgent::FrameworkMessage { .. } => {}
+            MasterToAgent::CheckpointResources { .. } => {}
             MasterToAgent::Ping => {
                 stats.pings.fetch_add(1, Relaxed);
                 if let Some(agent_id) = self.info.id.clone() {

@@ -217,6 +217,8 @@ pub(crate) struct State {
     /// publishes the reason here, so the process exits and a restart is a new agent.
     removed_by_master: Option<String>,
     removed_tx: watch::Sender<Option<String>>,
+    /// Volumes destroyed while a container still held them: deleted once it has ended.
+    destroyed_in_use: Vec<Resource>,
 }
 
 #[derive(Default)]
@@ -279,6 +281,7 @@ pub(crate) fn spawn(
         recovering: true,
         removed_by_master: None,
         removed_tx,
+        destroyed_in_use: Vec::new(),
     };
     let task = tokio::spawn(async move {
         st.restore(recovered);
@@ -334,7 +337,11 @@ impl State {
                 self.agent_id = Some(agent_id);
                 self.session_id = Some(session_id);
                 if first {
-                    if let Err(e) = self.checkpoints.write_agent(&self.agent_info) {
+                    // With its --resources (what a restart compares), not the reservations.
+                    let mut info = self.agent_info.clone();
+                    info.resources =
+                        crate::persistent::base_of(&Resources::from_vec(info.resources.clone())).into_vec();
+                    if let Err(e) = self.checkpoints.write_agent(&info) {
                         tracing::error!(error = %e, "cannot checkpoint the agent's id");
                     }
                 }
@@ -698,6 +705,7 @@ impl State {
                     e.send(&ev);
                 }
             }
+            MasterToAgent::CheckpointResources { resources } => self.checkpoint_resources(resources),
             MasterToAgent::Shutdown { message } => {
                 if self.removed_by_master.is_some() {
                     return;
@@ -718,6 +726,51 @@ impl State {
                 });
             }
         }
+    }
+
+    /// The master's dynamic reservations and persistent volumes for this agent (all of
+    /// them): checkpointed before the agent's total changes, volume directories made or
+    /// deleted to match.
+    fn checkpoint_resources(&mut self, resources: Vec<Resource>) {
+        let current = Resources::from_vec(self.agent_info.resources.clone());
+        let base = crate::persistent::base_of(&current);
+        let wanted = Resources::from_vec(resources);
+        let total = match agora_api::operations::with_checkpointed(&base, &wanted) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "the master's checkpointed resources do not fit this agent; ignored");
+                return;
+            }
+        };
+        if let Err(e) = crate::persistent::write(&self.config.work_dir, &wanted) {
+            tracing::error!(error = %e, "cannot checkpoint resources; ignored");
+            return;
+        }
+        let old = agora_api::operations::checkpointed(&current);
+        let kept = crate::persistent::sync_dirs(&self.config.work_dir, &old, &wanted, &self.volumes_in_use());
+        self.destroyed_in_use.extend(kept);
+        tracing::info!(resources = %wanted, total = %total, "checkpointed resources updated");
+        self.agent_info.resources = total.into_vec();
+    }
+
+    /// Persistent volumes a live task (or a live custom executor) holds. A command
+    /// executor's resources repeat its task's, so its task alone counts.
+    fn volumes_in_use(&self) -> Vec<String> {
+        self.frameworks
+            .values()
+            .flat_map(|f| f.executors.values())
+            .filter(|e| e.state != ExecState::Terminated)
+            .flat_map(|e| {
+                let mut ids = if e.is_command { vec![] } else { crate::persistent::ids_in(&e.info.resources) };
+                for t in e.tasks.values().filter(|t| !t.state.is_terminal()) {
+                    ids.extend(crate::persistent::ids_in(&t.info.resources));
+                }
+                for t in &e.queued {
+                    ids.extend(crate::persistent::ids_in(&t.resources));
+                }
+                ids
+            })
+            .collect()
     }
 
     fn sandbox_dir(&self, fid: &FrameworkId, eid: &ExecutorId, cid: &ContainerId) -> PathBuf {
@@ -905,6 +958,22 @@ impl State {
             Ok(v) => v,
             Err(message) => {
                 tracing::warn!(%message, "invalid volumes");
+                let s = self.agent_status(
+                    &task.task_id,
+                    Some(&eid),
+                    TaskState::Failed,
+                    Some(Reason::ReasonContainerLaunchFailed),
+                    format!("Failed to launch container: {message}"),
+                );
+                self.enqueue_update(&fid, None, s);
+                return;
+            }
+        };
+        // Persistent volumes among its resources, mounted where the task asks.
+        let volumes = match crate::persistent::mounts_for(&self.config.work_dir, &total.0) {
+            Ok(p) => volumes.into_iter().chain(p).collect(),
+            Err(message) => {
+                tracing::warn!(%message, "invalid persistent volume");
                 let s = self.agent_status(
                     &task.task_id,
                     Some(&eid),
@@ -1622,6 +1691,7 @@ impl State {
             return;
         }
         self.checkpoints.remove_all();
+        crate::persistent::remove(&self.config.work_dir);
         tracing::warn!(%reason, "the agent's checkpointed state is removed; a restart registers a new agent");
         self.removed_tx.send_replace(Some(reason));
     }
@@ -1679,6 +1749,16 @@ impl State {
         }
         self.maybe_complete_executor(&fid, &eid);
         self.maybe_remove_framework(&fid);
+        if !self.destroyed_in_use.is_empty() {
+            let in_use = self.volumes_in_use();
+            let (held, free): (Vec<Resource>, Vec<Resource>) = std::mem::take(&mut self.destroyed_in_use)
+                .into_iter()
+                .partition(|r| r.persistence_id().is_some_and(|id| in_use.iter().any(|u| u == id)));
+            for r in &free {
+                crate::persistent::delete(&self.config.work_dir, r);
+            }
+            self.destroyed_in_use = held;
+        }
     }
 
     /// Every task of the executor that is not terminal yet ends FAILED.

@@ -675,6 +675,88 @@ impl Allocator {
         }
     }
 
+    /// An offer operation (RESERVE, UNRESERVE, CREATE, DESTROY) changed resources on an
+    /// agent: `from` becomes `to` (the same amounts with new metadata) in the agent's total
+    /// and in what `holder` holds there (the framework the resources were offered to), or in
+    /// what is available when `holder` is `None` (an operator's call). Returns false, and
+    /// changes nothing, when the agent or the holder does not have `from`.
+    pub fn convert(
+        &mut self,
+        agent_id: &AgentId,
+        holder: Option<&FrameworkId>,
+        from: &Resources,
+        to: &Resources,
+    ) -> bool {
+        let Some(&slot) = self.agent_slots.get(agent_id) else { return false };
+        let h = match holder {
+            Some(f) => match self.fw_ids.get(f) {
+                Some(&h) => Some(h),
+                None => return false,
+            },
+            None => None,
+        };
+        let default = h
+            .and_then(|h| self.fws.get(&h))
+            .and_then(|f| f.state.as_ref())
+            .and_then(|s| s.roles.first().cloned())
+            .unwrap_or_else(|| "*".into());
+        let from_all = self.cat.bundle(from, false);
+        let to_all = self.cat.bundle(to, true);
+        let from_groups = self.cat.bundles_by_role(from, &default);
+        let to_groups = self.cat.bundles_by_role(to, &default);
+        self.sync_roles();
+        let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) else { return false };
+        if !agent.total.contains(&from_all) {
+            return false;
+        }
+        match h {
+            None => {
+                if !agent.available.contains(&from_all) {
+                    return false;
+                }
+                agent.available.subtract(&from_all);
+                agent.gain(to_all.clone());
+            }
+            Some(h) => {
+                let holds = from_groups.iter().all(|(role, b)| {
+                    agent
+                        .allocations
+                        .binary_search_by_key(&(h, *role), |x| (x.fw, x.role))
+                        .is_ok_and(|i| agent.allocations[i].res.contains(b))
+                });
+                if !holds {
+                    return false;
+                }
+                for (role, b) in &from_groups {
+                    if let Ok(i) = agent.allocations.binary_search_by_key(&(h, *role), |x| (x.fw, x.role)) {
+                        agent.allocations[i].res.subtract(b);
+                        if agent.allocations[i].res.is_empty() {
+                            agent.allocations.remove(i);
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(agent) = self.agents.get_mut(slot as usize).and_then(Option::as_mut) {
+            agent.total.subtract(&from_all);
+            agent.total.add(&to_all);
+        }
+        add_qty(&mut self.total, &from_all.qty(&self.cat), -1);
+        add_qty(&mut self.total, &to_all.qty(&self.cat), 1);
+        if let Some(h) = h {
+            for (role, b) in from_groups {
+                let q = b.qty(&self.cat);
+                self.track(h, role, &q, -1);
+            }
+            for (role, b) in to_groups {
+                let q = b.qty(&self.cat);
+                self.grant(slot, h, role, b, &q);
+            }
+        }
+        self.shares_stale = true;
+        true
+    }
+
     /// Forgets an agent and everything allocated on it. Frameworks' `filtered_on` may still
     /// name its slot; clearing a framework's filters skips slots without them.
     pub fn remove_agent(&mut self, id: &AgentId) {

@@ -130,6 +130,12 @@ pub enum MasterToAgent {
         data: Bytes,
     },
     Ping,
+    /// The agent's dynamic reservations and persistent volumes, all of them, as the master
+    /// now has them (after RESERVE, UNRESERVE, CREATE or DESTROY): the agent checkpoints
+    /// them and makes or deletes volume directories to match.
+    CheckpointResources {
+        resources: Vec<Resource>,
+    },
     /// The master refuses this agent (e.g. it was removed): the agent must stop.
     Shutdown {
         message: String,

@@ -12,6 +12,7 @@ pub mod ids;
 pub mod json;
 pub mod maintenance;
 pub mod mesos;
+pub mod operations;
 pub mod operator;
 pub mod quota;
 pub mod recordio;

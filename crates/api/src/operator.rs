@@ -31,6 +31,10 @@ pub enum CallType {
     UpdateMaintenanceSchedule,
     StartMaintenance,
     StopMaintenance,
+    ReserveResources,
+    UnreserveResources,
+    CreateVolumes,
+    DestroyVolumes,
     #[default]
     #[serde(other)]
     Unknown,
@@ -44,6 +48,17 @@ pub struct TeardownCall {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MarkAgentGone {
     pub agent_id: AgentId,
+}
+
+/// RESERVE_RESOURCES / UNRESERVE_RESOURCES (`resources`), CREATE_VOLUMES /
+/// DESTROY_VOLUMES (`volumes`): on one agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgentResources {
+    pub agent_id: AgentId,
+    #[serde(default)]
+    pub resources: Vec<Resource>,
+    #[serde(default)]
+    pub volumes: Vec<Resource>,
 }
 
 /// A role's weight (Mesos's `WeightInfo`).
@@ -82,6 +97,14 @@ pub struct Call {
     pub start_maintenance: Option<crate::maintenance::Machines>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_maintenance: Option<crate::maintenance::Machines>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserve_resources: Option<AgentResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreserve_resources: Option<AgentResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_volumes: Option<AgentResources>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destroy_volumes: Option<AgentResources>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -159,6 +159,60 @@ impl Resource {
         self.reservation_role() != "*"
     }
 
+    /// The last (innermost) reservation, when it was made dynamically (RESERVE).
+    pub fn dynamic_reservation(&self) -> Option<&ReservationInfo> {
+        self.reservations.last().filter(|r| r.kind == Some(ReservationType::Dynamic))
+    }
+
+    /// `disk.persistence.id` of a persistent volume.
+    pub fn persistence_id(&self) -> Option<&str> {
+        self.disk.as_ref()?.get("persistence")?.get("id")?.as_str().filter(|s| !s.is_empty())
+    }
+
+    /// `disk.volume` of a persistent volume: (container path, read-only).
+    pub fn volume_mount(&self) -> Option<(&str, bool)> {
+        let v = self.disk.as_ref()?.get("volume")?;
+        let path = v.get("container_path")?.as_str()?;
+        Some((path, v.get("mode").and_then(|m| m.as_str()) == Some("RO")))
+    }
+
+    /// Whether an agent keeps it in its checkpoint: made by an offer operation (a dynamic
+    /// reservation or a persistent volume), so not in its `--resources`.
+    pub fn is_checkpointed(&self) -> bool {
+        self.dynamic_reservation().is_some() || self.persistence_id().is_some()
+    }
+
+    /// What an offer operation made it from: the same amount without volume info and
+    /// without dynamic reservations.
+    pub fn base_form(&self) -> Resource {
+        let mut r = self.without_volume();
+        let mut popped = false;
+        while r.dynamic_reservation().is_some() {
+            r.reservations.pop();
+            popped = true;
+        }
+        if popped {
+            // The legacy role field mirrored the reservation just taken off.
+            r.role = r.reservations.last().and_then(|x| x.role.clone()).filter(|_| r.role.is_some());
+        }
+        r
+    }
+
+    /// The same resource without `disk.persistence` and `disk.volume`.
+    pub fn without_volume(&self) -> Resource {
+        let mut r = self.clone();
+        if let Some(d) = r.disk.as_mut() {
+            if let Some(obj) = d.as_object_mut() {
+                obj.remove("persistence");
+                obj.remove("volume");
+                if obj.is_empty() {
+                    r.disk = None;
+                }
+            }
+        }
+        r
+    }
+
     pub fn allocation_role(&self) -> Option<&str> {
         self.allocation_info.as_ref().and_then(|a| a.role.as_deref())
     }
@@ -186,6 +240,7 @@ impl Resource {
         self.name == other.name
             && self.kind == other.kind
             && self.reservation_role() == other.reservation_role()
+            && self.dynamic_reservation() == other.dynamic_reservation()
             && self.allocation_role() == other.allocation_role()
             && self.disk == other.disk
             && self.revocable.is_some() == other.revocable.is_some()
@@ -565,18 +620,28 @@ impl fmt::Display for Resources {
                 f.write_str("; ")?;
             }
             first = false;
-            write!(f, "{}", r.name)?;
-            if r.is_reserved() {
-                write!(f, "({})", r.reservation_role())?;
-            }
-            match r.kind {
-                ValueType::Scalar => write!(f, ":{}", r.scalar_value())?,
-                ValueType::Ranges => write!(f, ":{}", format_ranges(&r.range_pairs()))?,
-                ValueType::Set => write!(f, ":{{{}}}", r.set_items().join(","))?,
-                ValueType::Text => {}
-            }
+            write!(f, "{r}")?;
         }
         Ok(())
+    }
+}
+
+/// `disk(db):200`, with `[volume-id]` for a persistent volume.
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.name)?;
+        if self.is_reserved() {
+            write!(f, "({})", self.reservation_role())?;
+        }
+        if let Some(id) = self.persistence_id() {
+            write!(f, "[{id}]")?;
+        }
+        match self.kind {
+            ValueType::Scalar => write!(f, ":{}", self.scalar_value()),
+            ValueType::Ranges => write!(f, ":{}", format_ranges(&self.range_pairs())),
+            ValueType::Set => write!(f, ":{{{}}}", self.set_items().join(",")),
+            ValueType::Text => Ok(()),
+        }
     }
 }
 

@@ -176,6 +176,18 @@ impl Calls {
         self.call(call).await
     }
 
+    /// ACCEPT with any operations (RESERVE, CREATE, LAUNCH, ...), applied in order.
+    pub async fn accept(
+        &self,
+        offer_ids: Vec<OfferId>,
+        operations: Vec<sched::Operation>,
+        refuse_seconds: f64,
+    ) -> Result<(), SchedulerError> {
+        let mut call = Call::new(CallType::Accept, None);
+        call.accept = Some(sched::Accept { offer_ids, operations, filters: Some(Filters { refuse_seconds }) });
+        self.call(call).await
+    }
+
     pub async fn decline(&self, offer_ids: Vec<OfferId>, refuse_seconds: f64) -> Result<(), SchedulerError> {
         let mut call = Call::new(CallType::Decline, None);
         call.decline = Some(sched::Decline { offer_ids, filters: Some(Filters { refuse_seconds }) });

@@ -353,6 +353,11 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
                     | T::StopMaintenance
             ) {
                 agora_http::empty(StatusCode::OK)
+            } else if matches!(
+                r.kind,
+                T::ReserveResources | T::UnreserveResources | T::CreateVolumes | T::DestroyVolumes
+            ) {
+                agora_http::empty(StatusCode::ACCEPTED)
             } else {
                 agora_http::json(StatusCode::OK, &r)
             }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
+mod operations;
 mod policy;
 
 /// An error answered to an API caller: Mesos's status code and a readable message.
@@ -1517,7 +1518,11 @@ impl State {
         let mut launched_ids: HashSet<TaskId> = HashSet::new();
         for op in &accept.operations {
             if op.kind != sched::OperationType::Launch {
-                tracing::warn!(framework_id = %fid, kind = ?op.kind, "offer operation not supported yet; ignored");
+                // Applied in order: a LAUNCH after a CREATE can use the new volume. An
+                // invalid operation is dropped (as Mesos does) and the rest go on.
+                if let Err(e) = self.accept_operation(fid, &agent_id, &role, op, &mut remaining) {
+                    tracing::warn!(framework_id = %fid, agent_id = %agent_id, kind = ?op.kind, error = %e, "offer operation dropped");
+                }
                 continue;
             }
             let infos = op.launch.as_ref().map(|l| l.task_infos.clone()).unwrap_or_default();
@@ -2475,6 +2480,22 @@ impl State {
                     return Err(ApiError::bad_request(format!("Framework {} cannot be found", t.framework_id)));
                 }
                 self.remove_framework(&t.framework_id);
+            }
+            T::ReserveResources | T::UnreserveResources | T::CreateVolumes | T::DestroyVolumes => {
+                let (payload, field) = match call.kind {
+                    T::ReserveResources => (call.reserve_resources, "reserve_resources"),
+                    T::UnreserveResources => (call.unreserve_resources, "unreserve_resources"),
+                    T::CreateVolumes => (call.create_volumes, "create_volumes"),
+                    _ => (call.destroy_volumes, "destroy_volumes"),
+                };
+                let p = payload.ok_or_else(|| ApiError::bad_request(format!("Expecting '{field}' to be present")))?;
+                let kind = call.kind;
+                self.operator_conversion(&p.agent_id, |existing| match kind {
+                    T::ReserveResources => agora_api::operations::reserve(&p.resources, None, None),
+                    T::UnreserveResources => agora_api::operations::unreserve(&p.resources),
+                    T::CreateVolumes => agora_api::operations::create(&p.volumes, existing),
+                    _ => agora_api::operations::destroy(&p.volumes),
+                })?;
             }
             T::MarkAgentGone => {
                 let m = call
