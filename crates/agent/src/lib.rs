@@ -8,6 +8,7 @@
 #![recursion_limit = "256"]
 
 pub mod checkpoint;
+pub mod disk;
 pub mod http;
 pub mod images;
 pub mod images_api;

@@ -91,6 +91,8 @@ pub enum Msg {
     /// Destroy every container and answer once they have all ended (or the deadline passed).
     /// The executor re-registration window after a restart has closed.
     RecoveryDone,
+    /// disk/du measured these sandboxes: (container, bytes used, quota).
+    DiskUsage(Vec<(ContainerId, u64, Option<u64>)>),
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -219,6 +221,12 @@ pub(crate) struct State {
     removed_tx: watch::Sender<Option<String>>,
     /// Volumes destroyed while a container still held them: deleted once it has ended.
     destroyed_in_use: Vec<Resource>,
+    /// `disk/du` is on: sandboxes are measured every `--container-disk-watch-interval`.
+    disk_du: bool,
+    /// The last measure of each container's sandbox: (bytes used, quota in bytes).
+    disk_usage: HashMap<ContainerId, (u64, Option<u64>)>,
+    /// Containers destroyed for exceeding their disk quota, with why.
+    disk_limited: HashMap<ContainerId, agora_containerizer::Limitation>,
 }
 
 #[derive(Default)]
@@ -282,6 +290,16 @@ pub(crate) fn spawn(
         removed_by_master: None,
         removed_tx,
         destroyed_in_use: Vec::new(),
+        disk_du: false,
+        disk_usage: HashMap::new(),
+        disk_limited: HashMap::new(),
+    };
+    st.disk_du = {
+        use agora_containerizer::isolation::{Isolation, DEFAULT_ROOT, DEFAULT_USER};
+        let root = nix::unistd::Uid::effective().is_root();
+        let names =
+            st.config.isolation.clone().unwrap_or_else(|| if root { DEFAULT_ROOT } else { DEFAULT_USER }.to_string());
+        Isolation::parse(&names).map(|i| i.disk_du).unwrap_or(false)
     };
     let task = tokio::spawn(async move {
         st.restore(recovered);
@@ -293,6 +311,9 @@ pub(crate) fn spawn(
 async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>, mut exits: mpsc::UnboundedReceiver<ContainerExit>) {
     let mut retry = tokio::time::interval(Duration::from_millis(250));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut disk =
+        tokio::time::interval(st.config.volumes.container_disk_watch_interval.max(Duration::from_millis(100)));
+    disk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             m = rx.recv() => match m {
@@ -301,6 +322,7 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>, mut exits: mps
             },
             Some(e) = exits.recv() => st.container_exited(e),
             _ = retry.tick() => st.retry_updates(),
+            _ = disk.tick(), if st.disk_du => st.measure_disks(),
         }
     }
     // The agent is going away: its containers go too unless a later issue keeps them.
@@ -422,6 +444,7 @@ impl State {
                 });
             }
             Msg::RecoveryDone => self.recovery_done(),
+            Msg::DiskUsage(measured) => self.disk_measured(measured),
             Msg::ImageProgress { container_id, message } => self.image_progress(&container_id, message),
             Msg::ImageReady { container_id, result } => self.image_ready(container_id, result),
             Msg::RemovedDeadline => {
@@ -751,6 +774,50 @@ impl State {
         self.destroyed_in_use.extend(kept);
         tracing::info!(resources = %wanted, total = %total, "checkpointed resources updated");
         self.agent_info.resources = total.into_vec();
+    }
+
+    /// disk/du: measures every running container's sandbox off the actor.
+    fn measure_disks(&self) {
+        let jobs: Vec<(ContainerId, PathBuf, Option<u64>)> = self
+            .frameworks
+            .values()
+            .flat_map(|f| f.executors.values())
+            .filter(|e| matches!(e.state, ExecState::Registering | ExecState::Running))
+            .map(|e| {
+                let mut res = e.info.resources.clone();
+                if !e.is_command {
+                    for t in e.tasks.values().filter(|t| !t.state.is_terminal()) {
+                        res.extend(t.info.resources.iter().cloned());
+                    }
+                }
+                (e.container_id.clone(), e.directory.clone(), crate::disk::quota(&res))
+            })
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let tx = self.self_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = jobs.into_iter().map(|(cid, dir, quota)| (cid, crate::disk::usage(&dir), quota)).collect();
+            let _ = tx.send(Msg::DiskUsage(out));
+        });
+    }
+
+    fn disk_measured(&mut self, measured: Vec<(ContainerId, u64, Option<u64>)>) {
+        for (cid, used, quota) in measured {
+            if !self.containers.contains_key(&cid) {
+                continue;
+            }
+            self.disk_usage.insert(cid.clone(), (used, quota));
+            let Some(limit) = quota.filter(|q| used > *q) else { continue };
+            if !self.config.volumes.enforce_container_disk_quota || self.disk_limited.contains_key(&cid) {
+                continue;
+            }
+            let l = crate::disk::limitation(used, limit);
+            tracing::warn!(container_id = %cid, used, limit, "container over its disk quota: destroying it");
+            self.disk_limited.insert(cid.clone(), l);
+            self.containerizer.destroy(&cid);
+        }
     }
 
     /// Persistent volumes a live task (or a live custom executor) holds. A command
@@ -1711,9 +1778,13 @@ impl State {
         self.maybe_recovered();
     }
 
-    fn container_ended(&mut self, exit: ContainerExit) {
+    fn container_ended(&mut self, mut exit: ContainerExit) {
         // Its rootfs (if it had an image) goes with it.
         self.release_rootfs(&exit.container_id);
+        self.disk_usage.remove(&exit.container_id);
+        if let Some(l) = self.disk_limited.remove(&exit.container_id) {
+            exit.limitation = exit.limitation.or(Some(l));
+        }
         let Some((fid, eid)) = self.containers.remove(&exit.container_id) else { return };
         let span = tracing::info_span!("executor_exited", framework_id = %fid, executor_id = %eid);
         let _e = span.enter();
@@ -2090,6 +2161,12 @@ impl State {
                     "source": e.info.source.clone().unwrap_or_default(),
                     "statistics": stats.map(|s| serde_json::to_value(s).unwrap_or_default()).unwrap_or_else(|| serde_json::json!({})),
                 });
+                if let Some((used, quota)) = self.disk_usage.get(&e.container_id) {
+                    entry["statistics"]["disk_used_bytes"] = serde_json::json!(used);
+                    if let Some(q) = quota {
+                        entry["statistics"]["disk_limit_bytes"] = serde_json::json!(q);
+                    }
+                }
                 if detailed {
                     entry["container_id"] = serde_json::json!(e.container_id.value);
                     entry["status"] = serde_json::json!({ "executor_pid": e.pid });

@@ -25,8 +25,11 @@ pub const KNOWN: &[&str] = &[
 ];
 
 /// Aliases Mesos accepts.
-const ALIASES: &[(&str, &[&str])] =
-    &[("cgroups", &["cgroups/cpu", "cgroups/mem"]), ("process", &["posix/cpu", "posix/mem"])];
+const ALIASES: &[(&str, &[&str])] = &[
+    ("cgroups", &["cgroups/cpu", "cgroups/mem"]),
+    ("process", &["posix/cpu", "posix/mem"]),
+    ("posix/disk", &["disk/du"]),
+];
 
 /// Mesos isolators Agora does not implement yet (refused with that reason, not as unknown).
 const LATER: &[&str] = &[
@@ -47,7 +50,6 @@ const LATER: &[&str] = &[
     "network/cni",
     "network/port_mapping",
     "network/ports",
-    "posix/disk",
     "volume/csi",
     "volume/secret",
 ];

@@ -1,0 +1,74 @@
+//! disk/du end to end: real `agora master` / `agora agent` processes; a task writing past
+//! its `disk` is killed with REASON_CONTAINER_LIMITATION_DISK when the quota is enforced,
+//! and only reported (in `/monitor/statistics`) when it is not.
+#![allow(clippy::unwrap_used)] // test helpers may panic
+
+mod common;
+
+use agora_api::*;
+use common::*;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(30);
+const ISOLATION: &str = "--isolation=cgroups/cpu,cgroups/mem,cgroups/pids,namespaces/pid,namespaces/ipc,filesystem/linux,linux/capabilities,linux/nnp,linux/seccomp,disk/du";
+const HOG: &str = "dd if=/dev/zero of=hog bs=1M count=24 2>/dev/null && sleep 600";
+
+fn hog(id: &str, agent: &AgentId) -> TaskInfo {
+    let mut t = task_info(id, agent, CommandInfo::shell(HOG), 0.1, 64.0);
+    t.resources.push(Resource::scalar("disk", 8.0));
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_hog_fails_with_the_disk_reason_when_enforced() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP: needs root");
+        return;
+    }
+    let args = [ISOLATION, "--enforce-container-disk-quota", "--container-disk-watch-interval=200ms"];
+    let c = Cluster::start(1, &[], &args).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("hog", true, 0.0)).await;
+    let offer = one_offer(&mut fw).await;
+    fw.s.launch(vec![offer.id.clone()], vec![hog("hog", &offer.agent_id)], 0.0).await.unwrap();
+    let seen = until_terminal(&mut fw, "hog", T).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, TaskState::Failed, "{last:?}\n{}", c.logs());
+    assert_eq!(last.reason, Some(Reason::ReasonContainerLimitationDisk), "{last:?}");
+    assert!(last.message.as_deref().unwrap_or("").contains("exceeds quota (8.0MB)"), "{last:?}");
+    assert!(last.limitation.is_some(), "{last:?}");
+
+    // A task within its quota is left alone.
+    let offer = one_offer(&mut fw).await;
+    let mut ok =
+        task_info("small", &offer.agent_id, CommandInfo::shell("head -c 1000000 /dev/zero > f; sleep 1"), 0.1, 64.0);
+    ok.resources.push(Resource::scalar("disk", 8.0));
+    fw.s.launch(vec![offer.id.clone()], vec![ok], 0.0).await.unwrap();
+    let seen = until_terminal(&mut fw, "small", T).await;
+    assert_eq!(seen.last().unwrap().state, TaskState::Finished, "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_enforcement_disk_usage_is_only_reported() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP: needs root");
+        return;
+    }
+    let c = Cluster::start(1, &[], &[ISOLATION, "--container-disk-watch-interval=200ms"]).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("hog", true, 0.0)).await;
+    let offer = one_offer(&mut fw).await;
+    fw.s.launch(vec![offer.id.clone()], vec![hog("hog", &offer.agent_id)], 0.0).await.unwrap();
+    fw.until_state("hog", TaskState::Running, T).await;
+    let agent = c.agents[0].addr.clone();
+    let seen = wait_until(T, || async {
+        let v = get_json(&format!("http://{agent}/monitor/statistics")).await;
+        let s = v.as_array().and_then(|a| a.first()).map(|e| e["statistics"].clone())?;
+        (s["disk_used_bytes"].as_u64()? > 20 << 20).then_some(s)
+    })
+    .await;
+    let s = seen.expect("disk usage never reported");
+    assert_eq!(s["disk_limit_bytes"].as_u64(), Some(8 << 20), "{s}");
+    // Still running after several measures.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = c.state().await;
+    assert_eq!(st["frameworks"][0]["tasks"][0]["state"], "TASK_RUNNING", "{}", st["frameworks"][0]);
+}
