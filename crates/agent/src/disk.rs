@@ -50,7 +50,7 @@ pub fn quota(resources: &[Resource]) -> Option<u64> {
         .filter(|r| r.name == "disk" && r.persistence_id().is_none())
         .filter_map(|r| r.scalar.as_ref().map(|s| s.value))
         .sum();
-    (mb > 0.0).then(|| (mb * 1024.0 * 1024.0) as u64)
+    (mb > 0.0).then_some((mb * 1024.0 * 1024.0) as u64)
 }
 
 #[cfg(test)]
