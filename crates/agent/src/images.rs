@@ -138,6 +138,8 @@ pub struct Provisioned {
 pub struct ProvisionedAll {
     pub main: Option<Provisioned>,
     pub volumes: Vec<(usize, PathBuf)>,
+    /// The container's CNI networks, joined after its images were provisioned.
+    pub networks: Option<crate::network::Networks>,
 }
 
 /// The provisioner key of a container's image volume `index`: `<container id>.volume<index>`

@@ -13,6 +13,7 @@ pub mod http;
 pub mod images;
 pub mod images_api;
 pub mod link;
+pub mod network;
 pub mod persistent;
 pub mod resources;
 pub mod simulate;
@@ -85,6 +86,8 @@ pub struct AgentConfig {
     pub image_gc_excluded: Vec<String>,
     /// Volumes and disk quota (`--allowed-host-paths`, `--enforce-container-disk-quota`, ...).
     pub volumes: volumes::VolumeConfig,
+    /// Container networking (`--network-cni-*`).
+    pub cni: network::CniConfig,
     pub flags: Vec<(String, String)>,
 }
 
@@ -121,6 +124,7 @@ impl Default for AgentConfig {
             image_gc_max_store_bytes: None,
             image_gc_excluded: Vec::new(),
             volumes: volumes::VolumeConfig::default(),
+            cni: network::CniConfig::default(),
             flags: Vec::new(),
         }
     }
@@ -302,6 +306,15 @@ impl Agent {
             let n = images.remove_orphans(&claimed).await;
             if n > 0 {
                 tracing::info!(orphans = n, "removed orphaned rootfses");
+            }
+            // Networks of containers no checkpoint claims: DEL them, as their containers
+            // are gone (destroyed as orphans by recovery).
+            for id in network::containers_with_networks(&config.work_dir) {
+                if !claimed.contains(&id) {
+                    tracing::info!(container_id = %id, "tearing down an orphaned container's networks");
+                    let (cni, dir) = (config.cni.clone(), config.work_dir.clone());
+                    let _ = tokio::task::spawn_blocking(move || network::teardown(&cni, &dir, &id)).await;
+                }
             }
         }
         let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel();

@@ -227,6 +227,8 @@ pub(crate) struct State {
     disk_usage: HashMap<ContainerId, (u64, Option<u64>)>,
     /// Containers destroyed for exceeding their disk quota, with why.
     disk_limited: HashMap<ContainerId, agora_containerizer::Limitation>,
+    /// `ContainerStatus.network_infos` of containers on CNI networks.
+    container_networks: HashMap<ContainerId, Vec<serde_json::Value>>,
 }
 
 #[derive(Default)]
@@ -293,6 +295,7 @@ pub(crate) fn spawn(
         disk_du: false,
         disk_usage: HashMap::new(),
         disk_limited: HashMap::new(),
+        container_networks: HashMap::new(),
     };
     st.disk_du = {
         use agora_containerizer::isolation::{Isolation, DEFAULT_ROOT, DEFAULT_USER};
@@ -483,6 +486,9 @@ impl State {
             for ex in f.executors {
                 let rec = ex.record;
                 let eid = rec.executor_info.executor_id.clone();
+                if let Some(n) = crate::network::cached(&self.config.work_dir, &rec.container_id.value) {
+                    self.container_networks.insert(rec.container_id.clone(), n.network_infos());
+                }
                 let mut e = Executor {
                     info: rec.executor_info,
                     container_id: rec.container_id.clone(),
@@ -1052,6 +1058,38 @@ impl State {
                 return;
             }
         };
+        // CNI networks, with host ports among the task's `ports`.
+        let networks = crate::network::requests(container_info.as_ref()).and_then(|reqs| {
+            crate::network::check_ports(&reqs, &total.ranges_of("ports"))?;
+            if !reqs.is_empty() && !self.containerizer.supports_images() {
+                return Err("container networks need the linux launcher with filesystem/linux".to_string());
+            }
+            let loopback = self.config.ip.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+            if !reqs.is_empty() && loopback {
+                // The executor runs in the container's network namespace and must reach
+                // the agent, which a loopback address cannot give it.
+                return Err(format!(
+                    "container networks need the agent on an address its containers can reach (--ip is {})",
+                    self.config.ip
+                ));
+            }
+            Ok(reqs)
+        });
+        let networks = match networks {
+            Ok(n) => n,
+            Err(message) => {
+                tracing::warn!(%message, "invalid network_infos");
+                let s = self.agent_status(
+                    &task.task_id,
+                    Some(&eid),
+                    TaskState::Failed,
+                    Some(Reason::ReasonContainerLaunchFailed),
+                    format!("Failed to launch container: {message}"),
+                );
+                self.enqueue_update(&fid, None, s);
+                return;
+            }
+        };
         let volume_images = crate::volumes::image_volumes(container_info.as_ref());
         let spec = LaunchSpec {
             container_id: cid.clone(),
@@ -1068,13 +1106,16 @@ impl State {
             rootfs: None,
             init_in_rootfs: false,
             volumes,
+            netns: None,
+            container_ip: None,
+            nameservers: vec![],
         };
         let executor = Executor {
             info: executor_info,
             container_id: cid.clone(),
             directory: directory.clone(),
             is_command,
-            state: if image.is_some() || !volume_images.is_empty() {
+            state: if image.is_some() || !volume_images.is_empty() || !networks.is_empty() {
                 ExecState::Provisioning
             } else {
                 ExecState::Registering
@@ -1091,22 +1132,29 @@ impl State {
         if let Some(fw) = self.frameworks.get_mut(&fid) {
             fw.executors.insert(eid.clone(), executor);
         }
-        if image.is_none() && volume_images.is_empty() {
+        if image.is_none() && volume_images.is_empty() && networks.is_empty() {
             self.launch_container(&fid, &eid, spec);
         } else {
             if let Some(e) = self.executor_mut(&fid, &eid) {
                 e.pending_launch = Some(spec);
             }
             self.provisioning.insert(cid.clone(), (fid.clone(), eid.clone()));
-            self.start_provisioning(cid, image, volume_images);
+            self.start_provisioning(cid, image, volume_images, networks);
         }
     }
 
     /// Pulls and provisions a container's image off the actor; the result comes back as
     /// `ImageReady`, and a pull still going after 2 s reports progress every 10 s.
-    fn start_provisioning(&self, cid: ContainerId, req: Option<ImageRequest>, volumes: Vec<(usize, ImageRequest)>) {
+    fn start_provisioning(
+        &self,
+        cid: ContainerId,
+        req: Option<ImageRequest>,
+        volumes: Vec<(usize, ImageRequest)>,
+        networks: Vec<crate::network::Request>,
+    ) {
         use tracing::Instrument as _;
         let images = self.images.clone();
+        let (cni, work_dir) = (self.config.cni.clone(), self.config.work_dir.clone());
         let tx = self.self_tx.clone();
         let shown: Vec<String> = req.iter().chain(volumes.iter().map(|(_, r)| r)).map(|r| r.display()).collect();
         let name = shown.join(", ");
@@ -1128,8 +1176,22 @@ impl State {
                     }
                 });
                 let started = std::time::Instant::now();
-                let result = images.provision_all(&cid.value, req.as_ref(), &volumes, progress.clone()).await;
+                let mut result = images.provision_all(&cid.value, req.as_ref(), &volumes, progress.clone()).await;
                 reporter.abort();
+                if let (Ok(p), false) = (&mut result, networks.is_empty()) {
+                    let id = cid.value.clone();
+                    let joined =
+                        tokio::task::spawn_blocking(move || crate::network::setup(&cni, &work_dir, &id, &networks))
+                            .await
+                            .unwrap_or_else(|e| Err(format!("network setup panicked: {e}")));
+                    match joined {
+                        Ok(n) => p.networks = Some(n),
+                        Err(e) => {
+                            images.release(&cid.value).await;
+                            result = Err(e);
+                        }
+                    }
+                }
                 match &result {
                     Ok(p) => tracing::info!(
                         image_id = %p.main.as_ref().map(|m| m.image.id.to_string()).unwrap_or_default(),
@@ -1162,9 +1224,15 @@ impl State {
         }
     }
 
+    /// Releases what a container was given before it started: its rootfs and image
+    /// volumes, and its CNI networks (DEL with the cached arguments, namespace removed).
     fn release_rootfs(&self, cid: &ContainerId) {
         let (images, id) = (self.images.clone(), cid.value.clone());
         tokio::spawn(async move { images.release(&id).await });
+        let (cni, work_dir, id) = (self.config.cni.clone(), self.config.work_dir.clone(), cid.value.clone());
+        if work_dir.join("cni").join(&id).is_dir() {
+            tokio::task::spawn_blocking(move || crate::network::teardown(&cni, &work_dir, &id));
+        }
     }
 
     fn image_ready(&mut self, cid: ContainerId, result: Result<ProvisionedAll, String>) {
@@ -1186,14 +1254,28 @@ impl State {
         }
         let fallback_user =
             self.frameworks.get(&fid).map(|f| f.info.user.clone()).filter(|u| self.config.switch_user && !u.is_empty());
+        let result = result.map(|mut all| {
+            if let Some(n) = all.networks.take() {
+                self.container_networks.insert(cid.clone(), n.network_infos());
+                if let Some(spec) = self.executor_mut(&fid, &eid).and_then(|e| e.pending_launch.as_mut()) {
+                    if let Some(ip) = n.ip() {
+                        spec.env.push(("MESOS_CONTAINER_IP".into(), ip.clone()));
+                        spec.container_ip = Some(ip);
+                    }
+                    spec.nameservers = n.nameservers();
+                    spec.netns = Some(n.netns.clone());
+                }
+            }
+            all
+        });
         match result {
-            Ok(ProvisionedAll { main: None, volumes }) => {
+            Ok(ProvisionedAll { main: None, volumes, .. }) => {
                 let Some(e) = self.executor_mut(&fid, &eid) else { return };
                 let Some(mut spec) = e.pending_launch.take() else { return };
                 fill_image_volumes(&mut spec, volumes);
                 self.launch_container(&fid, &eid, spec);
             }
-            Ok(ProvisionedAll { main: Some(p), volumes }) => {
+            Ok(ProvisionedAll { main: Some(p), volumes, .. }) => {
                 let cfg = &p.image.config;
                 let runtime = agora_executor::ImageRuntime {
                     rootfs: PathBuf::new(),
@@ -1694,6 +1776,15 @@ impl State {
             }
         }
         let agent_id = self.agent_id.clone();
+        // A container on CNI networks reports its addresses with every update.
+        if let Some(cid) = self.executor(fid, eid).map(|e| e.container_id.clone()) {
+            if let Some(nets) = self.container_networks.get(&cid) {
+                status.container_status = Some(Box::new(serde_json::json!({
+                    "container_id": {"value": cid.value},
+                    "network_infos": nets,
+                })));
+            }
+        }
         let Some(e) = self.executor_mut(fid, eid) else {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "Executor cannot be found"));
         };
@@ -1782,6 +1873,7 @@ impl State {
         // Its rootfs (if it had an image) goes with it.
         self.release_rootfs(&exit.container_id);
         self.disk_usage.remove(&exit.container_id);
+        self.container_networks.remove(&exit.container_id);
         if let Some(l) = self.disk_limited.remove(&exit.container_id) {
             exit.limitation = exit.limitation.or(Some(l));
         }

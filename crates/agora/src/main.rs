@@ -373,6 +373,17 @@ struct AgentArgs {
     /// disk/du: how often sandboxes are measured.
     #[arg(long, env = "AGORA_CONTAINER_DISK_WATCH_INTERVAL", default_value = "15secs", value_parser = parse_duration)]
     container_disk_watch_interval: Duration,
+    /// network/cni: directory of CNI network configuration lists (`*.conflist`, `*.conf`);
+    /// containers whose ContainerInfo.network_infos name one of them join it.
+    #[arg(long, env = "AGORA_NETWORK_CNI_CONFIG_DIR")]
+    network_cni_config_dir: Option<PathBuf>,
+    /// network/cni: where the CNI plugin binaries are.
+    #[arg(long, env = "AGORA_NETWORK_CNI_PLUGINS_DIR", default_value = "/usr/lib/cni")]
+    network_cni_plugins_dir: PathBuf,
+    /// network/cni: run the plugins inside this network namespace (a path such as
+    /// /var/run/netns/NAME) instead of the agent's, e.g. to keep tests off the host's.
+    #[arg(long, env = "AGORA_NETWORK_CNI_ROOT_NETNS")]
+    network_cni_root_netns: Option<PathBuf>,
     /// disk/xfs: the XFS project ids containers' sandboxes may get.
     #[arg(long, env = "AGORA_XFS_PROJECT_RANGE", default_value = "[5000-10000]")]
     xfs_project_range: String,
@@ -458,6 +469,12 @@ impl AgentArgs {
             },
             image_gc_max_store_bytes: self.image_gc_max_store_bytes,
             image_gc_excluded: self.image_gc_excluded.clone(),
+            cni: agora_agent::network::CniConfig {
+                config_dir: self.network_cni_config_dir.clone(),
+                plugins_dir: self.network_cni_plugins_dir.clone(),
+                root_netns: self.network_cni_root_netns.clone(),
+                ..agora_agent::network::CniConfig::default()
+            },
             volumes: agora_agent::volumes::VolumeConfig {
                 allowed_host_paths: self
                     .allowed_host_paths

@@ -47,7 +47,6 @@ const LATER: &[&str] = &[
     "filesystem/shared",
     "gpu/nvidia",
     "linux/devices",
-    "network/cni",
     "network/port_mapping",
     "network/ports",
     "volume/csi",
@@ -126,6 +125,9 @@ impl Isolation {
                     "volume/image" => iso.volume_image = true,
                     "disk/du" => iso.disk_du = true,
                     "disk/xfs" => iso.disk_xfs = true,
+                    // Containers with network_infos join CNI networks whenever
+                    // --network-cni-config-dir is set (Mesos adds the isolator itself).
+                    "network/cni" => {}
                     "posix/cpu" | "posix/mem" => {}
                     other if LATER.contains(&other) => {
                         return Err(IsolationError(format!("isolator '{other}' is not supported by Agora yet")));
@@ -212,8 +214,9 @@ mod tests {
     fn unknown_names_are_refused_with_the_list() {
         let e = Isolation::parse("cgroups/cpu,bogus/thing").unwrap_err();
         assert!(e.0.contains("bogus/thing") && e.0.contains("cgroups/mem"), "{e}");
-        let e = Isolation::parse("network/cni").unwrap_err();
+        let e = Isolation::parse("network/port_mapping").unwrap_err();
         assert!(e.0.contains("not supported"), "{e}");
+        assert!(Isolation::parse("filesystem/linux,network/cni").is_ok());
         assert!(Isolation::parse("filesystem/linux,filesystem/posix").is_err());
         let e = Isolation::parse("posix/cpu,volume/host_path").unwrap_err();
         assert!(e.0.contains("filesystem/linux"), "{e}");

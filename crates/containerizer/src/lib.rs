@@ -55,6 +55,12 @@ pub struct LaunchSpec {
     /// The container's init itself runs in `rootfs` (a custom executor in an image), not
     /// only its task: the launcher pivots into the rootfs before exec.
     pub init_in_rootfs: bool,
+    /// A network namespace (pinned by the agent's network/cni) the container joins instead
+    /// of the host's network, with its address and DNS servers for `/etc/hosts` and
+    /// `/etc/resolv.conf` (empty: the host's).
+    pub netns: Option<PathBuf>,
+    pub container_ip: Option<String>,
+    pub nameservers: Vec<String>,
     /// Host directories or files mounted into the container, in order (volumes of every
     /// kind: sandbox paths, host paths, image volumes, persistent volumes). Needs
     /// `filesystem/linux`.

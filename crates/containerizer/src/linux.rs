@@ -237,6 +237,20 @@ impl LinuxContainerizer {
             });
             env.retain(|(k, _)| k != "MESOS_SANDBOX");
             env.push(("MESOS_SANDBOX".into(), CONTAINER_SANDBOX.into()));
+            if spec.netns.is_some() && spec.rootfs.is_none() {
+                // Its own network: its own /etc/hosts, /etc/hostname, /etc/resolv.conf
+                // over the host's (an image gets them in its rootfs instead).
+                for f in ETC_FILES {
+                    mounts.push(MountSpec {
+                        source: Some(dir.join("etc").join(f)),
+                        target: Path::new("/etc").join(f),
+                        bind: true,
+                        ..Default::default()
+                    });
+                }
+            }
+        } else if spec.netns.is_some() {
+            return Err("a container network needs the filesystem/linux isolator".into());
         }
         let mut rlimits = Vec::new();
         if iso.rlimits {
@@ -296,6 +310,7 @@ impl LinuxContainerizer {
             rootfs,
             detach_under: self.config.foreign_mounts.clone(),
             volumes,
+            netns: spec.netns.clone(),
         })
     }
 
@@ -335,10 +350,20 @@ impl LinuxContainerizer {
 /// Writes the `/etc/hosts`, `/etc/hostname` and `/etc/resolv.conf` an image container gets:
 /// its own hostname on loopback (the container shares the host's network), and the host's
 /// resolver configuration.
-fn write_etc_files(etc: &Path, hostname: &str) -> Result<(), (PathBuf, std::io::Error)> {
+fn write_etc_files(
+    etc: &Path,
+    hostname: &str,
+    ip: Option<&str>,
+    nameservers: &[String],
+) -> Result<(), (PathBuf, std::io::Error)> {
     std::fs::create_dir_all(etc).map_err(|e| (etc.to_path_buf(), e))?;
-    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n");
-    let resolv = std::fs::read("/etc/resolv.conf").unwrap_or_default();
+    let own = ip.unwrap_or("127.0.1.1");
+    let hosts = format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{own}\t{hostname}\n");
+    let resolv = if nameservers.is_empty() {
+        std::fs::read("/etc/resolv.conf").unwrap_or_default()
+    } else {
+        nameservers.iter().map(|n| format!("nameserver {n}\n")).collect::<String>().into_bytes()
+    };
     for (name, data) in
         [("hosts", hosts.into_bytes()), ("hostname", format!("{hostname}\n").into_bytes()), ("resolv.conf", resolv)]
     {
@@ -532,9 +557,11 @@ impl Containerizer for LinuxContainerizer {
         let runtime_err =
             |path: &Path, source| ContainerizerError::Runtime { id: ids.clone(), path: path.to_path_buf(), source };
         std::fs::create_dir_all(&dir).map_err(|e| runtime_err(&dir, e))?;
-        if sup_spec.rootfs.is_some() {
+        if sup_spec.rootfs.is_some() || sup_spec.netns.is_some() {
             let hostname = sup_spec.hostname.clone().unwrap_or_default();
-            if let Err((path, e)) = write_etc_files(&dir.join("etc"), &hostname) {
+            if let Err((path, e)) =
+                write_etc_files(&dir.join("etc"), &hostname, spec.container_ip.as_deref(), &spec.nameservers)
+            {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(runtime_err(&path, e));
             }

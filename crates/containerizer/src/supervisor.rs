@@ -96,6 +96,9 @@ pub struct Spec {
     /// Volumes mounted in the container's mount namespace (see [`crate::volumes`]).
     #[serde(default)]
     pub volumes: Vec<crate::volumes::VolumeSpec>,
+    /// A pinned network namespace the init joins (network/cni); `None`: the host's.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// `started.json`.
@@ -396,6 +399,8 @@ struct Setup {
     keep_caps: Option<caps::CapsHashSet>,
     nnp: bool,
     seccomp: Option<seccompiler::BpfProgram>,
+    /// Opened before fork: the network namespace to join.
+    netns: Option<std::fs::File>,
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
@@ -447,6 +452,10 @@ fn container_setup(s: &Setup) -> std::io::Result<()> {
     nix::unistd::setsid().map_err(|e| io_err("setsid", e))?;
     for p in &s.cgroup_procs {
         std::fs::write(p, b"0").map_err(|e| io_err(&format!("join cgroup {}", p.display()), e))?;
+    }
+    if let Some(ns) = &s.netns {
+        nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET)
+            .map_err(|e| io_err("join the network namespace", e))?;
     }
     if !s.unshare.is_empty() {
         nix::sched::unshare(s.unshare).map_err(|e| io_err("unshare", e))?;
@@ -536,7 +545,12 @@ fn prepare(spec: &Spec) -> Result<Setup, String> {
         Some(list) => Some(list.iter().map(|c| capability(c)).collect::<Result<caps::CapsHashSet, String>>()?),
     };
     let seccomp = if spec.seccomp { Some(crate::seccomp::default_profile()?) } else { None };
+    let netns = match &spec.netns {
+        Some(p) => Some(std::fs::File::open(p).map_err(|e| format!("network namespace {}: {e}", p.display()))?),
+        None => None,
+    };
     Ok(Setup {
+        netns,
         cgroup_procs: spec.cgroup_procs.clone(),
         unshare,
         private_root: spec.new_mount_ns,

@@ -127,7 +127,11 @@ impl Cluster {
 
     pub fn add_agent(&mut self) -> usize {
         let i = self.agents.len();
-        let mut args = s(&["agent", "--ip", "127.0.0.1", "--port", "0", "--master", &self.master.addr, "--work-dir"]);
+        let mut args = s(&["agent", "--port", "0", "--master", &self.master.addr]);
+        if !self.agent_args.iter().any(|a| a == "--ip" || a.starts_with("--ip=")) {
+            args.extend(s(&["--ip", "127.0.0.1"]));
+        }
+        args.push("--work-dir".into());
         args.push(self.dir.join(format!("agent{i}")).display().to_string());
         args.extend(s(FAST_AGENT));
         if !self.agent_args.iter().any(|a| a == "--resources") {
@@ -363,7 +367,7 @@ impl Fw {
             let s = self.update(task, left).await.unwrap_or_else(|| {
                 panic!(
                     "task {task} never reached {state:?}; saw {:?}",
-                    seen.iter().map(|s: &TaskStatus| s.state).collect::<Vec<_>>()
+                    seen.iter().map(|s: &TaskStatus| (s.state, s.message.clone())).collect::<Vec<_>>()
                 )
             });
             let done = s.state == state;
