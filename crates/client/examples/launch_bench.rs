@@ -4,7 +4,9 @@
 //! (PRUNE_IMAGES) before every launch, so each start pulls, unpacks and provisions it;
 //! `warm` (the default) keeps it.
 //!
-//! `cargo run --release -p agora-client --example launch_bench -- MASTER AGENT N [IMAGE|- [warm|cold]]`
+//! With NETWORK (a CNI network name), each container joins it (network/cni).
+//!
+//! `cargo run --release -p agora-client --example launch_bench -- MASTER AGENT N [IMAGE|- [warm|cold [NETWORK]]]`
 use agora_api::scheduler::EventType;
 use agora_api::*;
 use agora_client::{framework_info, Scheduler};
@@ -51,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(200);
     let image = args.get(4).cloned().filter(|i| i != "-");
     let cold = args.get(5).map(|m| m == "cold").unwrap_or(false);
+    let network = args.get(6).cloned().filter(|n| n != "-");
     let mut info = framework_info("launch-bench", "*");
     info.user = "root".into();
     let mut s = Scheduler::subscribe(&master, info).await?;
@@ -91,6 +94,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(img) = &image {
             task.container = Some(agora_client::run::container_with_image(img));
         }
+        if let Some(net) = &network {
+            let mut c = task.container.take().unwrap_or_else(|| serde_json::json!({"type": "MESOS"}));
+            c["network_infos"] = serde_json::json!([{ "name": net }]);
+            task.container = Some(c);
+        }
         let t0 = Instant::now();
         s.launch(vec![offer.id.clone()], vec![task], 0.0).await?;
         loop {
@@ -124,6 +132,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "launches": n,
         "image": image,
         "mode": if cold { "cold" } else { "warm" },
+        "network": network,
         "total_secs": total,
         "framework_accept_to_running_ms_p50": pct(&mut to_running, 0.5),
         "framework_accept_to_running_ms_p99": pct(&mut to_running, 0.99),
