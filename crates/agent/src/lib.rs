@@ -15,6 +15,7 @@ pub mod images_api;
 pub mod link;
 pub mod network;
 pub mod persistent;
+pub mod ports;
 pub mod resources;
 pub mod simulate;
 pub mod state;
@@ -88,6 +89,8 @@ pub struct AgentConfig {
     pub volumes: volumes::VolumeConfig,
     /// Container networking (`--network-cni-*`).
     pub cni: network::CniConfig,
+    /// network/ports (`--container-ports-watch-interval`, ...).
+    pub ports: ports::PortsConfig,
     pub flags: Vec<(String, String)>,
 }
 
@@ -125,6 +128,7 @@ impl Default for AgentConfig {
             image_gc_excluded: Vec::new(),
             volumes: volumes::VolumeConfig::default(),
             cni: network::CniConfig::default(),
+            ports: ports::PortsConfig::default(),
             flags: Vec::new(),
         }
     }

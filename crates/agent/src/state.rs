@@ -11,7 +11,7 @@ use agora_api::*;
 use agora_containerizer::{ContainerExit, Containerizer, LaunchSpec};
 use agora_http::http::StatusCode;
 use bytes::Bytes;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +93,8 @@ pub enum Msg {
     RecoveryDone,
     /// disk/du measured these sandboxes: (container, bytes used, quota).
     DiskUsage(Vec<(ContainerId, u64, Option<u64>)>),
+    /// network/ports found these containers listening on these ports.
+    Listening(Vec<(ContainerId, std::collections::BTreeSet<u16>)>),
     Shutdown {
         reply: oneshot::Sender<()>,
     },
@@ -225,10 +227,15 @@ pub(crate) struct State {
     disk_du: bool,
     /// The last measure of each container's sandbox: (bytes used, quota in bytes).
     disk_usage: HashMap<ContainerId, (u64, Option<u64>)>,
-    /// Containers destroyed for exceeding their disk quota, with why.
+    /// Containers destroyed for a limitation the agent itself found (disk quota, ports),
+    /// with why.
     disk_limited: HashMap<ContainerId, agora_containerizer::Limitation>,
     /// `ContainerStatus.network_infos` of containers on CNI networks.
     container_networks: HashMap<ContainerId, Vec<serde_json::Value>>,
+    /// `network/ports` is on: host-network containers' listening ports are checked.
+    network_ports: bool,
+    /// Violations already logged (not enforced), so each is logged once.
+    ports_warned: HashSet<(ContainerId, u16)>,
 }
 
 #[derive(Default)]
@@ -296,14 +303,18 @@ pub(crate) fn spawn(
         disk_usage: HashMap::new(),
         disk_limited: HashMap::new(),
         container_networks: HashMap::new(),
+        network_ports: false,
+        ports_warned: HashSet::new(),
     };
-    st.disk_du = {
+    let isolation = {
         use agora_containerizer::isolation::{Isolation, DEFAULT_ROOT, DEFAULT_USER};
         let root = nix::unistd::Uid::effective().is_root();
         let names =
             st.config.isolation.clone().unwrap_or_else(|| if root { DEFAULT_ROOT } else { DEFAULT_USER }.to_string());
-        Isolation::parse(&names).map(|i| i.disk_du).unwrap_or(false)
+        Isolation::parse(&names).ok()
     };
+    st.disk_du = isolation.as_ref().is_some_and(|i| i.disk_du);
+    st.network_ports = isolation.as_ref().is_some_and(|i| i.network_ports);
     let task = tokio::spawn(async move {
         st.restore(recovered);
         run(st, rx, exits_rx).await
@@ -317,6 +328,8 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>, mut exits: mps
     let mut disk =
         tokio::time::interval(st.config.volumes.container_disk_watch_interval.max(Duration::from_millis(100)));
     disk.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ports = tokio::time::interval(st.config.ports.watch_interval.max(Duration::from_millis(100)));
+    ports.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             m = rx.recv() => match m {
@@ -326,6 +339,7 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>, mut exits: mps
             Some(e) = exits.recv() => st.container_exited(e),
             _ = retry.tick() => st.retry_updates(),
             _ = disk.tick(), if st.disk_du => st.measure_disks(),
+            _ = ports.tick(), if st.network_ports => st.check_ports(),
         }
     }
     // The agent is going away: its containers go too unless a later issue keeps them.
@@ -448,6 +462,7 @@ impl State {
             }
             Msg::RecoveryDone => self.recovery_done(),
             Msg::DiskUsage(measured) => self.disk_measured(measured),
+            Msg::Listening(found) => self.ports_found(found),
             Msg::ImageProgress { container_id, message } => self.image_progress(&container_id, message),
             Msg::ImageReady { container_id, result } => self.image_ready(container_id, result),
             Msg::RemovedDeadline => {
@@ -807,6 +822,55 @@ impl State {
             let out = jobs.into_iter().map(|(cid, dir, quota)| (cid, crate::disk::usage(&dir), quota)).collect();
             let _ = tx.send(Msg::DiskUsage(out));
         });
+    }
+
+    /// network/ports: the listening sockets of every host-network container, off the actor.
+    fn check_ports(&self) {
+        let jobs: Vec<(ContainerId, Vec<i32>)> = self
+            .frameworks
+            .values()
+            .flat_map(|f| f.executors.values())
+            .filter(|e| matches!(e.state, ExecState::Registering | ExecState::Running))
+            .filter(|e| !self.container_networks.contains_key(&e.container_id))
+            .map(|e| (e.container_id.clone(), self.containerizer.pids(&e.container_id)))
+            .filter(|(_, pids)| !pids.is_empty())
+            .collect();
+        if jobs.is_empty() {
+            return;
+        }
+        let tx = self.self_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = jobs.into_iter().map(|(cid, pids)| (cid, crate::ports::listening(&pids))).collect();
+            let _ = tx.send(Msg::Listening(out));
+        });
+    }
+
+    fn ports_found(&mut self, found: Vec<(ContainerId, std::collections::BTreeSet<u16>)>) {
+        let agent_range = Resources::from_vec(self.agent_info.resources.clone()).ranges_of("ports");
+        for (cid, listening) in found {
+            let Some((fid, eid)) = self.containers.get(&cid).cloned() else { continue };
+            let Some(e) = self.executor(&fid, &eid) else { continue };
+            let mut res = e.info.resources.clone();
+            for t in e.tasks.values().filter(|t| !t.state.is_terminal()) {
+                res.extend(t.info.resources.iter().cloned());
+            }
+            let only_in = self.config.ports.check_agent_port_range_only.then_some(agent_range.as_slice());
+            let Some(port) = crate::ports::violation(&listening, &crate::ports::allowed(&res), only_in) else {
+                continue;
+            };
+            if !self.config.ports.enforce {
+                if self.ports_warned.insert((cid.clone(), port)) {
+                    tracing::warn!(container_id = %cid, port, "container listens on a port it was not given");
+                }
+                continue;
+            }
+            if self.disk_limited.contains_key(&cid) {
+                continue;
+            }
+            tracing::warn!(container_id = %cid, port, "container listens on a port it was not given: destroying it");
+            self.disk_limited.insert(cid.clone(), crate::ports::limitation(port));
+            self.containerizer.destroy(&cid);
+        }
     }
 
     fn disk_measured(&mut self, measured: Vec<(ContainerId, u64, Option<u64>)>) {
@@ -1874,6 +1938,7 @@ impl State {
         self.release_rootfs(&exit.container_id);
         self.disk_usage.remove(&exit.container_id);
         self.container_networks.remove(&exit.container_id);
+        self.ports_warned.retain(|(c, _)| c != &exit.container_id);
         if let Some(l) = self.disk_limited.remove(&exit.container_id) {
             exit.limitation = exit.limitation.or(Some(l));
         }

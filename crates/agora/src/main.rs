@@ -384,6 +384,15 @@ struct AgentArgs {
     /// /var/run/netns/NAME) instead of the agent's, e.g. to keep tests off the host's.
     #[arg(long, env = "AGORA_NETWORK_CNI_ROOT_NETNS")]
     network_cni_root_netns: Option<PathBuf>,
+    /// network/ports: how often host-network containers' listening ports are checked.
+    #[arg(long, env = "AGORA_CONTAINER_PORTS_WATCH_INTERVAL", default_value = "30secs", value_parser = parse_duration)]
+    container_ports_watch_interval: Duration,
+    /// network/ports: check only ports inside the agent's own `ports` resource.
+    #[arg(long, env = "AGORA_CHECK_AGENT_PORT_RANGE_ONLY")]
+    check_agent_port_range_only: bool,
+    /// network/ports: kill a container listening on a port it was not given (else log it).
+    #[arg(long, env = "AGORA_ENFORCE_CONTAINER_PORTS")]
+    enforce_container_ports: bool,
     /// disk/xfs: the XFS project ids containers' sandboxes may get.
     #[arg(long, env = "AGORA_XFS_PROJECT_RANGE", default_value = "[5000-10000]")]
     xfs_project_range: String,
@@ -469,6 +478,11 @@ impl AgentArgs {
             },
             image_gc_max_store_bytes: self.image_gc_max_store_bytes,
             image_gc_excluded: self.image_gc_excluded.clone(),
+            ports: agora_agent::ports::PortsConfig {
+                watch_interval: self.container_ports_watch_interval.max(Duration::from_millis(100)),
+                check_agent_port_range_only: self.check_agent_port_range_only,
+                enforce: self.enforce_container_ports,
+            },
             cni: agora_agent::network::CniConfig {
                 config_dir: self.network_cni_config_dir.clone(),
                 plugins_dir: self.network_cni_plugins_dir.clone(),

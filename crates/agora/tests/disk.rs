@@ -72,3 +72,39 @@ async fn without_enforcement_disk_usage_is_only_reported() {
     let st = c.state().await;
     assert_eq!(st["frameworks"][0]["tasks"][0]["state"], "TASK_RUNNING", "{}", st["frameworks"][0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn network_ports_kills_a_task_listening_on_a_port_it_was_not_given() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("SKIP: needs root");
+        return;
+    }
+    let isolation = ISOLATION.replace("disk/du", "network/ports");
+    let args = [isolation.as_str(), "--enforce-container-ports", "--container-ports-watch-interval=200ms"];
+    let c = Cluster::start(1, &[], &args).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("ports", true, 0.0)).await;
+    // A free port of the agent's range (given to one task), and any free port (not given).
+    let free = |p: u64| std::net::TcpListener::bind(("127.0.0.1", p as u16)).is_ok();
+    let given = (31000..32000).find(|p| free(*p)).expect("a free port in 31000-32000");
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port() as u64;
+    let serve = |p: u64| format!("mkdir -p www && exec busybox httpd -f -p 127.0.0.1:{p} -h www");
+    if !std::path::Path::new("/bin/busybox").exists() {
+        eprintln!("SKIP: needs busybox on the host");
+        return;
+    }
+    let offer = one_offer(&mut fw).await;
+    let mut ok = task_info("ok", &offer.agent_id, CommandInfo::shell(serve(given)), 0.1, 64.0);
+    ok.resources.push(Resource::ranges("ports", vec![(given, given)]));
+    let rogue = task_info("rogue", &offer.agent_id, CommandInfo::shell(serve(other)), 0.1, 64.0);
+    fw.s.launch(vec![offer.id.clone()], vec![ok, rogue], 0.0).await.unwrap();
+    let seen = until_terminal(&mut fw, "rogue", T).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, TaskState::Failed, "{last:?}\n{}", c.logs());
+    assert_eq!(last.reason, Some(Reason::ReasonContainerLimitation), "{last:?}");
+    assert!(last.message.as_deref().unwrap_or("").contains(&format!("port {other}")), "{last:?}");
+    // The one on its own port keeps running.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let st = c.state().await;
+    let tasks = st["frameworks"][0]["tasks"].as_array().cloned().unwrap_or_default();
+    assert!(tasks.iter().any(|t| t["id"] == "ok" && t["state"] == "TASK_RUNNING"), "{tasks:?}");
+}

@@ -22,6 +22,8 @@ pub const KNOWN: &[&str] = &[
     "volume/image",
     "disk/du",
     "disk/xfs",
+    "network/cni",
+    "network/ports",
 ];
 
 /// Aliases Mesos accepts.
@@ -48,7 +50,6 @@ const LATER: &[&str] = &[
     "gpu/nvidia",
     "linux/devices",
     "network/port_mapping",
-    "network/ports",
     "volume/csi",
     "volume/secret",
 ];
@@ -76,6 +77,8 @@ pub struct Isolation {
     pub volume_image: bool,
     pub disk_du: bool,
     pub disk_xfs: bool,
+    /// network/ports: host-network containers listen only on their `ports`.
+    pub network_ports: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -128,6 +131,7 @@ impl Isolation {
                     // Containers with network_infos join CNI networks whenever
                     // --network-cni-config-dir is set (Mesos adds the isolator itself).
                     "network/cni" => {}
+                    "network/ports" => iso.network_ports = true,
                     "posix/cpu" | "posix/mem" => {}
                     other if LATER.contains(&other) => {
                         return Err(IsolationError(format!("isolator '{other}' is not supported by Agora yet")));

@@ -166,6 +166,10 @@ pub trait Containerizer: Send + Sync {
     fn limitation(&self, _id: &ContainerId) -> Option<Limitation> {
         None
     }
+    /// The processes of a running container (host pids), where the launcher knows them.
+    fn pids(&self, _id: &ContainerId) -> Vec<i32> {
+        Vec::new()
+    }
     /// Current resource usage, where the launcher can measure it.
     fn usage(&self, _id: &ContainerId) -> Option<ContainerStats> {
         None

@@ -652,6 +652,13 @@ impl Containerizer for LinuxContainerizer {
         oom.then(|| memory_limitation(mem))
     }
 
+    fn pids(&self, id: &ContainerId) -> Vec<i32> {
+        let Some(cgroup) = self.running.lock().ok().and_then(|m| m.get(id).map(|r| r.cgroup.clone())) else {
+            return Vec::new();
+        };
+        self.cgroups.as_ref().and_then(|cg| cg.procs(&cgroup).ok()).unwrap_or_default()
+    }
+
     fn usage(&self, id: &ContainerId) -> Option<ContainerStats> {
         let (cgroup, cpus) =
             self.running.lock().ok().and_then(|m| m.get(id).map(|r| (r.cgroup.clone(), r.cpus_limit)))?;
