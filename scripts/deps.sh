@@ -2,7 +2,7 @@
 # Installs what building and testing Agora needs on Debian bookworm (run as root).
 # Idempotent and quiet when everything is already there.
 set -euo pipefail
-pkgs=(gcc libc6-dev pkg-config procps iproute2 ca-certificates python3)
+pkgs=(gcc libc6-dev pkg-config procps iproute2 ca-certificates python3 util-linux xfsprogs containernetworking-plugins iptables curl jq busybox-static)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")

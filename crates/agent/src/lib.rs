@@ -20,6 +20,7 @@ pub mod resources;
 pub mod simulate;
 pub mod state;
 pub mod volumes;
+pub mod xfs;
 
 use agora_api::{AgentInfo, Attribute, Resources};
 use std::net::SocketAddr;
@@ -321,9 +322,30 @@ impl Agent {
                 }
             }
         }
+        // disk/xfs: the work dir must have project quotas; ids of containers gone are freed.
+        let xfs = {
+            use agora_containerizer::isolation::{Isolation, DEFAULT_ROOT, DEFAULT_USER};
+            let root = nix::unistd::Uid::effective().is_root();
+            let names =
+                config.isolation.clone().unwrap_or_else(|| if root { DEFAULT_ROOT } else { DEFAULT_USER }.to_string());
+            match Isolation::parse(&names) {
+                Ok(i) if i.disk_xfs => {
+                    let x = xfs::Xfs::open(&config.work_dir, config.volumes.xfs_project_range)
+                        .map_err(AgentError::Isolation)?;
+                    let live: std::collections::HashSet<String> = recovered
+                        .frameworks
+                        .iter()
+                        .flat_map(|f| f.executors.iter().map(|e| e.record.container_id.value.clone()))
+                        .collect();
+                    x.recover(&live);
+                    Some(Arc::new(x))
+                }
+                _ => None,
+            }
+        };
         let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel();
         let (handle, removed, actor) =
-            state::spawn(config.clone(), info, containerizer, images.clone(), out_tx, recovered, recovery_tx);
+            state::spawn(config.clone(), info, containerizer, images.clone(), out_tx, recovered, recovery_tx, xfs);
         let reconnect = Arc::new(tokio::sync::Notify::new());
         let link_task = tokio::spawn(link::run(config.clone(), handle.clone(), reconnect.clone(), recovery_rx));
         let out_task = tokio::spawn(link::outbound(config.clone(), out_rx, reconnect));

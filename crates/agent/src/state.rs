@@ -236,6 +236,8 @@ pub(crate) struct State {
     network_ports: bool,
     /// Violations already logged (not enforced), so each is logged once.
     ports_warned: HashSet<(ContainerId, u16)>,
+    /// disk/xfs: project quotas of sandboxes.
+    xfs: Option<Arc<crate::xfs::Xfs>>,
 }
 
 #[derive(Default)]
@@ -266,6 +268,7 @@ pub(crate) fn spawn(
     out: mpsc::UnboundedSender<AgentToMaster>,
     recovered: Recovered,
     recovery_done: oneshot::Sender<()>,
+    xfs: Option<Arc<crate::xfs::Xfs>>,
 ) -> (Handle, watch::Receiver<Option<String>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::unbounded_channel();
     let (removed_tx, removed_rx) = watch::channel(None);
@@ -305,6 +308,7 @@ pub(crate) fn spawn(
         container_networks: HashMap::new(),
         network_ports: false,
         ports_warned: HashSet::new(),
+        xfs,
     };
     let isolation = {
         use agora_containerizer::isolation::{Isolation, DEFAULT_ROOT, DEFAULT_USER};
@@ -1408,6 +1412,26 @@ impl State {
     fn launch_container(&mut self, fid: &FrameworkId, eid: &ExecutorId, spec: LaunchSpec) {
         let cid = spec.container_id.clone();
         let directory = spec.directory.clone();
+        if let Some(x) = self.xfs.clone() {
+            let quota = self.executor(fid, eid).and_then(|e| {
+                let mut res = e.info.resources.clone();
+                if !e.is_command {
+                    res.extend(e.queued.iter().flat_map(|t| t.resources.iter().cloned()));
+                }
+                crate::disk::quota(&res)
+            });
+            if let Some(bytes) = quota {
+                let set = std::fs::create_dir_all(&directory)
+                    .map_err(|e| format!("cannot create the sandbox {}: {e}", directory.display()))
+                    .and_then(|_| x.assign(&cid.value, &directory, bytes));
+                if let Err(e) = set {
+                    tracing::warn!(error = %e, "cannot set the sandbox's disk quota");
+                    self.drop_unlaunched(fid, eid, &format!("Failed to launch container: disk/xfs: {e}"));
+                    self.release_rootfs(&cid);
+                    return;
+                }
+            }
+        }
         match self.containerizer.launch(spec, self.exits_tx.clone()) {
             Ok(pid) => {
                 let Some(fw) = self.frameworks.get_mut(fid) else {
@@ -1456,8 +1480,12 @@ impl State {
             Err(e) => {
                 tracing::warn!(error = %e, "container launch failed");
                 self.drop_unlaunched(fid, eid, &e.to_string());
-                // Its rootfs and image volumes, if it had any.
+                // Its rootfs and image volumes, networks and disk quota, if it had any.
                 self.release_rootfs(&cid);
+                if let Some(x) = self.xfs.clone() {
+                    let id = cid.value.clone();
+                    tokio::task::spawn_blocking(move || x.release(&id));
+                }
             }
         }
     }
@@ -1938,6 +1966,10 @@ impl State {
         self.release_rootfs(&exit.container_id);
         self.disk_usage.remove(&exit.container_id);
         self.container_networks.remove(&exit.container_id);
+        if let Some(x) = self.xfs.clone() {
+            let id = exit.container_id.value.clone();
+            tokio::task::spawn_blocking(move || x.release(&id));
+        }
         self.ports_warned.retain(|(c, _)| c != &exit.container_id);
         if let Some(l) = self.disk_limited.remove(&exit.container_id) {
             exit.limitation = exit.limitation.or(Some(l));

@@ -131,8 +131,10 @@ impl Cluster {
         if !self.agent_args.iter().any(|a| a == "--ip" || a.starts_with("--ip=")) {
             args.extend(s(&["--ip", "127.0.0.1"]));
         }
-        args.push("--work-dir".into());
-        args.push(self.dir.join(format!("agent{i}")).display().to_string());
+        if !self.agent_args.iter().any(|a| a == "--work-dir" || a.starts_with("--work-dir=")) {
+            args.push("--work-dir".into());
+            args.push(self.dir.join(format!("agent{i}")).display().to_string());
+        }
         args.extend(s(FAST_AGENT));
         if !self.agent_args.iter().any(|a| a == "--resources") {
             args.extend(s(&["--resources", "cpus:8;mem:8192;disk:10000;ports:[31000-32000]"]));
