@@ -260,6 +260,8 @@ fn new_uuid() -> B64 {
     B64(uuid::Uuid::new_v4().as_bytes().to_vec())
 }
 
+/// Starts the agent's actor with everything `Agent::start` prepared.
+#[allow(clippy::too_many_arguments)] // one call site; a struct for it would only rename them
 pub(crate) fn spawn(
     config: AgentConfig,
     agent_info: AgentInfo,
