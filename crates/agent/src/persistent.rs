@@ -34,12 +34,7 @@ pub fn remove(work_dir: &Path) {
 
 /// The agent's `--resources`, from a total that has checkpointed changes in it.
 pub fn base_of(total: &Resources) -> Resources {
-    let mut base = total.clone();
-    for r in operations::checkpointed(total).iter() {
-        base.subtract(r);
-        base.add(&r.base_form());
-    }
-    base
+    operations::base(total)
 }
 
 /// Where a persistent volume's data lives.

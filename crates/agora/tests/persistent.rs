@@ -274,6 +274,22 @@ async fn operator_reservations_and_volumes_with_their_refusals() {
         st["slaves"][0]
     );
 
+    // The master's record wins: an agent that lost its checkpoint of a reservation gets it
+    // back when it re-registers.
+    let keep = [reserved(Resource::scalar("cpus", 1.0), "web")];
+    let (status, text) = post(&url, &call("RESERVE_RESOURCES", "resources", &keep)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{text}");
+    let ckpt = c.dir.join("agent0/resources.json");
+    let has = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default().contains("DYNAMIC");
+    assert!(wait_until(T, || async { has(&ckpt).then_some(()) }).await.is_some());
+    let mut c = c;
+    c.crash_agent(0);
+    std::fs::remove_file(&ckpt).unwrap();
+    c.restart_agent(0, &[]).unwrap();
+    assert!(wait_until(T, || async { has(&ckpt).then_some(()) }).await.is_some(), "{}", c.logs());
+    let st = c.state().await;
+    assert_eq!(st["slaves"][0]["reserved_resources"]["web"]["cpus"], 3.0, "{}", st["slaves"][0]);
+
     // The static reservation is offered to web only.
     let mut other = Fw::subscribe(&c.master.addr, framework("other", "other")).await;
     let offers = other.offers().await;

@@ -174,6 +174,21 @@ pub fn with_checkpointed(base: &Resources, checkpointed: &Resources) -> Result<R
     Ok(total)
 }
 
+/// The resources an agent was started with, from a total with checkpointed changes in it.
+pub fn base(total: &Resources) -> Resources {
+    let mut base = total.clone();
+    for r in checkpointed(total).iter() {
+        base.subtract(r);
+        base.add(&r.base_form());
+    }
+    base
+}
+
+/// Whether two collections hold the same resources.
+pub fn same(a: &Resources, b: &Resources) -> bool {
+    a.contains(b) && b.contains(a)
+}
+
 /// The ids of the persistent volumes in `res`.
 pub fn volume_ids(res: &Resources) -> Vec<String> {
     res.iter().filter_map(|r| r.persistence_id().map(str::to_string)).collect()

@@ -472,6 +472,9 @@ pub(crate) struct State {
     /// Agents in the registry that have not re-registered since this master was elected.
     pub recovered_agents: BTreeMap<AgentId, AgentRecord>,
     pub gone_agents: BTreeMap<AgentId, f64>,
+    /// Re-registering agents whose reported reservations and volumes differ from the
+    /// master's: they are sent the master's once readmitted.
+    resend_checkpoint: HashMap<AgentId, Vec<Resource>>,
     pending_agents: HashMap<AgentId, PendingAgent>,
     pending_frameworks: HashMap<FrameworkId, PendingFramework>,
     generations: u64,
@@ -558,6 +561,7 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         elected_time: None,
         recovered_agents: BTreeMap::new(),
         gone_agents: BTreeMap::new(),
+        resend_checkpoint: HashMap::new(),
         pending_agents: HashMap::new(),
         pending_frameworks: HashMap::new(),
         generations: 0,
@@ -1887,6 +1891,7 @@ impl State {
             return Err(ApiError::forbidden(format!("Agent {id} has been marked gone")));
         }
         self.check_machine_up(&agent_info)?;
+        let agent_info = self.with_known_reservations(&id, agent_info);
         // The registry needs a write unless it holds this agent as it is now.
         let pid = format!("slave(1)@{}:{}", agent_info.hostname, agent_info.port);
         let same = |info: &AgentInfo, p: &str, v: &str| *info == agent_info && p == pid && v == version;
@@ -1942,11 +1947,15 @@ impl State {
         let mut agent =
             Agent::new(agent_info, pid, version, total.clone(), self.agent_stream(&id, tx), registered_time);
         agent.reregistered_time = Some(now);
+        let resend = self.resend_checkpoint.remove(&id);
         agent.send(&MasterToAgent::Reregistered {
             agent_id: id.clone(),
             session_id: agent.session_id.clone(),
             master_info: self.master_info.clone(),
         });
+        if let Some(resources) = resend {
+            agent.send(&MasterToAgent::CheckpointResources { resources });
+        }
         // Frameworks the master does not know (e.g. after a master restart) are recreated
         // disconnected, waiting for their scheduler to re-subscribe.
         for fi in frameworks {

@@ -78,6 +78,34 @@ impl State {
         Ok(())
     }
 
+    /// A re-registering agent's report with the master's reservations and volumes in it,
+    /// where they differ (the agent missed a CheckpointResources while disconnected): the
+    /// master's record wins, as in Mesos, and the agent is told it once readmitted.
+    pub(super) fn with_known_reservations(&mut self, id: &AgentId, mut info: AgentInfo) -> AgentInfo {
+        let known = match (self.agents.get(id), self.recovered_agents.get(id)) {
+            (Some(a), _) => a.total.clone(),
+            (None, Some(r)) => Resources::from_vec(r.info.resources.clone()),
+            (None, None) => return info,
+        };
+        let reported = Resources::from_vec(info.resources.clone());
+        let (mine, theirs) = (ops::checkpointed(&known), ops::checkpointed(&reported));
+        if ops::same(&mine, &theirs) {
+            return info;
+        }
+        match ops::with_checkpointed(&ops::base(&reported), &mine) {
+            Ok(total) => {
+                tracing::warn!(agent_id = %id, master = %mine, agent = %theirs,
+                    "the agent's reservations and volumes differ from the master's; the master's are sent to it");
+                info.resources = total.into_vec();
+                self.resend_checkpoint.insert(id.clone(), mine.into_vec());
+            }
+            Err(e) => {
+                tracing::error!(agent_id = %id, error = %e, "the master's reservations no longer fit the agent; its own are kept")
+            }
+        }
+        info
+    }
+
     /// RESERVE_RESOURCES, UNRESERVE_RESOURCES, CREATE_VOLUMES, DESTROY_VOLUMES: on the
     /// agent's unallocated resources; offers outstanding on the agent are rescinded first
     /// when what is asked for is not free otherwise. 409 when it still is not.
