@@ -121,7 +121,7 @@ for i in range(3):
     tid = f"client-{i}"
     launch(tid, f"a=$(cut -d' ' -f1 /proc/uptime); wget -q -O /dev/null http://{ip}:8080/blob; b=$(cut -d' ' -f1 /proc/uptime); echo \"$a $b\"")
     wait(tid, "TASK_FINISHED")
-print(fid)
+print(fid["value"])
 PY
 FID=$(tail -1 "$W/containers.txt")
 CT=$(for i in 0 1 2; do cat "$W"/a/slaves/*/frameworks/"$FID"/executors/client-$i/runs/latest/stdout; done | awk '{print $2-$1}' | median)
