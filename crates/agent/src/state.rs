@@ -1078,16 +1078,7 @@ impl State {
         let image = match image {
             Ok(i) => i,
             Err(message) => {
-                tracing::warn!(%message, "cannot run the task's image");
-                let s = self.agent_status(
-                    &task.task_id,
-                    Some(&eid),
-                    TaskState::Failed,
-                    Some(Reason::ReasonContainerLaunchFailed),
-                    format!("Failed to launch container: {message}"),
-                );
-                self.enqueue_update(&fid, None, s);
-                return;
+                return self.launch_failed(&fid, &eid, &task.task_id, "cannot run the task's image", &message)
             }
         };
         let container_info = task.container.clone().or_else(|| executor_info.container.clone());
@@ -1099,33 +1090,13 @@ impl State {
             &self.config.volumes,
         ) {
             Ok(v) => v,
-            Err(message) => {
-                tracing::warn!(%message, "invalid volumes");
-                let s = self.agent_status(
-                    &task.task_id,
-                    Some(&eid),
-                    TaskState::Failed,
-                    Some(Reason::ReasonContainerLaunchFailed),
-                    format!("Failed to launch container: {message}"),
-                );
-                self.enqueue_update(&fid, None, s);
-                return;
-            }
+            Err(message) => return self.launch_failed(&fid, &eid, &task.task_id, "invalid volumes", &message),
         };
         // Persistent volumes among its resources, mounted where the task asks.
         let volumes = match crate::persistent::mounts_for(&self.config.work_dir, &total.0) {
             Ok(p) => volumes.into_iter().chain(p).collect(),
             Err(message) => {
-                tracing::warn!(%message, "invalid persistent volume");
-                let s = self.agent_status(
-                    &task.task_id,
-                    Some(&eid),
-                    TaskState::Failed,
-                    Some(Reason::ReasonContainerLaunchFailed),
-                    format!("Failed to launch container: {message}"),
-                );
-                self.enqueue_update(&fid, None, s);
-                return;
+                return self.launch_failed(&fid, &eid, &task.task_id, "invalid persistent volume", &message)
             }
         };
         // CNI networks, with host ports among the task's `ports`.
@@ -1147,18 +1118,7 @@ impl State {
         });
         let networks = match networks {
             Ok(n) => n,
-            Err(message) => {
-                tracing::warn!(%message, "invalid network_infos");
-                let s = self.agent_status(
-                    &task.task_id,
-                    Some(&eid),
-                    TaskState::Failed,
-                    Some(Reason::ReasonContainerLaunchFailed),
-                    format!("Failed to launch container: {message}"),
-                );
-                self.enqueue_update(&fid, None, s);
-                return;
-            }
+            Err(message) => return self.launch_failed(&fid, &eid, &task.task_id, "invalid network_infos", &message),
         };
         let volume_images = crate::volumes::image_volumes(container_info.as_ref());
         let spec = LaunchSpec {
@@ -1391,6 +1351,20 @@ impl State {
                 self.release_rootfs(&cid);
             }
         }
+    }
+
+    /// A task whose container cannot be set up (a bad image, volume or network): it
+    /// fails with the reason before anything is made.
+    fn launch_failed(&mut self, fid: &FrameworkId, eid: &ExecutorId, task_id: &TaskId, what: &str, message: &str) {
+        tracing::warn!(%message, "{what}");
+        let s = self.agent_status(
+            task_id,
+            Some(eid),
+            TaskState::Failed,
+            Some(Reason::ReasonContainerLaunchFailed),
+            format!("Failed to launch container: {message}"),
+        );
+        self.enqueue_update(fid, None, s);
     }
 
     /// An executor whose container could not be started: its tasks fail, and it is

@@ -13,7 +13,6 @@ use agora_api::scheduler::{self as sched, EventType};
 use agora_api::*;
 use agora_http::http::StatusCode;
 use common::*;
-use nix::sys::signal::Signal;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(30);
@@ -108,18 +107,6 @@ async fn post(url: &str, body: &serde_json::Value) -> (StatusCode, String) {
     (r.status, String::from_utf8_lossy(&r.body).into_owned())
 }
 
-fn restart_master(c: &mut Cluster) {
-    c.master.signal(Signal::SIGKILL);
-    let _ = c.master.child.wait();
-    let port = c.master.addr.rsplit(':').next().unwrap_or("0").to_string();
-    let mut args = s(&["master", "--ip", "127.0.0.1", "--port", &port, "--work-dir"]);
-    args.push(c.dir.join("master").display().to_string());
-    args.extend(s(FAST_MASTER));
-    let p = spawn_daemon(&args, &c.dir.join("master-2.log"));
-    let old = std::mem::replace(&mut c.master, p);
-    std::mem::forget(old);
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stateful_task_keeps_its_data_on_a_persistent_volume() {
     let mut c = Cluster::start(1, &[], &[]).await;
@@ -175,7 +162,7 @@ async fn a_stateful_task_keeps_its_data_on_a_persistent_volume() {
     c.restart_agent(0, &[]).unwrap();
     offer_with_volume(&mut fw, "pgdata").await;
     drop(fw);
-    restart_master(&mut c);
+    c.restart_master();
     c.wait_agents(1).await;
     let mut fw = Fw::subscribe(&c.master.addr, framework("db2", "db")).await;
     let (offer, v) = offer_with_volume(&mut fw, "pgdata").await;

@@ -7,7 +7,6 @@ use agora_api::scheduler::EventType;
 use agora_api::*;
 use agora_http::http::StatusCode;
 use common::*;
-use nix::sys::signal::Signal;
 use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
@@ -37,20 +36,6 @@ async fn cpus_offered(fw: &mut Fw, window: Duration) -> (f64, Vec<Offer>) {
     }
     let cpus = all.iter().map(|o| Resources::from_vec(o.resources.clone()).scalar("cpus")).sum();
     (cpus, all)
-}
-
-/// SIGKILLs the master and starts it again on the same port with the same work dir.
-fn restart_master(c: &mut Cluster) {
-    c.master.signal(Signal::SIGKILL);
-    let _ = c.master.child.wait();
-    let port = c.master.addr.rsplit(':').next().unwrap_or("0").to_string();
-    let mut args = s(&["master", "--ip", "127.0.0.1", "--port", &port, "--work-dir"]);
-    args.push(c.dir.join("master").display().to_string());
-    args.extend(s(FAST_MASTER));
-    let p = spawn_daemon(&args, &c.dir.join("master-2.log"));
-    assert_eq!(p.addr, c.master.addr);
-    let old = std::mem::replace(&mut c.master, p);
-    std::mem::forget(old);
 }
 
 async fn get_quota(url: &str) -> serde_json::Value {
@@ -129,7 +114,7 @@ async fn quotas_guarantee_and_limit_what_roles_are_offered_and_survive_a_restart
 
     // The registry keeps quotas across a restart of the master.
     drop((batch, dev, prod));
-    restart_master(&mut c);
+    c.restart_master();
     let after = wait_until(T, || async {
         let (status, v, _) = post(&url, r#"{"type":"GET_QUOTA"}"#).await;
         (status == StatusCode::OK).then(|| v["get_quota"]["status"].clone())
@@ -235,7 +220,7 @@ async fn maintenance_marks_offers_then_takes_the_machine_down_and_up() {
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "a down machine stays scheduled: {text}");
     drop(fw);
-    restart_master(&mut c);
+    c.restart_master();
     let status = wait_until(T, || async {
         let (s, v, _) = post(&url, r#"{"type":"GET_MAINTENANCE_STATUS"}"#).await;
         (s == StatusCode::OK).then(|| v["get_maintenance_status"]["status"].clone())
@@ -308,7 +293,7 @@ async fn the_registry_forgets_gone_agents_after_their_max_age() {
     }
     assert!(c.master.log_tail().contains("pruned old unreachable and gone agents"), "{}", c.master.log_tail());
     drop(fw);
-    restart_master(&mut c);
+    c.restart_master();
     let mut fw = Fw::subscribe(&c.master.addr, info("gc2", true, 0.0)).await;
     assert_eq!(reconcile(&mut fw, "t", &agent).await, TaskState::Unknown, "the registry forgot it too");
 }

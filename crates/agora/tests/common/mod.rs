@@ -236,6 +236,20 @@ impl Cluster {
         None
     }
 
+    /// SIGKILLs the master and starts it again on the same port with the same work dir.
+    pub fn restart_master(&mut self) {
+        self.master.signal(nix::sys::signal::Signal::SIGKILL);
+        let _ = self.master.child.wait();
+        let port = self.master.addr.rsplit(':').next().unwrap_or("0").to_string();
+        let mut args = s(&["master", "--ip", "127.0.0.1", "--port", &port, "--work-dir"]);
+        args.push(self.dir.join("master").display().to_string());
+        args.extend(s(FAST_MASTER));
+        let p = spawn_daemon(&args, &self.dir.join("master-2.log"));
+        assert_eq!(p.addr, self.master.addr);
+        let old = std::mem::replace(&mut self.master, p);
+        std::mem::forget(old);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.master.addr, path)
     }
