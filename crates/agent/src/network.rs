@@ -255,6 +255,25 @@ fn teardown_locked(cfg: &CniConfig, work_dir: &Path, container_id: &str) {
     }
 }
 
+/// After an agent restart: CHECK every attachment of a recovered container (the plugins
+/// verify its interfaces, addresses and rules are still as ADD made them). Returns the
+/// failures, which are logged; the container keeps running either way.
+pub fn check(cfg: &CniConfig, work_dir: &Path, container_id: &str) -> Vec<String> {
+    let _serial = CNI_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let rt = cfg.runtime();
+    let mut failures = Vec::new();
+    for att in agora_cni::load_cached(&dir_of(work_dir, container_id)) {
+        match rt.check(&att) {
+            Ok(()) => tracing::info!(container_id, network = %att.network, "CNI CHECK passed after recovery"),
+            Err(e) => {
+                tracing::warn!(container_id, network = %att.network, error = %e, "CNI CHECK failed after recovery");
+                failures.push(e.to_string());
+            }
+        }
+    }
+    failures
+}
+
 /// Containers with CNI state on disk (to tear down those no checkpoint claims).
 pub fn containers_with_networks(work_dir: &Path) -> Vec<String> {
     std::fs::read_dir(work_dir.join("cni"))

@@ -509,6 +509,9 @@ impl State {
                 let eid = rec.executor_info.executor_id.clone();
                 if let Some(n) = crate::network::cached(&self.config.work_dir, &rec.container_id.value) {
                     self.container_networks.insert(rec.container_id.clone(), n.network_infos());
+                    let (cni, dir, id) =
+                        (self.config.cni.clone(), self.config.work_dir.clone(), rec.container_id.value.clone());
+                    tokio::task::spawn_blocking(move || crate::network::check(&cni, &dir, &id));
                 }
                 let mut e = Executor {
                     info: rec.executor_info,

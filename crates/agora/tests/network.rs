@@ -233,6 +233,11 @@ async fn networked_tasks_survive_an_agent_restart_and_bad_networks_fail_cleanly(
     c.restart_agent(0, &[]).unwrap();
     c.wait_agents(1).await;
     assert!(reach().0, "not reachable after the agent restart");
+    // The restarted agent CHECKs the recovered container's network with the plugins.
+    let checked =
+        wait_until(T, || async { c.agents[0].log_tail().contains("CNI CHECK passed after recovery").then_some(()) })
+            .await;
+    assert!(checked.is_some(), "{}", c.agents[0].log_tail());
     fw.s.kill(TaskId::new("web"), Some(agent.clone())).await.unwrap();
     fw.until_state("web", TaskState::Killed, T).await;
     let clean = wait_until(T, || async { (ns.leases().is_empty() && cni_dirs(&c).is_empty()).then_some(()) }).await;
