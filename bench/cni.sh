@@ -113,13 +113,14 @@ def wait(tid, state):
                 return s
             if s["task_id"]["value"] == tid and s["state"] in ("TASK_FAILED", "TASK_LOST", "TASK_ERROR"):
                 raise SystemExit(f"{tid}: {s}")
-launch("server", f"head -c {mb * 1000000} /dev/zero > $MESOS_SANDBOX/blob && httpd -f -p 8080 -h $MESOS_SANDBOX")
+launch("server", f"head -c {mb * 1000000} /dev/zero > $MESOS_SANDBOX/blob && echo ok > $MESOS_SANDBOX/ready && httpd -f -p 8080 -h $MESOS_SANDBOX")
 s = wait("server", "TASK_RUNNING")
 ip = s["container_status"]["network_infos"][0]["ip_addresses"][0]["ip_address"]
-time.sleep(max(2, mb / 200))
 for i in range(3):
     tid = f"client-{i}"
-    launch(tid, f"a=$(cut -d' ' -f1 /proc/uptime); wget -q -O /dev/null http://{ip}:8080/blob; b=$(cut -d' ' -f1 /proc/uptime); echo \"$a $b\"")
+    launch(tid, f"until wget -q -O /dev/null http://{ip}:8080/ready; do sleep 0.2; done; "
+                f"a=$(cut -d' ' -f1 /proc/uptime); wget -q -O /dev/null http://{ip}:8080/blob || exit 1; "
+                f"b=$(cut -d' ' -f1 /proc/uptime); echo \"$a $b\"")
     wait(tid, "TASK_FINISHED")
 print(fid["value"])
 PY
