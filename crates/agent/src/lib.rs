@@ -202,7 +202,9 @@ fn make_containerizer(config: &AgentConfig) -> Result<Arc<dyn agora_containerize
         supervisor: vec![config.executor_path.to_string_lossy().into_owned(), "supervisor".into()],
         enable_cfs: config.cgroups_enable_cfs,
         pids_max: config.cgroups_pids_max,
-        foreign_mounts: vec![config.work_dir.join("provisioner").join("containers")],
+        // Other containers' rootfs overlays and pinned network namespaces: a new container's
+        // mount namespace must not keep copies of them alive.
+        foreign_mounts: vec![config.work_dir.join("provisioner").join("containers"), config.work_dir.join("cni")],
     })?;
     Ok(Arc::new(linux))
 }

@@ -210,6 +210,9 @@ async fn tasks_on_a_cni_network_reach_each_other_and_the_host_reaches_a_mapped_p
     for ip in [&ip_a, &ip_b, &probe_ip] {
         assert!(ns.nat_rules_for(ip).is_empty(), "{:?}", ns.nat_rules_for(ip));
     }
+    // No namespace of theirs is pinned anywhere any more (nsfs mounts named after them).
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&c.dir.join("agent0/cni").display().to_string()), "{mounts}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
