@@ -66,6 +66,22 @@ impl HostNs {
             .output()
             .unwrap();
         assert!(out.status.success(), "cni.sh conf: {}", String::from_utf8_lossy(&out.stderr));
+        // A second network, on a bridge and subnet of its own.
+        let second = dir.join("second");
+        let out = Command::new("bash")
+            .arg(fixtures.join("cni.sh"))
+            .args(["conf", &second.display().to_string()])
+            .envs([
+                ("CNI_NET_NAME", "second"),
+                ("CNI_BRIDGE", "cni-fx1"),
+                ("CNI_SUBNET", "10.89.0.0/16"),
+                ("CNI_GATEWAY", "10.89.0.1"),
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "cni.sh conf: {}", String::from_utf8_lossy(&out.stderr));
+        std::fs::copy(second.join("10-fixture.conflist"), conf_dir.join("20-second.conflist")).unwrap();
         Some(HostNs { name, dir, conf_dir, agent_ip })
     }
 
@@ -88,14 +104,12 @@ impl HostNs {
     }
 
     fn leases(&self) -> Vec<String> {
-        std::fs::read_dir(self.conf_dir.join("ipam/fixture"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with("10."))
-                    .collect()
-            })
-            .unwrap_or_default()
+        [self.conf_dir.join("ipam/fixture"), self.dir.join("second/ipam/second")]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("10."))
+            .collect()
     }
 
     fn nat_rules_for(&self, ip: &str) -> Vec<String> {
@@ -182,16 +196,22 @@ async fn tasks_on_a_cni_network_reach_each_other_and_the_host_reaches_a_mapped_p
     let offer = one_offer(&mut fw).await;
     let cmd = format!(
         "set -e; wget -qO- http://{ip_a}:8080/; wget -qO- http://{ip_b}:8080/; echo ip=$MESOS_CONTAINER_IP; \
-         grep \"$MESOS_CONTAINER_IP\" /etc/hosts; hostname"
+         grep \"$MESOS_CONTAINER_IP\" /etc/hosts; hostname; ip -o -4 addr show eth1"
     );
-    let probe = networked("probe", &agent, Some(&cmd), json!([{"name": "fixture"}]), None);
+    // On two networks: eth0 on the fixture one, eth1 on the second.
+    let probe = networked("probe", &agent, Some(&cmd), json!([{"name": "fixture"}, {"name": "second"}]), None);
     fw.s.launch(vec![offer.id.clone()], vec![probe], 0.0).await.unwrap();
     let seen = until_terminal(&mut fw, "probe", T).await;
     let out = sandbox_file(&c, &fw, &agent, "probe", "stdout");
     assert_eq!(seen.last().unwrap().state, TaskState::Finished, "{out}\n{seen:?}\n{}", c.logs());
     assert_eq!(out.matches("hello from the httpd fixture").count(), 2, "{out}");
-    let probe_ip = ip_of(seen.iter().find(|s| s.state == TaskState::Running).unwrap());
+    let running = seen.iter().find(|s| s.state == TaskState::Running).unwrap();
+    let probe_ip = ip_of(running);
     assert!(out.contains(&format!("ip={probe_ip}")) && out.contains("probe"), "{out}");
+    let infos = &running.container_status.as_ref().unwrap()["network_infos"];
+    assert_eq!(infos[1]["name"], "second", "{infos}");
+    let second_ip = infos[1]["ip_addresses"][0]["ip_address"].as_str().unwrap_or_default().to_string();
+    assert!(second_ip.starts_with("10.89.") && out.contains(&second_ip), "{second_ip}\n{out}");
 
     // The "host" reaches web-a through its mapped port on the bridge's address.
     let (ok, body) = ns.exec(&["curl", "-sf", "--max-time", "5", "http://10.88.0.1:31080/"]);
@@ -249,7 +269,7 @@ async fn networked_tasks_survive_an_agent_restart_and_bad_networks_fail_cleanly(
 
     // An unknown network, and a host port the task was not given: clear failures.
     for (id, nets, port, why) in [
-        ("nope", json!([{"name": "nope"}]), None, "unknown CNI network 'nope' (known: fixture)"),
+        ("nope", json!([{"name": "nope"}]), None, "unknown CNI network 'nope' (known: fixture, second)"),
         (
             "port",
             json!([{"name": "fixture", "port_mappings": [{"host_port": 31090, "container_port": 8080}]}]),
