@@ -700,7 +700,12 @@ async fn real_main(cli: Cli) -> anyhow::Result<i32> {
             let agent = Agent::start(agent_cfg).await?;
             println!("agora dev cluster: master http://{} agent http://{}", master.addr, agent.addr);
             println!("try: agora run --master {} -- echo hello", master.addr);
-            wait_for_shutdown().await;
+            tokio::select! {
+                _ = wait_for_shutdown() => {}
+                reason = agent.removed_by_master() => {
+                    println!("the master removed the dev agent ({reason}); stopping the dev cluster");
+                }
+            }
             agent.shutdown().await;
             Ok(0)
         }
