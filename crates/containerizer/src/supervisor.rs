@@ -573,9 +573,21 @@ pub const LAUNCH_ERROR: &str = "launch-error";
 fn spawn(spec: &Spec, setup: Setup, dir: &Path) -> std::io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt as _;
     let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
+    // A program on the host (the executor) is opened before the container's mounts, which
+    // may hide its path (a private /tmp over a binary under /tmp), and executed through
+    // that descriptor. One in an image the init enters is looked up inside the image.
+    let enters_rootfs = spec.rootfs.as_ref().is_some_and(|r| r.enter);
+    let program = (!spec.shell && !enters_rootfs && Path::new(&spec.argv[0]).is_absolute())
+        .then(|| std::fs::File::open(&spec.argv[0]).ok())
+        .flatten();
     let mut cmd = if spec.shell {
         let mut c = std::process::Command::new("/bin/sh");
         c.arg("-c").arg(&spec.argv[0]);
+        c
+    } else if let Some(f) = &program {
+        use std::os::fd::AsRawFd as _;
+        let mut c = std::process::Command::new(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        c.arg0(&spec.argv[0]).args(&spec.argv[1..]);
         c
     } else {
         let mut c = std::process::Command::new(&spec.argv[0]);
