@@ -366,3 +366,29 @@ async fn rlimits_and_capabilities_from_container_info() {
 fn agora_containerizer_default() -> &'static str {
     "cgroups/cpu,cgroups/mem,cgroups/pids,namespaces/pid,namespaces/ipc,filesystem/linux,linux/capabilities,linux/nnp,linux/seccomp"
 }
+
+/// The container's private /tmp hides the host's: an agent whose binary (and so the
+/// executor's) lives under /tmp must still start containers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_binary_under_tmp_still_starts_containers() {
+    assert!(is_root(), "isolation tests need root");
+    let bin_dir = std::path::PathBuf::from(format!("/tmp/agora-bin-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&bin_dir).unwrap();
+    let bin = bin_dir.join("agora");
+    std::fs::copy(BIN, &bin).unwrap();
+    let mut c = Cluster::start(0, &[], &[]).await;
+    let mut args = s(&["agent", "--ip", "127.0.0.1", "--port", "0", "--master", &c.master.addr, "--work-dir"]);
+    args.push(c.dir.join("agent-tmp").display().to_string());
+    args.extend(s(FAST_AGENT));
+    args.extend(s(&["--resources", "cpus:2;mem:1024;disk:1000"]));
+    let agent = spawn_daemon_bin(&bin, &args, &c.dir.join("agent-tmp.log"));
+    c.agents.push(agent);
+    c.wait_agents(1).await;
+    let mut fw = Fw::subscribe(&c.master.addr, info("tmp-binary", true, 0.0)).await;
+    let seen = run_task(&mut fw, "t", "echo started", 0.1, 32.0).await;
+    let last = seen.last().unwrap();
+    assert_eq!(last.state, TaskState::Finished, "{last:?}\n{}", c.logs());
+    drop(fw);
+    drop(c);
+    let _ = std::fs::remove_dir_all(&bin_dir);
+}

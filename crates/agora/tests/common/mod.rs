@@ -54,9 +54,14 @@ impl Drop for Proc {
 
 /// Starts `agora <args>` with output to `log` and waits for its "listening on ADDR" line.
 pub fn spawn_daemon(args: &[String], log: &Path) -> Proc {
+    spawn_daemon_bin(Path::new(BIN), args, log)
+}
+
+/// [`spawn_daemon`] with another copy of the binary.
+pub fn spawn_daemon_bin(bin: &Path, args: &[String], log: &Path) -> Proc {
     let out = std::fs::File::create(log).expect("create log");
     let err = out.try_clone().expect("clone log");
-    let child = Command::new(BIN)
+    let child = Command::new(bin)
         .args(args)
         .env("AGORA_LOG", "info")
         .env_remove("AGORA_MASTER")
