@@ -177,14 +177,6 @@ pub fn setup(cfg: &CniConfig, work_dir: &Path, container_id: &str, requests: &[R
     let rt = cfg.runtime();
     let mut out = Networks { netns: netns.clone(), attachments: vec![] };
     let result: Result<(), String> = (|| {
-        // The namespace's loopback, as every container expects.
-        let lo = agora_cni::NetworkList {
-            name: "agora-loopback".into(),
-            cni_version: "1.0.0".into(),
-            plugins: vec![serde_json::json!({"type": "loopback"})],
-            file: PathBuf::new(),
-        };
-        rt.add(&lo, container_id, &netns, "lo", vec![]).map_err(|e| e.to_string())?;
         for (i, (list, req)) in chosen.iter().zip(requests).enumerate() {
             let ifname = format!("eth{i}");
             let att =

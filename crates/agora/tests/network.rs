@@ -196,7 +196,8 @@ async fn tasks_on_a_cni_network_reach_each_other_and_the_host_reaches_a_mapped_p
     let offer = one_offer(&mut fw).await;
     let cmd = format!(
         "set -e; wget -qO- http://{ip_a}:8080/; wget -qO- http://{ip_b}:8080/; echo ip=$MESOS_CONTAINER_IP; \
-         grep \"$MESOS_CONTAINER_IP\" /etc/hosts; hostname; ip -o -4 addr show eth1"
+         grep \"$MESOS_CONTAINER_IP\" /etc/hosts; hostname; ip -o -4 addr show eth1; \
+         ip -o link show lo | grep -q LOWER_UP && echo lo-up"
     );
     // On two networks: eth0 on the fixture one, eth1 on the second.
     let probe = networked("probe", &agent, Some(&cmd), json!([{"name": "fixture"}, {"name": "second"}]), None);
@@ -207,7 +208,7 @@ async fn tasks_on_a_cni_network_reach_each_other_and_the_host_reaches_a_mapped_p
     assert_eq!(out.matches("hello from the httpd fixture").count(), 2, "{out}");
     let running = seen.iter().find(|s| s.state == TaskState::Running).unwrap();
     let probe_ip = ip_of(running);
-    assert!(out.contains(&format!("ip={probe_ip}")) && out.contains("probe"), "{out}");
+    assert!(out.contains(&format!("ip={probe_ip}")) && out.contains("probe") && out.contains("lo-up"), "{out}");
     let infos = &running.container_status.as_ref().unwrap()["network_infos"];
     assert_eq!(infos[1]["name"], "second", "{infos}");
     let second_ip = infos[1]["ip_addresses"][0]["ip_address"].as_str().unwrap_or_default().to_string();

@@ -342,9 +342,9 @@ pub fn load_cached(dir: &Path) -> Vec<Attachment> {
     files.iter().filter_map(|f| std::fs::read(f).ok().and_then(|b| serde_json::from_slice(&b).ok())).collect()
 }
 
-/// A network namespace pinned at `path` by a bind mount: made by a thread that leaves the
-/// agent's namespace for a new one (the process's other threads are not affected), so it
-/// outlives every process and survives an agent restart.
+/// A network namespace pinned at `path` by a bind mount, its loopback up: made by a thread
+/// that leaves the agent's namespace for a new one (the process's other threads are not
+/// affected), so it outlives every process and survives an agent restart.
 pub fn create_netns(path: &Path) -> Result<(), CniError> {
     let err = |why: String| CniError::Netns { path: path.to_path_buf(), why };
     if let Some(dir) = path.parent() {
@@ -354,6 +354,17 @@ pub fn create_netns(path: &Path) -> Result<(), CniError> {
     let target = path.to_path_buf();
     let made = std::thread::spawn(move || -> Result<(), String> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare: {e}"))?;
+        // Its loopback up (a child forked by this thread is in the new namespace); cheaper
+        // than the loopback plugin, a Go binary.
+        let lo = std::process::Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .output()
+            .map_err(|e| format!("ip link set lo up: {e}"))?;
+        if !lo.status.success() {
+            return Err(format!("ip link set lo up: {}", String::from_utf8_lossy(&lo.stderr).trim()));
+        }
         nix::mount::mount(
             Some("/proc/thread-self/ns/net"),
             &target,
