@@ -2,11 +2,13 @@
 # image-unpack.sh: layer unpack of a many-small-files layer (a tar of /usr/lib/python3.*),
 # agora-image (gzip and zstd) beside GNU `tar -xzf` of the same layer, same run.
 # Prints median seconds of N runs and ratios. Run on a quiet machine (uptime load < 1).
+# BENCH_DIR=/dev/shm works on tmpfs: on this VM's disk, creating the files (which every
+# variant does alike) varies 0.1-1.3 s between runs and swamps the decompression it compares.
 set -euo pipefail
 N=${N:-5}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
-W=$(mktemp -d /tmp/agora-image-bench.XXXXXX)
+W=$(mktemp -d "${BENCH_DIR:-/tmp}/agora-image-bench.XXXXXX")
 trap 'rm -rf "$W"' EXIT
 SRC=$(ls -d /usr/lib/python3.* 2>/dev/null | head -1)
 [ -n "$SRC" ] || { echo "no /usr/lib/python3.* to make a layer of" >&2; exit 1; }
@@ -36,7 +38,7 @@ for i in $(seq 1 "$N"); do
 done
 med() { tr ' ' '\n' <<<"${T[$1]}" | grep . | median; }
 tar_gz=$(med tar_gz); ag_gz=$(med ag_gz); ag_zst=$(med ag_zst); ag_tar=$(med ag_tar); tar_plain=$(med tar_plain)
-echo "load: $(cut -d' ' -f1-3 /proc/loadavg), runs: $N (median), $(nproc) CPUs"
+echo "load: $(cut -d' ' -f1-3 /proc/loadavg), runs: $N (median), $(nproc) CPUs, work dir on $(df --output=fstype "$W" | tail -1)"
 printf '%-28s %8s s\n' "GNU tar -xzf" "$tar_gz" "agora-image gzip" "$ag_gz" "agora-image zstd" "$ag_zst" \
   "GNU tar -xf (plain)" "$tar_plain" "agora-image plain" "$ag_tar"
 awk -v a="$ag_gz" -v b="$tar_gz" -v z="$ag_zst" -v p="$ag_tar" -v q="$tar_plain" 'BEGIN {

@@ -40,7 +40,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::digest::{Algorithm, Digest, HashingReader};
+use crate::digest::{Algorithm, Digest, Hasher, HashingReader};
 use crate::spec::Compression;
 
 /// The xattr overlayfs reads to make a directory opaque.
@@ -762,9 +762,11 @@ pub enum BlobUnpackError {
 }
 
 /// Decompresses and unpacks a layer blob, hashing both the blob and the uncompressed tar.
-/// Decompression runs on its own thread, feeding the unpacker through a bounded channel,
-/// so the two overlap as `tar -xzf`'s two processes do. `algorithm` is that of the blob
-/// digest the caller will verify.
+/// Decompression (and the blob's hash) runs on its own thread, feeding the unpacker through
+/// a bounded channel, so the two overlap as `tar -xzf`'s two processes do. The uncompressed
+/// stream's hash (the diff_id) is taken on the unpacking side as chunks arrive, which
+/// balances the two threads: decompression is the longer stage. `algorithm` is that of the
+/// blob digest the caller will verify.
 pub fn unpack_blob<R: Read + Send + 'static>(
     reader: R,
     compression: Compression,
@@ -773,34 +775,38 @@ pub fn unpack_blob<R: Read + Send + 'static>(
     opts: &UnpackOptions,
 ) -> Result<(UnpackStats, BlobDigests), BlobUnpackError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(16);
+    // Consumed chunks go back to the decompressor for reuse (no allocation per chunk).
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let decompressor = std::thread::Builder::new()
         .name("layer-decompress".into())
-        .spawn(move || -> (io::Result<Digest>, io::Result<(Digest, u64)>) {
+        .spawn(move || -> (io::Result<()>, io::Result<(Digest, u64)>) {
             let mut blob = HashingReader::new(reader, algorithm);
-            let diff_id = (|| {
-                let decoder: Box<dyn Read + '_> = match compression {
+            let decoded = (|| {
+                let mut decoder: Box<dyn Read + '_> = match compression {
                     Compression::None => Box::new(&mut blob),
                     Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&mut blob)),
                     Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut blob)?),
                 };
-                let mut tar = HashingReader::new(decoder, Algorithm::Sha256);
-                pump(&mut tar, &tx)?;
-                Ok(tar.finish()?.0)
+                pump(&mut decoder, &tx, &free_rx)
             })();
             drop(tx);
             // Hash the rest of the blob even after a decoding error, so a corrupt blob is
             // reported as the digest mismatch it is.
-            (diff_id, blob.finish())
+            (decoded, blob.finish())
         })
         .map_err(BlobUnpackError::Decompress)?;
-    let result = unpack(ChannelReader { rx, cur: Vec::new(), pos: 0 }, root, opts);
-    // The receiver is gone now: a decompressor still sending stops with an error.
-    let (diff_id, blob) = decompressor
+    let mut tar = ChannelReader { rx, free: free_tx, cur: Vec::new(), pos: 0, hasher: Hasher::new(Algorithm::Sha256) };
+    // After the tar's end the rest of the stream (padding) still counts for the diff_id.
+    let result = unpack(&mut tar, root, opts).and_then(|stats| tar.drain().map(|()| stats).map_err(UnpackError::Read));
+    // Dropping the receiver stops a decompressor still sending (after an unpack error).
+    let ChannelReader { hasher, .. } = tar;
+    let diff_id = hasher.finish();
+    let (decoded, blob) = decompressor
         .join()
         .map_err(|_| BlobUnpackError::Decompress(io::Error::other("decompression thread panicked")))?;
     let (blob, blob_size) = blob.map_err(BlobUnpackError::Decompress)?;
-    match (result, diff_id) {
-        (Ok(stats), Ok(diff_id)) => Ok((stats, BlobDigests { blob, blob_size, diff_id })),
+    match (result, decoded) {
+        (Ok(stats), Ok(())) => Ok((stats, BlobDigests { blob, blob_size, diff_id })),
         (Err(UnpackError::Read(_)), Err(e)) | (Ok(_), Err(e)) => Err(BlobUnpackError::Corrupt {
             blob: BlobDigests { blob: blob.clone(), blob_size, diff_id: blob },
             error: e,
@@ -809,9 +815,14 @@ pub fn unpack_blob<R: Read + Send + 'static>(
     }
 }
 
-fn pump<R: Read>(r: &mut R, tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) -> io::Result<()> {
+fn pump<R: Read + ?Sized>(
+    r: &mut R,
+    tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+    free: &std::sync::mpsc::Receiver<Vec<u8>>,
+) -> io::Result<()> {
     loop {
-        let mut buf = vec![0u8; CHUNK];
+        let mut buf = free.try_recv().unwrap_or_default();
+        buf.resize(CHUNK, 0);
         let mut filled = 0;
         while filled < buf.len() {
             match r.read(&mut buf[filled..]) {
@@ -835,10 +846,28 @@ fn pump<R: Read>(r: &mut R, tx: &std::sync::mpsc::SyncSender<io::Result<Vec<u8>>
     }
 }
 
+/// The unpacking side of the channel: hands out the decompressed chunks and hashes each one
+/// whole as it arrives (every byte of the stream counts for the diff_id, read or not).
 struct ChannelReader {
     rx: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    free: std::sync::mpsc::Sender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    hasher: Hasher,
+}
+
+impl ChannelReader {
+    /// Receives (and hashes) the rest of the stream.
+    fn drain(&mut self) -> io::Result<()> {
+        self.pos = self.cur.len();
+        loop {
+            match self.rx.recv() {
+                Ok(Ok(v)) => self.hasher.update(&v),
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(()),
+            }
+        }
+    }
 }
 
 impl Read for ChannelReader {
@@ -846,7 +875,11 @@ impl Read for ChannelReader {
         while self.pos >= self.cur.len() {
             match self.rx.recv() {
                 Ok(Ok(v)) => {
-                    self.cur = v;
+                    self.hasher.update(&v);
+                    let done = std::mem::replace(&mut self.cur, v);
+                    if done.capacity() > 0 {
+                        let _ = self.free.send(done);
+                    }
                     self.pos = 0;
                 }
                 Ok(Err(e)) => return Err(e),
