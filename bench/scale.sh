@@ -8,6 +8,9 @@
 #   bench/scale.sh failover   # FO_AGENTS (40000) agents with FO_TASKS (400000) running tasks:
 #                             # kill -9 the master, restart it, time the re-registration,
 #                             # then /state and GET_STATE latency in that state
+#   bench/scale.sh state      # ST_AGENTS (40000) agents, ST_TASKS (400000) running tasks: GET /master/state
+#                             # and GET_STATE latency, ST_ROUNDS (3) each, and how long the master's
+#                             # state loop answers /metrics/snapshot meanwhile (PERF_OUT=FILE: perf record)
 #   bench/scale.sh all
 #
 # Env: the sizes above, STEADY_SECS (30), AGORA_BIN (default: builds target/release/agora).
@@ -24,6 +27,9 @@ C1M_TASKS=${C1M_TASKS:-1000000}
 C1M_FRAMEWORKS=${C1M_FRAMEWORKS:-10}
 FO_AGENTS=${FO_AGENTS:-40000}
 FO_TASKS=${FO_TASKS:-400000}
+ST_AGENTS=${ST_AGENTS:-40000}
+ST_TASKS=${ST_TASKS:-400000}
+ST_ROUNDS=${ST_ROUNDS:-3}
 WORK=$(mktemp -d /var/tmp/agora-bench-scale.XXXXXX)
 PIDS=()
 
@@ -207,10 +213,57 @@ failover() {
   stop_all
 }
 
+# One timed read of URL (GET, or POST of BODY) into OUT; meanwhile /metrics/snapshot (answered
+# by the master's state loop) is asked every 50 ms and the slowest answer is printed too.
+timed_read() { # NAME URL OUT [BODY]
+  local t0 probe_out=$WORK/probe.txt reader
+  : >"$probe_out"
+  t0=$(now)
+  if [ -n "${4:-}" ]; then
+    curl -sf --max-time 300 -o "$3" -H 'Content-Type: application/json' -d "$4" "$2" &
+  else
+    curl -sf --max-time 300 -o "$3" "$2" &
+  fi
+  reader=$!
+  while kill -0 "$reader" 2>/dev/null; do
+    curl -s -o /dev/null -w '%{time_total}\n' --max-time 60 "http://$MASTER/metrics/snapshot" >>"$probe_out"
+    sleep 0.05
+  done
+  wait "$reader"
+  local t; t=$(since "$t0")
+  echo "state: $1 took $t s ($(($(stat -c %s "$3") / 1048576)) MB); the state loop answered /metrics/snapshot in at most $(sort -n "$probe_out" | tail -1) s meanwhile ($(wc -l <"$probe_out") probes)"
+}
+
+state() {
+  echo "== big reads: $ST_AGENTS agents, $ST_TASKS running tasks"
+  start_master "$WORK/st-master"
+  spawn sim-st agent --master "$MASTER" --simulate "$ST_AGENTS" --simulate-name st --simulate-report-interval 10s
+  wait_metric master/slaves_connected "$ST_AGENTS" 900
+  "$AGORA_BIN" load --master "$MASTER" --frameworks 10 --tasks "$ST_TASKS" --timeout 30mins --hold \
+    >"$WORK/st-load.out" 2>"$WORK/st-load.err" </dev/null &
+  PIDS+=("$!")
+  disown "$!"
+  wait_metric master/tasks_running "$ST_TASKS" 900
+  sleep 3
+  echo "state: master RSS $(($(rss_kb "$MASTER_PID") / 1024)) MB"
+  if [ -n "${PERF_OUT:-}" ]; then
+    perf record -F 499 ${PERF_CG:--g} -p "$MASTER_PID" -o "$PERF_OUT" -- sleep "${PERF_SECS:-15}" >/dev/null 2>&1 &
+  fi
+  local i
+  for i in $(seq 1 "$ST_ROUNDS"); do
+    timed_read "GET /master/state" "http://$MASTER/master/state" "$WORK/state.json"
+    timed_read "operator GET_STATE" "http://$MASTER/api/v1" "$WORK/getstate.json" '{"type":"GET_STATE"}'
+  done
+  echo "state: goal <= 1 s each (Mesos /state: 5.7-9.6 s); master RSS $(($(rss_kb "$MASTER_PID") / 1024)) MB after"
+  if [ -n "${ST_KEEP:-}" ]; then cp "$WORK/state.json" "$WORK/getstate.json" "$WORK"/master-*.log "$ST_KEEP/"; fi
+  stop_all
+}
+
 case "${1:-all}" in
   storm) storm ;;
   c1m) c1m ;;
   failover) failover ;;
+  state) state ;;
   all) storm; c1m; failover ;;
-  *) echo "usage: bench/scale.sh storm|c1m|failover|all" >&2; exit 2 ;;
+  *) echo "usage: bench/scale.sh storm|c1m|failover|state|all" >&2; exit 2 ;;
 esac

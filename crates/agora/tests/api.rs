@@ -178,6 +178,11 @@ async fn legacy_endpoints_answer_in_v0_shape() {
         assert_eq!(task["resources"]["gpus"], 0.0);
         assert_eq!(task["statuses"].as_array().unwrap().len(), 2);
         assert_eq!(st["slaves"][0]["used_resources"]["cpus"], 0.5);
+        assert_eq!(st["slaves"][0]["used_resources"]["mem"], 64.0);
+        // The framework's resources in use are summed from its tasks off the state loop.
+        assert_eq!(st["frameworks"][0]["used_resources"]["cpus"], 0.5, "{path}");
+        assert_eq!(st["frameworks"][0]["resources"]["mem"], 64.0);
+        assert_eq!(st["frameworks"][0]["name"], "legacy");
     }
     let slaves = c.get("/slaves").await;
     assert_eq!(slaves["slaves"].as_array().unwrap().len(), 1);
@@ -188,6 +193,8 @@ async fn legacy_endpoints_answer_in_v0_shape() {
     let m = c.get("/metrics/snapshot").await;
     assert_eq!(m["master/tasks_running"], 1);
     assert_eq!(m["master/slaves_active"], 1);
+    assert_eq!(m["master/cpus_used"], 0.5);
+    assert_eq!(m["master/mem_used"], 64.0);
     // jsonp and /health and /redirect.
     let r = agora_http::Client::new().get(&c.url("/state?jsonp=cb"), T).await.unwrap();
     assert!(String::from_utf8_lossy(&r.body).starts_with("cb({"));
@@ -214,6 +221,11 @@ async fn legacy_endpoints_answer_in_v0_shape() {
     assert_eq!(gs.get_tasks.tasks[0].task_id.value, "l1");
     assert_eq!(gs.get_agents.agents.len(), 1);
     assert!(!gs.get_frameworks.frameworks.is_empty());
+    let cpus = |rs: &[agora_api::Resource]| {
+        rs.iter().filter(|r| r.name == "cpus").filter_map(|r| r.scalar.as_ref()).map(|s| s.value).sum::<f64>()
+    };
+    assert_eq!(cpus(&gs.get_agents.agents[0].allocated_resources), 0.5);
+    assert_eq!(cpus(&gs.get_frameworks.frameworks[0].allocated_resources), 0.5);
     // Suppress then revive: no offers while suppressed.
     fw.s.call(Call::new(CallType::Suppress, None)).await.unwrap();
     // Give back whatever was offered before the suppression; it must not come back.

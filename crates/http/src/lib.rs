@@ -25,9 +25,11 @@ pub use hyper::body::Incoming as IncomingBody;
 
 pub const JSON: &str = "application/json";
 
-/// A response body: either a whole buffer or a stream of chunks fed through a channel.
+/// A response body: a whole buffer, chunks known in advance (sent as they are, with their
+/// total length), or a stream of chunks fed through a channel.
 pub enum Body {
     Full(Option<Bytes>),
+    Chunks(std::collections::VecDeque<Bytes>, u64),
     Stream(mpsc::UnboundedReceiver<Bytes>, Arc<Backlog>),
 }
 
@@ -119,6 +121,16 @@ impl HttpBody for Body {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             Body::Full(b) => Poll::Ready(b.take().filter(|b| !b.is_empty()).map(|b| Ok(Frame::data(b)))),
+            Body::Chunks(chunks, left) => loop {
+                match chunks.pop_front() {
+                    Some(b) if b.is_empty() => continue,
+                    Some(b) => {
+                        *left = left.saturating_sub(b.len() as u64);
+                        return Poll::Ready(Some(Ok(Frame::data(b))));
+                    }
+                    None => return Poll::Ready(None),
+                }
+            },
             Body::Stream(rx, backlog) => loop {
                 if backlog.aborted.load(Ordering::Relaxed) {
                     rx.close();
@@ -139,13 +151,14 @@ impl HttpBody for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Body::Full(None))
+        matches!(self, Body::Full(None)) || matches!(self, Body::Chunks(c, _) if c.is_empty())
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {
         match self {
             Body::Full(Some(b)) => hyper::body::SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => hyper::body::SizeHint::with_exact(0),
+            Body::Chunks(_, left) => hyper::body::SizeHint::with_exact(*left),
             Body::Stream(..) => hyper::body::SizeHint::default(),
         }
     }
@@ -187,6 +200,13 @@ pub fn json<T: serde::Serialize>(status: StatusCode, v: &T) -> Response<Body> {
 /// Raw bytes with a content type.
 pub fn bytes(status: StatusCode, content_type: &str, b: Vec<u8>) -> Response<Body> {
     build(status, Some(content_type), Body::Full(Some(Bytes::from(b))))
+}
+
+/// A body made of chunks that are all there already (sent one after the other, with a
+/// `Content-Length` of their sum; nothing is copied into one buffer).
+pub fn chunks(status: StatusCode, content_type: &str, chunks: Vec<Bytes>) -> Response<Body> {
+    let len = chunks.iter().map(|c| c.len() as u64).sum();
+    build(status, Some(content_type), Body::Chunks(chunks.into(), len))
 }
 
 /// A streamed (chunked) response; each item sent on the returned channel becomes one chunk.

@@ -9,6 +9,7 @@ use agora_api::{operator, scheduler};
 use agora_http::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use agora_http::parse_query;
 use agora_http::{Body, IncomingBody};
+use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -104,28 +105,26 @@ fn unavailable() -> Response<Body> {
 
 /// A JSON reply for the GET endpoints, wrapped for `?jsonp=cb`.
 fn json_or_jsonp(v: &serde_json::Value, q: &HashMap<String, String>) -> Response<Body> {
-    json_bytes_or_jsonp(serde_json::to_vec(v).unwrap_or_default(), q)
+    json_chunks_or_jsonp(vec![Bytes::from(serde_json::to_vec(v).unwrap_or_default())], q)
 }
 
-fn json_bytes_or_jsonp(body: Vec<u8>, q: &HashMap<String, String>) -> Response<Body> {
+/// A JSON body, or with `?jsonp=callback` that body wrapped as `callback(...);`.
+fn json_chunks_or_jsonp(mut body: Vec<Bytes>, q: &HashMap<String, String>) -> Response<Body> {
     match q.get("jsonp") {
         Some(cb)
             if !cb.is_empty() && cb.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$') =>
         {
-            let mut out = Vec::with_capacity(body.len() + cb.len() + 3);
-            out.extend_from_slice(cb.as_bytes());
-            out.push(b'(');
-            out.extend_from_slice(&body);
-            out.extend_from_slice(b");");
-            agora_http::bytes(StatusCode::OK, "text/javascript", out)
+            body.insert(0, Bytes::from(format!("{cb}(")));
+            body.push(Bytes::from_static(b");"));
+            agora_http::chunks(StatusCode::OK, "text/javascript", body)
         }
-        _ => agora_http::bytes(StatusCode::OK, "application/json", body),
+        _ => agora_http::chunks(StatusCode::OK, "application/json", body),
     }
 }
 
 async fn query(h: &Handle, query: Query, q: &HashMap<String, String>) -> Response<Body> {
     match h.ask(|reply| Msg::Query { query, reply }).await {
-        Some(v) => json_bytes_or_jsonp(v, q),
+        Some(r) => json_chunks_or_jsonp(r.into_chunks().await, q),
         None => unavailable(),
     }
 }
@@ -333,7 +332,7 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
     };
     if let Some(query) = big {
         return match h.ask(|reply| Msg::Query { query, reply }).await {
-            Some(b) => agora_http::bytes(StatusCode::OK, "application/json", b),
+            Some(r) => agora_http::chunks(StatusCode::OK, "application/json", r.into_chunks().await),
             None => unavailable(),
         };
     }

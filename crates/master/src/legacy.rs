@@ -2,12 +2,15 @@
 //! `/tasks`, `/metrics/snapshot`, ...) with their v0 field names, and the operator API's
 //! typed GET_* replies.
 use crate::state::{Framework, Query, State};
+use crate::tasks::{TaskStats, Tasks};
+use crate::views::{write_json, TaskForm, TaskRef, View};
 use agora_api::operator::*;
 use agora_api::*;
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::Serialize;
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 pub fn version_info() -> VersionInfo {
     VersionInfo {
@@ -43,7 +46,7 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
                 }
                 all.extend(f.tasks.values().map(|t| &t.task));
                 all.extend(f.unreachable_tasks.values().map(|t| &t.task));
-                all.extend(f.completed_tasks.iter());
+                all.extend(f.completed_tasks.iter().map(|t| &**t));
             }
             if let Some(tid) = task_id {
                 all.retain(|t| t.task_id.value == *tid);
@@ -69,10 +72,17 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
     }
 }
 
-/// A framework in v0 JSON without its task lists (see [`write_framework`]).
-fn framework_json(st: &State, f: &Framework) -> Value {
+/// Sets a v0 framework's `used_resources` (and its alias `resources`).
+fn with_used(v: &mut Value, used: &Resources) {
+    let used = used.to_legacy_map();
+    v["used_resources"] = used.clone();
+    v["resources"] = used;
+}
+
+/// A framework in v0 JSON without its task lists and the resources in use
+/// (`used_resources`, `resources`: see [`with_used`]).
+fn framework_json_head(st: &State, f: &Framework) -> Value {
     let id = f.id();
-    let used = st.used_by(&id).to_legacy_map();
     let mut v = json!({
         "id": id.value,
         "name": f.info.name,
@@ -89,9 +99,7 @@ fn framework_json(st: &State, f: &Framework) -> Value {
         "recovered": f.recovered,
         "registered_time": f.registered_time,
         "unregistered_time": f.unregistered_time.unwrap_or(0.0),
-        "used_resources": used.clone(),
         "offered_resources": st.offered_to(&id).to_legacy_map(),
-        "resources": used,
         "offers": f.offers.iter().filter_map(|o| st.offers.get(o)).map(|o| json!({
             "id": o.offer.id.value,
             "framework_id": o.framework_id.value,
@@ -127,7 +135,55 @@ fn attributes_json(attributes: &[Attribute]) -> Value {
 }
 
 fn agent_json(st: &State, a: &crate::state::Agent) -> Value {
-    serde_json::to_value(agent_v0(st, a)).unwrap_or(Value::Null)
+    serde_json::to_value(agent_v0(&AgentSnap::of(st, a), &st.used_on(&a.id()))).unwrap_or(Value::Null)
+}
+
+/// What a view shows of an agent, taken on the state loop (pointer copies and small
+/// clones); the resources in use come later, from the view's tasks.
+struct AgentSnap {
+    info: Arc<AgentInfo>,
+    pid: String,
+    version: String,
+    active: bool,
+    registered_time: f64,
+    reregistered_time: Option<f64>,
+    total: Resources,
+    offered: Resources,
+}
+
+impl AgentSnap {
+    fn of(st: &State, a: &crate::state::Agent) -> AgentSnap {
+        AgentSnap {
+            info: a.info.clone(),
+            pid: a.pid.clone(),
+            version: a.version.clone(),
+            active: a.active && a.connected(),
+            registered_time: a.registered_time,
+            reregistered_time: a.reregistered_time,
+            total: a.total.clone(),
+            offered: if a.offers.is_empty() { Resources::new() } else { st.offered_on(&a.id()) },
+        }
+    }
+
+    fn id(&self) -> AgentId {
+        self.info.id.clone().unwrap_or_default()
+    }
+
+    /// The operator API's `GetAgents.Agent`.
+    fn entry(&self, used: Resources) -> AgentEntry {
+        AgentEntry {
+            agent_info: (*self.info).clone(),
+            active: self.active,
+            deactivated: false,
+            version: self.version.clone(),
+            pid: Some(self.pid.clone()),
+            registered_time: Some(DurationInfo::from_secs_f64(self.registered_time)),
+            reregistered_time: self.reregistered_time.map(DurationInfo::from_secs_f64),
+            total_resources: self.total.clone().into_vec(),
+            allocated_resources: used.into_vec(),
+            offered_resources: self.offered.clone().into_vec(),
+        }
+    }
 }
 
 /// An agent in v0 JSON (`/state`'s and `/slaves`' entries).
@@ -155,9 +211,8 @@ struct AgentV0<'a> {
     offered_resources_full: Vec<Resource>,
 }
 
-fn agent_v0<'a>(st: &State, a: &'a crate::state::Agent) -> AgentV0<'a> {
+fn agent_v0<'a>(a: &'a AgentSnap, used: &Resources) -> AgentV0<'a> {
     let id = a.info.id.as_ref().map(|i| i.value.as_str()).unwrap_or("");
-    let aid = a.id();
     let mut reserved = serde_json::Map::new();
     let mut unreserved = Resources::new();
     for r in a.total.iter() {
@@ -171,8 +226,7 @@ fn agent_v0<'a>(st: &State, a: &'a crate::state::Agent) -> AgentV0<'a> {
             unreserved.add(r);
         }
     }
-    let used = st.used_on(&aid);
-    let offered = st.offered_on(&aid);
+    let offered = &a.offered;
     AgentV0 {
         id,
         hostname: &a.info.hostname,
@@ -186,7 +240,7 @@ fn agent_v0<'a>(st: &State, a: &'a crate::state::Agent) -> AgentV0<'a> {
         offered_resources: offered.to_legacy_map(),
         reserved_resources: reserved,
         unreserved_resources: unreserved.to_legacy_map(),
-        active: a.active && a.connected(),
+        active: a.active,
         deactivated: false,
         version: &a.version,
         capabilities: ["MULTI_ROLE", "HIERARCHICAL_ROLE", "RESERVATION_REFINEMENT", "TASK_NO_EXECUTOR"],
@@ -194,6 +248,23 @@ fn agent_v0<'a>(st: &State, a: &'a crate::state::Agent) -> AgentV0<'a> {
         used_resources_full: used.with_legacy_roles().into_vec(),
         offered_resources_full: offered.with_legacy_roles().into_vec(),
     }
+}
+
+/// `/state`'s `slaves`, written off the loop.
+fn agents_v0_later(v: &mut View, st: &State) {
+    let snaps: Vec<AgentSnap> = st.agents.values().map(|a| AgentSnap::of(st, a)).collect();
+    v.later(move |used| {
+        let mut out = Vec::with_capacity(snaps.len() * 1024);
+        out.push(b'[');
+        for (i, a) in snaps.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json(&mut out, &agent_v0(a, &used.agent(&a.id())));
+        }
+        out.push(b']');
+        out
+    });
 }
 
 fn merge_legacy(a: &Value, b: &Value) -> Value {
@@ -314,173 +385,170 @@ impl Serialize for StatusV0<'_> {
     }
 }
 
-/// A list of tasks in v0 JSON.
-struct TasksV0<'a, I>(std::cell::RefCell<Option<I>>, std::marker::PhantomData<&'a Task>);
-
-impl<'a, I: Iterator<Item = &'a Task>> TasksV0<'a, I> {
-    fn new(it: I) -> Self {
-        TasksV0(std::cell::RefCell::new(Some(it)), std::marker::PhantomData)
-    }
+fn live(tasks: &Tasks) -> impl Iterator<Item = TaskRef> + '_ {
+    tasks.values().map(|t| TaskRef::Live(t.clone()))
 }
 
-impl<'a, I: Iterator<Item = &'a Task>> Serialize for TasksV0<'a, I> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(None)?;
-        if let Some(it) = self.0.borrow_mut().take() {
-            for t in it {
-                seq.serialize_element(&TaskV0(t))?;
+fn done(tasks: &std::collections::VecDeque<Arc<Task>>) -> impl Iterator<Item = TaskRef> + '_ {
+    tasks.iter().map(|t| TaskRef::Done(t.clone()))
+}
+
+/// A framework in v0 JSON: [`framework_json_head`]'s fields (written off the loop, with the
+/// resources in use), then its task lists.
+fn framework_v0(v: &mut View, st: &State, f: &Framework) {
+    let mut head = framework_json_head(st, f);
+    let id = f.id();
+    v.later(move |used| {
+        with_used(&mut head, &used.framework(&id));
+        let mut out = Vec::new();
+        let mut first = true;
+        out.push(b'{');
+        if let Value::Object(fields) = &head {
+            for (k, val) in fields {
+                if !first {
+                    out.push(b',');
+                }
+                write_json(&mut out, k);
+                out.push(b':');
+                write_json(&mut out, val);
+                first = false;
             }
         }
-        seq.end()
-    }
-}
-
-/// A framework in v0 JSON: [`framework_json`]'s fields, then its task lists written directly.
-fn write_framework<M: SerializeMap>(st: &State, f: &Framework, m: &mut M) -> Result<(), M::Error> {
-    if let Value::Object(head) = framework_json(st, f) {
-        for (k, v) in &head {
-            m.serialize_entry(k, v)?;
+        if !first {
+            out.push(b',');
         }
-    }
-    m.serialize_entry("tasks", &TasksV0::new(f.tasks.values().map(|t| &t.task)))?;
-    m.serialize_entry("unreachable_tasks", &TasksV0::new(f.unreachable_tasks.values().map(|t| &t.task)))?;
-    m.serialize_entry("completed_tasks", &TasksV0::new(f.completed_tasks.iter()))?;
-    Ok(())
+        out
+    });
+    v.key(true, "tasks");
+    v.tasks(TaskForm::V0, live(&f.tasks).collect(), true);
+    v.key(false, "unreachable_tasks");
+    v.tasks(TaskForm::V0, live(&f.unreachable_tasks).collect(), false);
+    v.key(false, "completed_tasks");
+    v.tasks(TaskForm::V0, done(&f.completed_tasks).collect(), false);
+    v.raw("}");
 }
 
-struct FrameworkV0<'a>(&'a State, &'a Framework);
-
-impl Serialize for FrameworkV0<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut m = s.serialize_map(None)?;
-        write_framework(self.0, self.1, &mut m)?;
-        m.end()
-    }
-}
-
-struct FrameworksV0<'a, I>(std::cell::RefCell<Option<I>>, &'a State);
-
-impl<'a, I: Iterator<Item = &'a Framework>> Serialize for FrameworksV0<'a, I> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(None)?;
-        if let Some(it) = self.0.borrow_mut().take() {
-            for f in it {
-                seq.serialize_element(&FrameworkV0(self.1, f))?;
-            }
+fn frameworks_v0<'a>(v: &mut View, st: &State, it: impl Iterator<Item = &'a Framework>) {
+    v.raw("[");
+    for (i, f) in it.enumerate() {
+        if i > 0 {
+            v.raw(",");
         }
-        seq.end()
+        framework_v0(v, st, f);
     }
+    v.raw("]");
 }
 
-fn frameworks_v0<'a, I: Iterator<Item = &'a Framework>>(st: &'a State, it: I) -> FrameworksV0<'a, I> {
-    FrameworksV0(std::cell::RefCell::new(Some(it)), st)
-}
-
-struct AgentsV0<'a>(&'a State);
-
-impl Serialize for AgentsV0<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.agents.len()))?;
-        for a in self.0.agents.values() {
-            seq.serialize_element(&agent_v0(self.0, a))?;
-        }
-        seq.end()
-    }
-}
-
-/// GET_TASKS with the tasks borrowed from the state (same JSON as `operator::GetTasks`).
-#[derive(Serialize)]
-struct GetTasksRef<'a> {
-    tasks: Vec<&'a Task>,
-    unreachable_tasks: Vec<&'a Task>,
-    completed_tasks: Vec<&'a Task>,
-}
-
-fn get_tasks_ref(st: &State) -> GetTasksRef<'_> {
-    let mut g = GetTasksRef { tasks: vec![], unreachable_tasks: vec![], completed_tasks: vec![] };
+/// GET_TASKS' body (`{"tasks": [...], "unreachable_tasks": [...], "completed_tasks": [...]}`).
+fn get_tasks_view(v: &mut View, st: &State) {
+    let (mut tasks, mut unreachable, mut completed) = (Vec::new(), Vec::new(), Vec::new());
     for f in st.frameworks.values() {
-        g.tasks.extend(f.tasks.values().map(|t| &t.task));
-        g.unreachable_tasks.extend(f.unreachable_tasks.values().map(|t| &t.task));
-        g.completed_tasks.extend(f.completed_tasks.iter());
+        tasks.extend(live(&f.tasks));
+        unreachable.extend(live(&f.unreachable_tasks));
+        completed.extend(done(&f.completed_tasks));
     }
     for f in &st.completed_frameworks {
-        g.completed_tasks.extend(f.completed_tasks.iter());
+        completed.extend(done(&f.completed_tasks));
     }
-    g
+    v.raw("{");
+    v.key(true, "tasks");
+    v.tasks(TaskForm::V1, tasks, true);
+    v.key(false, "unreachable_tasks");
+    v.tasks(TaskForm::V1, unreachable, false);
+    v.key(false, "completed_tasks");
+    v.tasks(TaskForm::V1, completed, false);
+    v.raw("}");
 }
 
-/// GET_STATE (same JSON as `operator::GetState`).
-#[derive(Serialize)]
-struct GetStateRef<'a> {
-    get_tasks: GetTasksRef<'a>,
-    get_executors: GetExecutors,
-    get_frameworks: GetFrameworks,
-    get_agents: GetAgents,
-}
-
-#[derive(Serialize)]
-struct OperatorOut<'a> {
-    #[serde(rename = "type")]
-    kind: CallType,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    get_state: Option<GetStateRef<'a>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    get_tasks: Option<GetTasksRef<'a>>,
-}
-
-/// Renders a query as JSON bytes. The big views (`/state`, `/frameworks`, `/tasks`) write
-/// their tasks straight to the buffer; the others go through [`render`].
-pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 * 1024);
-    let mut ser = serde_json::Serializer::new(&mut out);
-    let written: Result<(), serde_json::Error> = (|| {
-        match q {
-            Query::State => {
-                let mut m = ser.serialize_map(None)?;
-                if let Value::Object(head) = state_json_head(st) {
-                    for (k, v) in &head {
-                        m.serialize_entry(k, v)?;
+/// The big reads as a [`View`], taken on the state loop and encoded off it; `None` for the
+/// other queries (see [`render`]).
+pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
+    let mut v = View::new();
+    match q {
+        Query::State => {
+            v.raw("{");
+            let mut first = true;
+            if let Value::Object(head) = state_json_head(st) {
+                for (k, val) in &head {
+                    v.key(first, k);
+                    v.value(val);
+                    first = false;
+                }
+            }
+            v.key(first, "slaves");
+            agents_v0_later(&mut v, st);
+            v.key(false, "frameworks");
+            frameworks_v0(&mut v, st, st.frameworks.values());
+            v.key(false, "completed_frameworks");
+            frameworks_v0(&mut v, st, st.completed_frameworks.iter());
+            v.raw("}");
+        }
+        Query::Frameworks { framework_id } => {
+            let keep = |f: &&Framework| framework_id.as_ref().map(|id| f.id().value == *id).unwrap_or(true);
+            v.raw("{");
+            v.key(true, "frameworks");
+            frameworks_v0(&mut v, st, st.frameworks.values().filter(keep));
+            v.key(false, "completed_frameworks");
+            frameworks_v0(&mut v, st, st.completed_frameworks.iter().filter(keep));
+            v.key(false, "unregistered_frameworks");
+            v.raw("[]");
+            v.raw("}");
+        }
+        Query::GetState => {
+            v.raw("{");
+            v.key(true, "type");
+            v.value(&CallType::GetState);
+            v.key(false, "get_state");
+            v.raw("{");
+            v.key(true, "get_tasks");
+            get_tasks_view(&mut v, st);
+            v.key(false, "get_executors");
+            v.value(&get_executors(st));
+            v.key(false, "get_frameworks");
+            let mut frameworks = get_frameworks_without_used(st);
+            v.later(move |used| {
+                for f in frameworks.frameworks.iter_mut().chain(frameworks.completed_frameworks.iter_mut()) {
+                    if let Some(id) = &f.framework_info.id {
+                        f.allocated_resources = used.framework(id).into_vec();
                     }
                 }
-                m.serialize_entry("slaves", &AgentsV0(st))?;
-                m.serialize_entry("frameworks", &frameworks_v0(st, st.frameworks.values()))?;
-                m.serialize_entry("completed_frameworks", &frameworks_v0(st, st.completed_frameworks.iter()))?;
-                SerializeMap::end(m)?;
-            }
-            Query::Frameworks { framework_id } => {
-                let keep = |f: &&Framework| framework_id.as_ref().map(|id| f.id().value == *id).unwrap_or(true);
-                let mut m = ser.serialize_map(None)?;
-                m.serialize_entry("frameworks", &frameworks_v0(st, st.frameworks.values().filter(keep)))?;
-                m.serialize_entry(
-                    "completed_frameworks",
-                    &frameworks_v0(st, st.completed_frameworks.iter().filter(keep)),
-                )?;
-                m.serialize_entry("unregistered_frameworks", &Vec::<String>::new())?;
-                SerializeMap::end(m)?;
-            }
-            Query::GetState => OperatorOut {
-                kind: CallType::GetState,
-                get_state: Some(GetStateRef {
-                    get_tasks: get_tasks_ref(st),
-                    get_executors: get_executors(st),
-                    get_frameworks: get_frameworks(st),
-                    get_agents: get_agents(st),
-                }),
-                get_tasks: None,
-            }
-            .serialize(&mut ser)?,
-            Query::GetTasks => {
-                OperatorOut { kind: CallType::GetTasks, get_state: None, get_tasks: Some(get_tasks_ref(st)) }
-                    .serialize(&mut ser)?
-            }
-            other => render(st, other).serialize(&mut ser)?,
+                let mut out = Vec::new();
+                write_json(&mut out, &frameworks);
+                out
+            });
+            v.key(false, "get_agents");
+            let snaps: Vec<AgentSnap> = st.agents.values().map(|a| AgentSnap::of(st, a)).collect();
+            let recovered: Vec<AgentInfo> = st.recovered_agents.values().map(|r| r.info.clone()).collect();
+            v.later(move |used| {
+                let agents = GetAgents {
+                    agents: snaps.iter().map(|a| a.entry(used.agent(&a.id()))).collect(),
+                    recovered_agents: recovered,
+                };
+                let mut out = Vec::with_capacity(agents.agents.len() * 1024);
+                write_json(&mut out, &agents);
+                out
+            });
+            v.raw("}}");
         }
-        Ok(())
-    })();
-    if let Err(e) = written {
-        tracing::error!(error = %e, "cannot render a view");
+        Query::GetTasks => {
+            v.raw("{");
+            v.key(true, "type");
+            v.value(&CallType::GetTasks);
+            v.key(false, "get_tasks");
+            get_tasks_view(&mut v, st);
+            v.raw("}");
+        }
+        _ => return None,
     }
-    out
+    Some(v)
+}
+
+/// Renders a query as JSON bytes on the calling thread.
+pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
+    match view(st, q) {
+        Some(v) => v.encode_to_vec(),
+        None => serde_json::to_vec(&render(st, q)).unwrap_or_default(),
+    }
 }
 
 /// `/state` without its agents and frameworks.
@@ -556,42 +624,37 @@ struct Scalars([f64; 4]);
 impl Scalars {
     fn add(&mut self, rs: &[agora_api::Resource]) {
         for r in rs {
-            let i = match r.name.as_str() {
-                "cpus" => 0,
-                "mem" => 1,
-                "disk" => 2,
-                "gpus" => 3,
-                _ => continue,
-            };
-            self.0[i] += r.scalar.as_ref().map(|s| s.value).unwrap_or(0.0);
+            if let (Some(i), Some(s)) = (crate::tasks::scalar_index(&r.name), r.scalar.as_ref()) {
+                self.0[i] += s.value;
+            }
         }
     }
     fn scalar(&self, name: &str) -> f64 {
-        match name {
-            "cpus" => self.0[0],
-            "mem" => self.0[1],
-            "disk" => self.0[2],
-            _ => self.0[3],
-        }
+        crate::tasks::scalar_index(name).map_or(0.0, |i| self.0[i])
     }
 }
 
-/// `/metrics/snapshot`: one pass over agents and tasks, no resource arithmetic (it is
-/// polled, and a cluster holds hundreds of thousands of tasks).
+/// `/metrics/snapshot`: the task figures are the frameworks' running [`TaskStats`] (it is
+/// polled, and a cluster holds hundreds of thousands of tasks); one pass over the agents.
 fn metrics(st: &State) -> Value {
     let mut total = Scalars::default();
-    let mut used = Scalars::default();
     for a in st.agents.values() {
         total.add(&a.total.0);
     }
-    let mut states: HashMap<TaskState, usize> = HashMap::new();
-    for t in st.frameworks.values().flat_map(|f| f.tasks.values()) {
-        *states.entry(t.task.state).or_default() += 1;
-        if !t.released {
-            used.add(&t.task.resources);
+    let mut stats = TaskStats::default();
+    for f in st.frameworks.values() {
+        stats.add(f.tasks.stats());
+    }
+    if cfg!(debug_assertions) {
+        // Tests run debug builds: every poll checks the running figures against a count.
+        let counted = TaskStats::of(st.frameworks.values().flat_map(|f| f.tasks.values()));
+        if counted != stats {
+            tracing::error!(?counted, running = ?stats, "task figures out of step");
+            debug_assert_eq!(counted, stats, "task figures out of step");
         }
     }
-    let count = |s: TaskState| states.get(&s).copied().unwrap_or(0);
+    let count = |s: TaskState| stats.count(s);
+    let used = |name: &str| stats.used(name);
     let c = &st.counters;
     json!({
         "master/elected": u8::from(st.role == crate::state::Role::Leading),
@@ -628,16 +691,16 @@ fn metrics(st: &State) -> Value {
         "master/tasks_dropped": c.tasks_dropped,
         "master/tasks_gone": c.tasks_gone,
         "master/cpus_total": total.scalar("cpus"),
-        "master/cpus_used": used.scalar("cpus"),
-        "master/cpus_percent": ratio(used.scalar("cpus"), total.scalar("cpus")),
+        "master/cpus_used": used("cpus"),
+        "master/cpus_percent": ratio(used("cpus"), total.scalar("cpus")),
         "master/mem_total": total.scalar("mem"),
-        "master/mem_used": used.scalar("mem"),
-        "master/mem_percent": ratio(used.scalar("mem"), total.scalar("mem")),
+        "master/mem_used": used("mem"),
+        "master/mem_percent": ratio(used("mem"), total.scalar("mem")),
         "master/disk_total": total.scalar("disk"),
-        "master/disk_used": used.scalar("disk"),
-        "master/disk_percent": ratio(used.scalar("disk"), total.scalar("disk")),
+        "master/disk_used": used("disk"),
+        "master/disk_percent": ratio(used("disk"), total.scalar("disk")),
         "master/gpus_total": total.scalar("gpus"),
-        "master/gpus_used": used.scalar("gpus"),
+        "master/gpus_used": used("gpus"),
     })
 }
 
@@ -688,15 +751,21 @@ pub(crate) fn get_tasks(st: &State) -> GetTasks {
     for f in st.frameworks.values() {
         g.tasks.extend(f.tasks.values().map(|t| t.task.clone()));
         g.unreachable_tasks.extend(f.unreachable_tasks.values().map(|t| t.task.clone()));
-        g.completed_tasks.extend(f.completed_tasks.iter().cloned());
+        g.completed_tasks.extend(f.completed_tasks.iter().map(|t| (**t).clone()));
     }
     for f in &st.completed_frameworks {
-        g.completed_tasks.extend(f.completed_tasks.iter().cloned());
+        g.completed_tasks.extend(f.completed_tasks.iter().map(|t| (**t).clone()));
     }
     g
 }
 
 fn framework_entry(st: &State, f: &Framework) -> FrameworkEntry {
+    let mut e = framework_entry_without_used(st, f);
+    e.allocated_resources = st.used_by(&f.id()).into_vec();
+    e
+}
+
+fn framework_entry_without_used(st: &State, f: &Framework) -> FrameworkEntry {
     let id = f.id();
     FrameworkEntry {
         framework_info: f.info.clone(),
@@ -706,7 +775,7 @@ fn framework_entry(st: &State, f: &Framework) -> FrameworkEntry {
         registered_time: Some(DurationInfo::from_secs_f64(f.registered_time)),
         unregistered_time: f.unregistered_time.map(DurationInfo::from_secs_f64),
         offers: f.offers.iter().filter_map(|o| st.offers.get(o)).map(|o| o.offer.clone()).collect(),
-        allocated_resources: st.used_by(&id).into_vec(),
+        allocated_resources: Vec::new(),
         offered_resources: st.offered_to(&id).into_vec(),
     }
 }
@@ -718,27 +787,17 @@ pub(crate) fn get_frameworks(st: &State) -> GetFrameworks {
     }
 }
 
+/// GET_FRAMEWORKS without `allocated_resources` (filled in off the loop).
+fn get_frameworks_without_used(st: &State) -> GetFrameworks {
+    GetFrameworks {
+        frameworks: st.frameworks.values().map(|f| framework_entry_without_used(st, f)).collect(),
+        completed_frameworks: st.completed_frameworks.iter().map(|f| framework_entry_without_used(st, f)).collect(),
+    }
+}
+
 pub(crate) fn get_agents(st: &State) -> GetAgents {
     GetAgents {
-        agents: st
-            .agents
-            .values()
-            .map(|a| {
-                let id = a.id();
-                AgentEntry {
-                    agent_info: a.info.clone(),
-                    active: a.active && a.connected(),
-                    deactivated: false,
-                    version: a.version.clone(),
-                    pid: Some(a.pid.clone()),
-                    registered_time: Some(DurationInfo::from_secs_f64(a.registered_time)),
-                    reregistered_time: a.reregistered_time.map(DurationInfo::from_secs_f64),
-                    total_resources: a.total.clone().into_vec(),
-                    allocated_resources: st.used_on(&id).into_vec(),
-                    offered_resources: st.offered_on(&id).into_vec(),
-                }
-            })
-            .collect(),
+        agents: st.agents.values().map(|a| AgentSnap::of(st, a).entry(st.used_on(&a.id()))).collect(),
         recovered_agents: st.recovered_agents.values().map(|r| r.info.clone()).collect(),
     }
 }

@@ -11,6 +11,8 @@ pub mod http;
 pub mod leader;
 pub mod legacy;
 pub mod state;
+mod tasks;
+pub mod views;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

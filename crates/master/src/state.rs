@@ -10,6 +10,7 @@
 //! frameworks to re-subscribe); on losing it, it drops everything, which closes every
 //! stream. Registry changes go to a [`Writer`] in order; agent admission and framework
 //! registration are acknowledged only once their write is durable.
+use crate::tasks::Tasks;
 use crate::MasterConfig;
 use agora_allocator::{Allocation, Allocator};
 use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
@@ -23,6 +24,7 @@ use agora_registry::{AgentRecord, Op, Registry, RegistryError, Writer};
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -114,6 +116,33 @@ pub enum Query {
     GetTasks,
 }
 
+/// The answer to a [`Msg::Query`].
+pub enum QueryReply {
+    Json(Vec<u8>),
+    View(crate::views::View),
+}
+
+impl QueryReply {
+    /// The JSON bytes, encoding a view (in parallel) on a blocking thread.
+    pub async fn into_chunks(self) -> Vec<Bytes> {
+        match self {
+            QueryReply::Json(b) => vec![Bytes::from(b)],
+            QueryReply::View(v) => tokio::task::spawn_blocking(move || {
+                let started = std::time::Instant::now();
+                let chunks = v.encode(crate::views::encode_threads());
+                tracing::debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    bytes = chunks.iter().map(Bytes::len).sum::<usize>(),
+                    "encoded a view"
+                );
+                chunks
+            })
+            .await
+            .unwrap_or_default(),
+        }
+    }
+}
+
 pub enum Msg {
     Subscribe {
         call: Call,
@@ -138,10 +167,11 @@ pub enum Msg {
         call: operator::Call,
         reply: oneshot::Sender<Result<operator::Response, ApiError>>,
     },
-    /// A read-only view, answered as JSON bytes.
+    /// A read-only view: small ones answered as JSON bytes, the big ones as a
+    /// [`View`](crate::views::View) to encode off the state loop.
     Query {
         query: Query,
-        reply: oneshot::Sender<Vec<u8>>,
+        reply: oneshot::Sender<QueryReply>,
     },
     FrameworkStreamClosed {
         framework_id: FrameworkId,
@@ -237,6 +267,11 @@ impl Stream {
     }
 }
 
+/// A task the master tracks. Held behind `Arc` so that a big read (`/state`, GET_STATE) can
+/// take a snapshot of every task in pointer copies and encode it off the state loop; the
+/// loop changes an entry through `Arc::make_mut`, which copies it only while such a
+/// snapshot still holds it.
+#[derive(Clone)]
 pub(crate) struct TaskEntry {
     /// The task; its `resources` are what the allocator charged (normalised on insertion).
     pub task: Task,
@@ -277,10 +312,11 @@ pub(crate) struct Framework {
     pub unregistered_time: Option<f64>,
     failover_generation: u64,
     pub offers: HashSet<OfferId>,
-    /// Boxed: the maps' slack then costs a pointer per slot, not a whole entry.
-    pub tasks: HashMap<TaskId, Box<TaskEntry>>,
-    pub unreachable_tasks: HashMap<TaskId, Box<TaskEntry>>,
-    pub completed_tasks: VecDeque<Task>,
+    /// Behind `Arc` (see [`TaskEntry`]); the maps' slack then costs a pointer per slot, not
+    /// a whole entry.
+    pub tasks: Tasks,
+    pub unreachable_tasks: Tasks,
+    pub completed_tasks: VecDeque<Arc<Task>>,
     pub executors: HashMap<AgentId, HashMap<ExecutorId, ExecutorInfo>>,
     pub suppressed_roles: Vec<String>,
 }
@@ -309,7 +345,8 @@ impl Framework {
 }
 
 pub(crate) struct Agent {
-    pub info: AgentInfo,
+    /// Behind `Arc`: a big read takes it in a pointer copy (see `crate::views`).
+    pub info: Arc<AgentInfo>,
     pub pid: String,
     pub version: String,
     session_id: String,
@@ -335,7 +372,7 @@ impl Agent {
         registered_time: f64,
     ) -> Self {
         Agent {
-            info,
+            info: Arc::new(info),
             pid,
             version,
             session_id: stream.id.clone(),
@@ -710,7 +747,16 @@ impl State {
                 }
             }
             Msg::Query { query, reply } => {
-                let _ = reply.send(crate::legacy::render_bytes(self, &query));
+                let started = std::time::Instant::now();
+                let r = match crate::legacy::view(self, &query) {
+                    Some(v) => QueryReply::View(v),
+                    None => QueryReply::Json(crate::legacy::render_bytes(self, &query)),
+                };
+                let held = started.elapsed();
+                if held > Duration::from_millis(100) {
+                    tracing::info!(?query, held_ms = held.as_millis() as u64, "a read held the state loop");
+                }
+                let _ = reply.send(r);
             }
             Msg::FrameworkStreamClosed { framework_id, stream_id } => {
                 let current = self.frameworks.get(&framework_id).and_then(|f| f.stream.as_ref()).map(|s| s.id.clone());
@@ -857,8 +903,8 @@ impl State {
                 unregistered_time: Some(now),
                 failover_generation: 0,
                 offers: HashSet::new(),
-                tasks: HashMap::new(),
-                unreachable_tasks: HashMap::new(),
+                tasks: Tasks::default(),
+                unreachable_tasks: Tasks::default(),
                 completed_tasks: VecDeque::new(),
                 executors: HashMap::new(),
                 suppressed_roles: vec![],
@@ -1114,8 +1160,8 @@ impl State {
                 unregistered_time: None,
                 failover_generation: 0,
                 offers: HashSet::new(),
-                tasks: HashMap::new(),
-                unreachable_tasks: HashMap::new(),
+                tasks: Tasks::default(),
+                unreachable_tasks: Tasks::default(),
                 completed_tasks: VecDeque::new(),
                 executors: HashMap::new(),
                 suppressed_roles: suppressed_roles.clone(),
@@ -1173,7 +1219,8 @@ impl State {
         }
         let mut agents: HashSet<AgentId> = fw.executors.keys().cloned().collect();
         let now = now_secs();
-        for (_, mut t) in fw.tasks.drain().chain(fw.unreachable_tasks.drain()) {
+        for (_, t) in fw.tasks.drain().chain(fw.unreachable_tasks.drain()) {
+            let mut t = Arc::unwrap_or_clone(t);
             agents.insert(t.task.agent_id.clone());
             if let Some(a) = self.agents.get_mut(&t.task.agent_id) {
                 a.tasks.remove(&(id.clone(), t.task.task_id.clone()));
@@ -1189,7 +1236,7 @@ impl State {
                 t.task.state = TaskState::Killed;
                 push_status(&mut t.task.statuses, s);
             }
-            fw.completed_tasks.push_back(t.task);
+            fw.completed_tasks.push_back(Arc::new(t.task));
         }
         while fw.completed_tasks.len() > self.config.max_completed_tasks_per_framework {
             fw.completed_tasks.pop_front();
@@ -1662,7 +1709,7 @@ impl State {
         };
         fw.tasks.insert(
             task.task_id.clone(),
-            Box::new(TaskEntry { task: record, role: role.to_string(), released: false }),
+            Arc::new(TaskEntry { task: record, role: role.to_string(), released: false }),
         );
         let framework_info = fw.info.clone();
         tracing::info!(framework_id = %fid, task_id = %task.task_id, agent_id = %agent_id, "launching task");
@@ -1717,7 +1764,7 @@ impl State {
             if let Some(agent) = self.agents.get_mut(&t.task.agent_id) {
                 agent.tasks.remove(&(fid.clone(), t.task.task_id.clone()));
             }
-            fw.completed_tasks.push_back(t.task);
+            fw.completed_tasks.push_back(Arc::new(Arc::unwrap_or_clone(t).task));
             if fw.completed_tasks.len() > self.config.max_completed_tasks_per_framework {
                 fw.completed_tasks.pop_front();
             }
@@ -1996,7 +2043,8 @@ impl State {
                 .unwrap_or(false);
             let (state, executor_id) = (t.state, t.executor_id.clone());
             let mut entry = match existing {
-                Some(mut e) => {
+                Some(mut entry) => {
+                    let e = Arc::make_mut(&mut entry);
                     e.task.state = t.state;
                     if t.status_update_state.is_some() {
                         e.task.status_update_state = t.status_update_state;
@@ -2005,7 +2053,7 @@ impl State {
                     if !t.statuses.is_empty() && e.task.statuses.len() < t.statuses.len() {
                         e.task.statuses = std::mem::take(&mut t.statuses);
                     }
-                    e
+                    entry
                 }
                 None => {
                     // Unknown to this master (a failover): the agent's record becomes ours.
@@ -2014,10 +2062,10 @@ impl State {
                             fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into())
                         });
                     t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
-                    Box::new(TaskEntry { task: t, role, released: false })
+                    Arc::new(TaskEntry { task: t, role, released: false })
                 }
             };
-            entry.released = state.is_terminal();
+            Arc::make_mut(&mut entry).released = state.is_terminal();
             if !entry.released {
                 entry.add_resources_to(used.entry(fid.clone()).or_default());
             }
@@ -2045,7 +2093,8 @@ impl State {
         for (fid, tid) in missing {
             if let Some(fw) = self.frameworks.get_mut(&fid) {
                 let entry = fw.tasks.remove(&tid).or_else(|| fw.unreachable_tasks.remove(&tid));
-                if let Some(mut e) = entry {
+                if let Some(e) = entry {
+                    let mut e = Arc::unwrap_or_clone(e);
                     let mut s = status_for(
                         &tid,
                         TaskState::Gone,
@@ -2055,7 +2104,7 @@ impl State {
                     s.agent_id = Some(id.clone());
                     e.task.state = TaskState::Gone;
                     push_status(&mut e.task.statuses, s.clone());
-                    fw.completed_tasks.push_back(e.task);
+                    fw.completed_tasks.push_back(Arc::new(e.task));
                     notify.push((fid.clone(), s));
                 }
             }
@@ -2160,7 +2209,7 @@ impl State {
         };
         let latest = latest_state.unwrap_or(status.state);
         let mut release: Option<(Resources, AgentId)> = None;
-        if let Some(t) = fw.tasks.get_mut(&status.task_id) {
+        if let Some(mut t) = fw.tasks.get_mut(&status.task_id) {
             let newly_terminal = latest.is_terminal() && !t.task.state.is_terminal();
             t.task.state = latest;
             t.task.status_update_state = Some(status.state);
@@ -2221,7 +2270,8 @@ impl State {
         self.submit(vec![Op::RemoveAgent { agent_id: id.value.clone() }], Ack::None);
         for (fid, tid) in agent.tasks {
             let Some(fw) = self.frameworks.get_mut(&fid) else { continue };
-            if let Some(mut t) = fw.tasks.remove(&tid) {
+            if let Some(t) = fw.tasks.remove(&tid) {
+                let mut t = Arc::unwrap_or_clone(t);
                 if !t.task.state.is_terminal() {
                     let mut s = status_for(&tid, state, Some(reason), message);
                     s.agent_id = Some(id.clone());
@@ -2231,7 +2281,7 @@ impl State {
                     s.state = s.state.for_framework(pa);
                     fw.send(&Event::update(s));
                 }
-                fw.completed_tasks.push_back(t.task);
+                fw.completed_tasks.push_back(Arc::new(t.task));
             }
         }
         for fw in self.frameworks.values_mut() {
@@ -2250,12 +2300,13 @@ impl State {
         self.submit(vec![Op::MarkUnreachable { agent_id: id.value.clone(), time: now }], Ack::None);
         for (fid, tid) in &agent.tasks {
             let Some(fw) = self.frameworks.get_mut(fid) else { continue };
-            let Some(mut t) = fw.tasks.remove(tid) else { continue };
-            if t.task.state.is_terminal() {
+            let Some(mut entry) = fw.tasks.remove(tid) else { continue };
+            if entry.task.state.is_terminal() {
                 // Finished but not yet acknowledged: the agent will resend when it returns.
-                fw.unreachable_tasks.insert(tid.clone(), t);
+                fw.unreachable_tasks.insert(tid.clone(), entry);
                 continue;
             }
+            let t = Arc::make_mut(&mut entry);
             self.counters.tasks_unreachable += 1;
             let pa = fw.info.partition_aware();
             let mut s = status_for(
@@ -2270,7 +2321,7 @@ impl State {
             t.task.state = if pa { TaskState::Unreachable } else { TaskState::Lost };
             push_status(&mut t.task.statuses, s.clone());
             t.released = true;
-            fw.unreachable_tasks.insert(tid.clone(), t);
+            fw.unreachable_tasks.insert(tid.clone(), entry);
             s.state = s.state.for_framework(pa);
             fw.send(&Event::update(s));
         }
@@ -2309,7 +2360,8 @@ impl State {
         if let Some(u) = self.unreachable_agents.remove(id) {
             for (fid, tid) in u.tasks {
                 let Some(fw) = self.frameworks.get_mut(&fid) else { continue };
-                let Some(mut t) = fw.unreachable_tasks.remove(&tid) else { continue };
+                let Some(t) = fw.unreachable_tasks.remove(&tid) else { continue };
+                let mut t = Arc::unwrap_or_clone(t);
                 let mut s =
                     status_for(&tid, TaskState::GoneByOperator, Some(Reason::ReasonAgentRemovedByOperator), message);
                 s.agent_id = Some(id.clone());
@@ -2317,7 +2369,7 @@ impl State {
                 push_status(&mut t.task.statuses, s.clone());
                 s.state = s.state.for_framework(fw.info.partition_aware());
                 fw.send(&Event::update(s));
-                fw.completed_tasks.push_back(t.task);
+                fw.completed_tasks.push_back(Arc::new(t.task));
             }
         }
         self.gone_agents.insert(id.clone(), now);

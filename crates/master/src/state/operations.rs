@@ -68,8 +68,8 @@ impl State {
         }
         let Some(a) = self.agents.get_mut(agent_id) else { return Ok(()) };
         a.total = total;
-        a.info.resources = a.total.clone().into_vec();
-        let record = AgentRecord { info: a.info.clone(), pid: a.pid.clone(), version: a.version.clone() };
+        std::sync::Arc::make_mut(&mut a.info).resources = a.total.clone().into_vec();
+        let record = AgentRecord { info: (*a.info).clone(), pid: a.pid.clone(), version: a.version.clone() };
         let checkpointed = ops::checkpointed(&a.total).into_vec();
         a.send(&MasterToAgent::CheckpointResources { resources: checkpointed });
         tracing::info!(agent_id = %agent_id, from = %plain.from, to = %plain.to, "agent resources converted");

@@ -267,7 +267,7 @@ impl State {
                 for (fid, tid) in u.tasks {
                     let Some(fw) = self.frameworks.get_mut(&fid) else { continue };
                     if let Some(t) = fw.unreachable_tasks.remove(&tid) {
-                        fw.completed_tasks.push_back(t.task);
+                        fw.completed_tasks.push_back(std::sync::Arc::new(std::sync::Arc::unwrap_or_clone(t).task));
                     }
                 }
             }

@@ -1,0 +1,342 @@
+//! Big reads (`/state`, `/frameworks`, GET_STATE, GET_TASKS) taken on the state loop and
+//! encoded off it.
+//!
+//! On the state loop a read takes what it shows: every task as an `Arc` (a pointer copy
+//! per task, see [`TaskEntry`](crate::state::TaskEntry)), the agents and frameworks as
+//! small snapshots, the rest written as JSON at once. Off the loop, on blocking threads,
+//! the resources in use per agent and per framework are summed from the tasks, the
+//! deferred parts written with them, and the tasks (most of the bytes) encoded in
+//! parallel chunks. The chunks become the response body as they are.
+use crate::legacy::TaskV0;
+use crate::state::TaskEntry;
+use agora_api::{AgentId, FrameworkId, Resources, Task};
+use bytes::Bytes;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// One task of a snapshot: live (its entry in the master) or completed.
+pub(crate) enum TaskRef {
+    Live(Arc<TaskEntry>),
+    Done(Arc<Task>),
+}
+
+impl TaskRef {
+    fn task(&self) -> &Task {
+        match self {
+            TaskRef::Live(e) => &e.task,
+            TaskRef::Done(t) => t,
+        }
+    }
+}
+
+/// How tasks are written: v0 (`/state`) or the v1 `Task` message (operator API).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum TaskForm {
+    V0,
+    V1,
+}
+
+/// Resources used by the live tasks of a view, per agent and per framework (what
+/// `State::used_on` and `State::used_by` give on the loop).
+#[derive(Default)]
+pub(crate) struct Used {
+    by_agent: HashMap<AgentId, Resources>,
+    by_framework: HashMap<FrameworkId, Resources>,
+}
+
+impl Used {
+    pub(crate) fn agent(&self, id: &AgentId) -> Resources {
+        self.by_agent.get(id).cloned().unwrap_or_default()
+    }
+    pub(crate) fn framework(&self, id: &FrameworkId) -> Resources {
+        self.by_framework.get(id).cloned().unwrap_or_default()
+    }
+
+    fn add(&mut self, e: &TaskEntry) {
+        fn into<K: Eq + std::hash::Hash + Clone>(m: &mut HashMap<K, Resources>, k: &K, e: &TaskEntry) {
+            if let Some(r) = m.get_mut(k) {
+                e.add_resources_to(r);
+            } else {
+                let mut r = Resources::new();
+                e.add_resources_to(&mut r);
+                m.insert(k.clone(), r);
+            }
+        }
+        into(&mut self.by_agent, &e.task.agent_id, e);
+        into(&mut self.by_framework, &e.task.framework_id, e);
+    }
+}
+
+/// A part written off the loop, once [`Used`] is known.
+type Later = Box<dyn FnOnce(&Used) -> Vec<u8> + Send + Sync>;
+
+enum Part {
+    /// JSON written on the state loop.
+    Json(Vec<u8>),
+    /// The elements of a JSON array of tasks (the brackets are in the neighbouring parts);
+    /// `in_use`: the list is a framework's live tasks, whose resources count as used.
+    Tasks {
+        form: TaskForm,
+        tasks: Vec<TaskRef>,
+        in_use: bool,
+    },
+    Later(Later),
+}
+
+/// A read view: JSON fragments, task lists and deferred parts, in output order.
+pub struct View {
+    parts: Vec<Part>,
+    cur: Vec<u8>,
+}
+
+/// Tasks per unit of work when encoding in parallel.
+const CHUNK_TASKS: usize = 4096;
+/// A first guess of a task's encoded size, to size buffers.
+const TASK_BYTES_GUESS: usize = 640;
+
+impl View {
+    pub(crate) fn new() -> View {
+        View { parts: Vec::new(), cur: Vec::with_capacity(16 * 1024) }
+    }
+
+    /// Appends raw JSON text.
+    pub(crate) fn raw(&mut self, s: &str) {
+        self.cur.extend_from_slice(s.as_bytes());
+    }
+
+    /// Appends a value as JSON.
+    pub(crate) fn value<T: Serialize + ?Sized>(&mut self, v: &T) {
+        write_json(&mut self.cur, v);
+    }
+
+    /// Appends `"key":` (after a comma unless `first`).
+    pub(crate) fn key(&mut self, first: bool, k: &str) {
+        if !first {
+            self.cur.push(b',');
+        }
+        self.value(k);
+        self.cur.push(b':');
+    }
+
+    fn flush(&mut self) {
+        if !self.cur.is_empty() {
+            let json = std::mem::take(&mut self.cur);
+            self.parts.push(Part::Json(json));
+        }
+    }
+
+    /// Appends a JSON array of tasks, encoded off the loop. `in_use`: these are a
+    /// framework's live tasks (their resources count in [`Used`]).
+    pub(crate) fn tasks(&mut self, form: TaskForm, tasks: Vec<TaskRef>, in_use: bool) {
+        self.cur.push(b'[');
+        if !tasks.is_empty() {
+            self.flush();
+            self.parts.push(Part::Tasks { form, tasks, in_use });
+        }
+        self.cur.push(b']');
+    }
+
+    /// Appends JSON written off the loop by `f`, which sees the resources in use.
+    pub(crate) fn later(&mut self, f: impl FnOnce(&Used) -> Vec<u8> + Send + Sync + 'static) {
+        self.flush();
+        self.parts.push(Part::Later(Box::new(f)));
+    }
+
+    /// Encodes the view with up to `threads` threads; returns the body's chunks in order.
+    pub(crate) fn encode(mut self, threads: usize) -> Vec<Bytes> {
+        self.flush();
+        let mut parts = self.parts;
+        // Deferred parts, taken out of `parts` (their slot left as an empty Json).
+        let mut later: Vec<(usize, Later)> = Vec::new();
+        for (i, p) in parts.iter_mut().enumerate() {
+            if matches!(p, Part::Later(_)) {
+                if let Part::Later(f) = std::mem::replace(p, Part::Json(Vec::new())) {
+                    later.push((i, f));
+                }
+            }
+        }
+        // Units of task work: (part, range of its tasks).
+        let mut work: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            if let Part::Tasks { tasks, .. } = p {
+                let mut start = 0;
+                while start < tasks.len() {
+                    let end = (start + CHUNK_TASKS).min(tasks.len());
+                    work.push((i, start..end));
+                    start = end;
+                }
+            }
+        }
+        let done: Vec<Mutex<Vec<u8>>> = work.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let next = AtomicUsize::new(0);
+        let tasks_work = || loop {
+            let w = next.fetch_add(1, Ordering::Relaxed);
+            let Some((i, range)) = work.get(w) else { break };
+            let Part::Tasks { form, tasks, .. } = &parts[*i] else { continue };
+            let buf = encode_tasks(*form, &tasks[range.clone()]);
+            if let Ok(mut slot) = done[w].lock() {
+                *slot = buf;
+            }
+        };
+        // The deferred parts: sum what is in use, then write them (one thread).
+        let later_work = || -> Vec<(usize, Vec<u8>)> {
+            if later.is_empty() {
+                return Vec::new();
+            }
+            let mut used = Used::default();
+            for p in &parts {
+                if let Part::Tasks { tasks, in_use: true, .. } = p {
+                    for t in tasks {
+                        if let TaskRef::Live(e) = t {
+                            if !e.released {
+                                used.add(e);
+                            }
+                        }
+                    }
+                }
+            }
+            later.into_iter().map(|(i, f)| (i, f(&used))).collect()
+        };
+        let threads = threads.max(1);
+        let written = if threads == 1 {
+            let w = later_work();
+            tasks_work();
+            w
+        } else {
+            std::thread::scope(|s| {
+                for _ in 1..threads {
+                    s.spawn(tasks_work);
+                }
+                let w = later_work();
+                tasks_work();
+                w
+            })
+        };
+        for (i, json) in written {
+            parts[i] = Part::Json(json);
+        }
+        let mut out = Vec::with_capacity(parts.len() + 2 * done.len());
+        let mut done = done.into_iter().map(|m| m.into_inner().unwrap_or_default());
+        for (i, p) in parts.into_iter().enumerate() {
+            match p {
+                Part::Json(j) => out.push(Bytes::from(j)),
+                Part::Tasks { .. } => {
+                    let n = work.iter().filter(|(wi, _)| *wi == i).count();
+                    for k in 0..n {
+                        if k > 0 {
+                            out.push(Bytes::from_static(b","));
+                        }
+                        out.push(Bytes::from(done.next().unwrap_or_default()));
+                    }
+                }
+                Part::Later(_) => {}
+            }
+        }
+        out
+    }
+
+    /// Encodes on the calling thread into one buffer (for the few callers that want a
+    /// `Value` or bytes at once).
+    pub(crate) fn encode_to_vec(self) -> Vec<u8> {
+        let chunks = self.encode(1);
+        let mut out = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+        for c in chunks {
+            out.extend_from_slice(&c);
+        }
+        out
+    }
+}
+
+/// Writes a value as JSON (`null`, logged, if it cannot be).
+pub(crate) fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    if let Err(e) = serde_json::to_writer(&mut *out, v) {
+        tracing::error!(error = %e, "cannot render part of a view");
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// A slice of tasks as comma-separated JSON objects.
+fn encode_tasks(form: TaskForm, tasks: &[TaskRef]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(tasks.len() * TASK_BYTES_GUESS);
+    for (k, t) in tasks.iter().enumerate() {
+        if k > 0 {
+            buf.push(b',');
+        }
+        let r = match form {
+            TaskForm::V0 => serde_json::to_writer(&mut buf, &TaskV0(t.task())),
+            TaskForm::V1 => serde_json::to_writer(&mut buf, t.task()),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, task_id = %t.task().task_id.value, "cannot encode a task");
+            buf.extend_from_slice(b"null");
+        }
+    }
+    buf
+}
+
+/// Threads for encoding a big read: the machine's cores.
+pub(crate) fn encode_threads() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(i: usize) -> Arc<Task> {
+        Arc::new(
+            serde_json::from_value(serde_json::json!({
+                "name": format!("t{i}"),
+                "task_id": {"value": format!("task-{i}")},
+                "framework_id": {"value": "f"},
+                "agent_id": {"value": "a"},
+                "state": "TASK_RUNNING",
+                "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}}],
+            }))
+            .unwrap(),
+        )
+    }
+
+    fn view(n: usize) -> View {
+        let mut v = View::new();
+        v.raw("{");
+        v.key(true, "tasks");
+        v.tasks(TaskForm::V1, (0..n).map(|i| TaskRef::Done(task(i))).collect(), false);
+        v.key(false, "more");
+        v.tasks(TaskForm::V1, (0..3).map(|i| TaskRef::Done(task(i))).collect(), false);
+        v.key(false, "none");
+        v.tasks(TaskForm::V1, vec![], false);
+        v.key(false, "later");
+        v.later(|_| b"{\"x\":1}".to_vec());
+        v.raw("}");
+        v
+    }
+
+    #[test]
+    fn parallel_encoding_equals_one_serde_pass_in_order() {
+        for n in [0, 1, CHUNK_TASKS, CHUNK_TASKS + 1, 2 * CHUNK_TASKS + 7] {
+            let expected = serde_json::to_vec(&serde_json::json!({
+                "tasks": (0..n).map(|i| (*task(i)).clone()).collect::<Vec<_>>(),
+                "more": (0..3).map(|i| (*task(i)).clone()).collect::<Vec<_>>(),
+                "none": Vec::<Task>::new(),
+                "later": {"x": 1},
+            }))
+            .unwrap();
+            for threads in [1, 2, 4] {
+                let chunks = view(n).encode(threads);
+                let got: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                let a: serde_json::Value = serde_json::from_slice(&got).unwrap();
+                let b: serde_json::Value = serde_json::from_slice(&expected).unwrap();
+                assert_eq!(a, b, "n={n} threads={threads}");
+                // And in order: task ids ascending as given.
+                let ids: Vec<&str> =
+                    a["tasks"].as_array().unwrap().iter().map(|t| t["task_id"]["value"].as_str().unwrap()).collect();
+                let want: Vec<String> = (0..n).map(|i| format!("task-{i}")).collect();
+                assert_eq!(ids, want);
+            }
+            assert_eq!(view(n).encode_to_vec(), view(n).encode(3).concat());
+        }
+    }
+}
