@@ -13,7 +13,8 @@
 #                             # state loop answers /metrics/snapshot meanwhile (PERF_OUT=FILE: perf record)
 #   bench/scale.sh all
 #
-# Env: the sizes above, STEADY_SECS (30), AGORA_BIN (default: builds target/release/agora).
+# Env: the sizes above, STEADY_SECS (30), AGORA_BIN (default: builds target/release/agora),
+# KEEP_WORK=1 (keep the work dir with every log).
 # Prints one line per figure; everything runs on 127.0.0.1 in a temp dir and every process
 # is stopped by PID on exit. Widens net.ipv4.ip_local_port_range to 20000-65000 while it runs
 # (root; restored on exit) and puts the masters below it.
@@ -36,7 +37,7 @@ PIDS=()
 cleanup() {
   local p
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
+  if [ -z "${KEEP_WORK:-}" ]; then rm -rf "$WORK"; else echo "scale.sh: kept $WORK" >&2; fi
   if [ "$(id -u)" = 0 ] && [ -n "${PORT_RANGE:-}" ]; then
     sysctl -qw net.ipv4.ip_local_port_range="$PORT_RANGE" || true
   fi

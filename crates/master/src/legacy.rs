@@ -721,7 +721,7 @@ fn roles(st: &State) -> Value {
             e.0.push(id.value.clone());
         }
         for t in f.tasks.values().filter(|t| !t.released) {
-            t.add_resources_to(&mut roles.entry(t.role.clone()).or_insert_with(|| (vec![], Resources::new())).1);
+            t.add_resources_to(&mut roles.entry(t.role.to_string()).or_insert_with(|| (vec![], Resources::new())).1);
         }
     }
     for role in st.quotas.keys() {

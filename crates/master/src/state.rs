@@ -275,7 +275,8 @@ impl Stream {
 pub(crate) struct TaskEntry {
     /// The task; its `resources` are what the allocator charged (normalised on insertion).
     pub task: Task,
-    pub role: String,
+    /// The role charged, shared by every task of that role (see [`RoleNames`]).
+    pub role: Arc<str>,
     /// Whether the resources went back to the allocator already (terminal or agent gone).
     pub released: bool,
 }
@@ -518,6 +519,23 @@ pub(crate) struct State {
     /// The last agent (registered or recovered) seen at each `slave(1)@host:port`; may be
     /// stale, so every use checks it (see [`State::agent_at`]).
     by_pid: HashMap<String, AgentId>,
+    role_names: RoleNames,
+}
+
+/// Role names shared between tasks: a task holds a pointer to its role's name rather than
+/// its own copy (a master holds hundreds of thousands of tasks and a handful of roles).
+#[derive(Default)]
+struct RoleNames(HashSet<Arc<str>>);
+
+impl RoleNames {
+    fn get(&mut self, role: &str) -> Arc<str> {
+        if let Some(r) = self.0.get(role) {
+            return r.clone();
+        }
+        let r: Arc<str> = Arc::from(role);
+        self.0.insert(r.clone());
+        r
+    }
 }
 
 pub fn now_secs() -> f64 {
@@ -603,6 +621,7 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         pending_frameworks: HashMap::new(),
         generations: 0,
         by_pid: HashMap::new(),
+        role_names: RoleNames::default(),
     };
     let task = tokio::spawn(run(state, rx));
     (handle, task)
@@ -1709,7 +1728,7 @@ impl State {
         };
         fw.tasks.insert(
             task.task_id.clone(),
-            Arc::new(TaskEntry { task: record, role: role.to_string(), released: false }),
+            Arc::new(TaskEntry { task: record, role: self.role_names.get(role), released: false }),
         );
         let framework_info = fw.info.clone();
         tracing::info!(framework_id = %fid, task_id = %task.task_id, agent_id = %agent_id, "launching task");
@@ -2062,7 +2081,7 @@ impl State {
                             fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into())
                         });
                     t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
-                    Arc::new(TaskEntry { task: t, role, released: false })
+                    Arc::new(TaskEntry { task: t, role: self.role_names.get(&role), released: false })
                 }
             };
             Arc::make_mut(&mut entry).released = state.is_terminal();
