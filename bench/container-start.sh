@@ -5,7 +5,8 @@
 #   bench/container-start.sh [N=200] [SEQ=1000]
 #
 # Agora: N sequential launches of /bin/true through the real scheduler API; the agent
-# measures RUN_TASK received -> TASK_RUNNING sent and -> terminal update (launch to exit).
+# measures RUN_TASK received -> its container spawned (the agent's own work), -> the executor
+# subscribed, -> TASK_RUNNING sent and -> terminal update (launch to exit).
 # Peers: N runs each of `crun run` and `runc run` (bundle without a network namespace, like
 # a default task) and the namespace-only floor `unshare -fpmui --mount-proc /bin/true`.
 # Then SEQ sequential launches of each for the throughput comparison. Prints a table.
@@ -69,6 +70,8 @@ crun_seq = time.perf_counter() - t
 a = json.load(open(w + "/agora.json")); s = json.load(open(w + "/agora-seq.json"))
 crun50, crun99 = pct(samples["crun run"], .5), pct(samples["crun run"], .99)
 rows = [
+    ("agora: RUN_TASK -> container spawned (agent)", a["agent_run_task_to_spawned_ms_p50"], a["agent_run_task_to_spawned_ms_p99"]),
+    ("agora: RUN_TASK -> executor subscribed", a["agent_run_task_to_executor_subscribed_ms_p50"], a["agent_run_task_to_executor_subscribed_ms_p99"]),
     ("agora: RUN_TASK -> TASK_RUNNING (agent)", a["agent_run_task_to_running_ms_p50"], a["agent_run_task_to_running_ms_p99"]),
     ("agora: RUN_TASK -> exit reported (agent)", a["agent_run_task_to_exit_ms_p50"], a["agent_run_task_to_exit_ms_p99"]),
     ("agora: ACCEPT -> TASK_RUNNING (framework)", a["framework_accept_to_running_ms_p50"], a["framework_accept_to_running_ms_p99"]),
@@ -76,10 +79,10 @@ rows = [
     ("runc run /bin/true", pct(samples["runc run"], .5), pct(samples["runc run"], .99)),
     ("unshare -fpmui --mount-proc /bin/true", pct(samples["unshare floor"], .5), pct(samples["unshare floor"], .99)),
 ]
-print("| %-44s | %8s | %8s | %11s | %11s |" % ("what (N=%d)" % n, "p50 ms", "p99 ms", "p50 / crun", "p99 / crun"))
-print("|" + "-" * 46 + "|----------|----------|-------------|-------------|")
+print("| %-46s | %8s | %8s | %11s | %11s |" % ("what (N=%d)" % n, "p50 ms", "p99 ms", "p50 / crun", "p99 / crun"))
+print("|" + "-" * 48 + "|----------|----------|-------------|-------------|")
 for name, p50, p99 in rows:
-    print("| %-44s | %8.1f | %8.1f | %10.2fx | %10.2fx |" % (name, p50, p99, p50 / crun50, p99 / crun99))
+    print("| %-46s | %8.1f | %8.1f | %10.2fx | %10.2fx |" % (name, p50, p99, p50 / crun50, p99 / crun99))
 print()
 print("| %d sequential launches | seconds | ratio |" % seq)
 print("|---|---|---|")

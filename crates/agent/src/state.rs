@@ -214,6 +214,12 @@ pub(crate) struct State {
     /// Recent RUN_TASK -> TASK_RUNNING and RUN_TASK -> terminal latencies (ms).
     to_running_ms: VecDeque<f64>,
     to_exit_ms: VecDeque<f64>,
+    /// RUN_TASK received -> its executor's container launched (the agent's own work:
+    /// sandbox, cgroups, checkpoint, the supervisor spawned), for tasks that started one.
+    to_spawned_ms: VecDeque<f64>,
+    /// RUN_TASK received -> its executor subscribed (adds the supervisor's namespaces,
+    /// mounts and exec, and the executor's start).
+    to_subscribed_ms: VecDeque<f64>,
     /// Set while the agent shuts down: answered when the last container ended.
     shutdown: Option<oneshot::Sender<()>>,
     /// The master removed this agent (marked gone, or its machine is down): why. The agent
@@ -298,6 +304,8 @@ pub(crate) fn spawn(
         launch_times: HashMap::new(),
         to_running_ms: VecDeque::new(),
         to_exit_ms: VecDeque::new(),
+        to_spawned_ms: VecDeque::new(),
+        to_subscribed_ms: VecDeque::new(),
         checkpoints,
         recovery: Some(recovery_done),
         recovering: true,
@@ -1424,6 +1432,16 @@ impl State {
                 };
                 e.pid = pid;
                 e.state = ExecState::Registering;
+                let keys: Vec<(FrameworkId, TaskId)> =
+                    e.queued.iter().map(|t| (fid.clone(), t.task_id.clone())).collect();
+                for k in &keys {
+                    if let Some(t) = self.launch_times.get(k) {
+                        push_latency(&mut self.to_spawned_ms, t.elapsed());
+                    }
+                }
+                let Some(e) = self.frameworks.get_mut(fid).and_then(|f| f.executors.get_mut(eid)) else {
+                    return;
+                };
                 if framework_info.checkpoint {
                     let rec = ExecutorRecord {
                         executor_info: e.info.clone(),
@@ -1754,6 +1772,11 @@ impl State {
             .map(|s| s.unacknowledged_tasks.iter().map(|t| t.task_id.clone()).collect())
             .unwrap_or_default();
         let queued = std::mem::take(&mut e.queued);
+        for t in &queued {
+            if let Some(at) = self.launch_times.get(&(fid.clone(), t.task_id.clone())) {
+                push_latency(&mut self.to_subscribed_ms, at.elapsed());
+            }
+        }
         for t in queued {
             e.tasks.insert(t.task_id.clone(), AgentTask { info: t, state: TaskState::Staging, statuses: vec![] });
         }
@@ -2062,20 +2085,13 @@ impl State {
     // ------------------------------------------------------------ status update manager
 
     fn record_latency(&mut self, key: &(FrameworkId, TaskId), state: TaskState) {
-        const KEEP: usize = 10_000;
-        let push = |q: &mut VecDeque<f64>, v: f64| {
-            if q.len() == KEEP {
-                q.pop_front();
-            }
-            q.push_back(v);
-        };
         if state == TaskState::Running {
             if let Some(t) = self.launch_times.get(key) {
-                push(&mut self.to_running_ms, t.elapsed().as_secs_f64() * 1000.0);
+                push_latency(&mut self.to_running_ms, t.elapsed());
             }
         } else if state.is_terminal() {
             if let Some(t) = self.launch_times.remove(key) {
-                push(&mut self.to_exit_ms, t.elapsed().as_secs_f64() * 1000.0);
+                push_latency(&mut self.to_exit_ms, t.elapsed());
             }
         }
     }
@@ -2387,6 +2403,10 @@ impl State {
             "slave/task_launch_to_exit_ms_p50": percentile(&self.to_exit_ms, 0.50),
             "slave/task_launch_to_exit_ms_p99": percentile(&self.to_exit_ms, 0.99),
             "slave/task_launch_samples": self.to_exit_ms.len(),
+            "slave/task_launch_to_spawned_ms_p50": percentile(&self.to_spawned_ms, 0.50),
+            "slave/task_launch_to_spawned_ms_p99": percentile(&self.to_spawned_ms, 0.99),
+            "slave/task_launch_to_executor_subscribed_ms_p50": percentile(&self.to_subscribed_ms, 0.50),
+            "slave/task_launch_to_executor_subscribed_ms_p99": percentile(&self.to_subscribed_ms, 0.99),
             "slave/cpus_total": total.scalar("cpus"),
             "slave/mem_total": total.scalar("mem"),
             "slave/disk_total": total.scalar("disk"),
@@ -2449,4 +2469,13 @@ fn apply_image_to_executor(spec: &mut LaunchSpec, img: &agora_executor::ImageRun
         env.push(("PATH".into(), "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()));
     }
     spec.env.splice(0..0, env);
+}
+
+/// Appends a launch latency (ms) to a window of the last 10,000.
+fn push_latency(q: &mut VecDeque<f64>, d: std::time::Duration) {
+    const KEEP: usize = 10_000;
+    if q.len() == KEEP {
+        q.pop_front();
+    }
+    q.push_back(d.as_secs_f64() * 1000.0);
 }

@@ -142,6 +142,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "agent_run_task_to_running_ms_p99": m["slave/task_launch_to_running_ms_p99"],
         "agent_run_task_to_exit_ms_p50": m["slave/task_launch_to_exit_ms_p50"],
         "agent_run_task_to_exit_ms_p99": m["slave/task_launch_to_exit_ms_p99"],
+        "agent_run_task_to_spawned_ms_p50": m["slave/task_launch_to_spawned_ms_p50"],
+        "agent_run_task_to_spawned_ms_p99": m["slave/task_launch_to_spawned_ms_p99"],
+        "agent_run_task_to_executor_subscribed_ms_p50": m["slave/task_launch_to_executor_subscribed_ms_p50"],
+        "agent_run_task_to_executor_subscribed_ms_p99": m["slave/task_launch_to_executor_subscribed_ms_p99"],
     });
     println!("{}", serde_json::to_string_pretty(&out)?);
     Ok(())

@@ -636,26 +636,53 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>) {
     heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gc_tick = tokio::time::interval(policy::gc_interval(&st.config));
     gc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Event-driven allocation is batched: at most one pass per this delay.
-    let batch = Duration::from_millis(20);
+    // Event-driven allocation: resources that came back (a decline, an accept's unused
+    // part, a task's end) are offered again once the messages already queued are handled,
+    // at most once per `AGENT_BATCH`; a pass over every agent (a framework arrived or
+    // revived) waits `FULL_BATCH`, so that a burst of them makes one pass.
+    const AGENT_BATCH: Duration = Duration::from_millis(5);
+    const FULL_BATCH: Duration = Duration::from_millis(20);
+    /// Messages handled before looking at the allocation again (bounds its delay under load).
+    const DRAIN: usize = 256;
     let mut soon: Option<Instant> = None;
+    let mut last_pass = Instant::now();
     loop {
         let wake = soon;
         tokio::select! {
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 st.handle(msg);
-                if soon.is_none() && (st.full_allocation || !st.dirty_agents.is_empty()) {
-                    soon = Some(Instant::now() + batch);
+                // Take what is queued already: under load, passes batch by themselves.
+                for _ in 0..DRAIN {
+                    match rx.try_recv() {
+                        Ok(m) => st.handle(m),
+                        Err(_) => break,
+                    }
+                }
+                if st.full_allocation {
+                    if soon.is_none() {
+                        soon = Some(Instant::now() + FULL_BATCH);
+                    }
+                } else if !st.dirty_agents.is_empty() {
+                    let due = last_pass + AGENT_BATCH;
+                    if due <= Instant::now() {
+                        st.allocate();
+                        last_pass = Instant::now();
+                        soon = None;
+                    } else if soon.is_none_or(|s| due < s) {
+                        soon = Some(due);
+                    }
                 }
             }
             _ = alloc_tick.tick() => {
                 st.full_allocation = true;
                 st.allocate();
+                last_pass = Instant::now();
                 soon = None;
             }
             _ = async { if let Some(w) = wake { tokio::time::sleep_until(w).await } else { std::future::pending::<()>().await } } => {
                 st.allocate();
+                last_pass = Instant::now();
                 soon = None;
             }
             _ = ping_tick.tick() => st.ping_agents(),
