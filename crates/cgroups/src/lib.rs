@@ -239,6 +239,17 @@ impl Cgroups {
         }
     }
 
+    /// On v2, the directory of `cgroup`, for a launcher that creates the process in it
+    /// with `clone3(CLONE_INTO_CGROUP)` (see the crate doc); `None` on v1 or for an
+    /// invalid name.
+    pub fn v2_dir(&self, cgroup: &str) -> Option<PathBuf> {
+        validate(cgroup).ok()?;
+        match &self.inner {
+            Inner::V1(_) => None,
+            Inner::V2(v2) => Some(v2.cgroup_path(cgroup)),
+        }
+    }
+
     /// The processes directly in `cgroup` (not in its descendants), sorted. On v1 read
     /// from the freezer hierarchy (else memory).
     pub fn procs(&self, cgroup: &str) -> Result<Vec<i32>, CgroupError> {

@@ -285,8 +285,13 @@ impl LinuxContainerizer {
             .and_then(|v| v.as_str())
             .map(str::to_string)
             .unwrap_or_else(|| spec.container_id.value.chars().take(12).collect());
-        // The init joins every hierarchy the container's cgroup exists in (on v2: one).
-        let cgroup_procs = self.cgroups.as_ref().map(|cg| cg.procs_files(cgroup)).unwrap_or_default();
+        // On v2 the init is created in the container's cgroup (clone3 CLONE_INTO_CGROUP);
+        // on v1 it joins every hierarchy the cgroup exists in before exec.
+        let cgroup_v2_dir = self.cgroups.as_ref().and_then(|cg| cg.v2_dir(cgroup));
+        let cgroup_procs = match (&cgroup_v2_dir, &self.cgroups) {
+            (None, Some(cg)) => cg.procs_files(cgroup),
+            _ => Vec::new(),
+        };
         let argv = spec.argv.clone();
         Ok(Spec {
             container_id: spec.container_id.value.clone(),
@@ -303,6 +308,7 @@ impl LinuxContainerizer {
             hostname: Some(hostname),
             mounts,
             cgroup_procs,
+            cgroup_v2_dir,
             rlimits,
             capabilities,
             no_new_privs: iso.nnp,

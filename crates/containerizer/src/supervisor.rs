@@ -81,6 +81,10 @@ pub struct Spec {
     pub mounts: Vec<MountSpec>,
     /// `cgroup.procs` files the init process joins before exec (it writes "0").
     pub cgroup_procs: Vec<PathBuf>,
+    /// On cgroup v2: the container's cgroup directory, which the init is created in
+    /// (`clone3(CLONE_INTO_CGROUP)`: no migration, no RCU wait on the launch path).
+    #[serde(default)]
+    pub cgroup_v2_dir: Option<PathBuf>,
     pub rlimits: Vec<RlimitSpec>,
     /// Capabilities kept (bounding, permitted, effective, inheritable); `None` keeps all.
     pub capabilities: Option<Vec<String>>,
@@ -401,6 +405,8 @@ struct Setup {
     seccomp: Option<seccompiler::BpfProgram>,
     /// Opened before fork: the network namespace to join.
     netns: Option<std::fs::File>,
+    /// Opened before fork: the v2 cgroup directory to clone the init into.
+    cgroup_v2: Option<std::fs::File>,
 }
 
 fn io_err(what: &str, e: impl std::fmt::Display) -> std::io::Error {
@@ -549,8 +555,20 @@ fn prepare(spec: &Spec) -> Result<Setup, String> {
         Some(p) => Some(std::fs::File::open(p).map_err(|e| format!("network namespace {}: {e}", p.display()))?),
         None => None,
     };
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let cgroup_v2 = match &spec.cgroup_v2_dir {
+        Some(d) => Some(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(d)
+                .map_err(|e| format!("cannot open the cgroup {}: {e}", d.display()))?,
+        ),
+        None => None,
+    };
     Ok(Setup {
         netns,
+        cgroup_v2,
         cgroup_procs: spec.cgroup_procs.clone(),
         unshare,
         private_root: spec.new_mount_ns,
@@ -570,7 +588,8 @@ fn prepare(spec: &Spec) -> Result<Setup, String> {
 pub const LAUNCH_ERROR: &str = "launch-error";
 
 #[allow(unsafe_code)]
-fn spawn(spec: &Spec, setup: Setup, dir: &Path) -> std::io::Result<std::process::Child> {
+fn spawn(spec: &Spec, mut setup: Setup, dir: &Path) -> std::io::Result<Init> {
+    let cgroup_v2 = setup.cgroup_v2.take();
     use std::os::unix::process::CommandExt as _;
     let open = |p: &Path| std::fs::OpenOptions::new().create(true).append(true).open(p);
     // A program on the host (the executor) is opened before the container's mounts, which
@@ -612,7 +631,102 @@ fn spawn(spec: &Spec, setup: Setup, dir: &Path) -> std::io::Result<std::process:
             })
         });
     }
-    cmd.spawn()
+    match cgroup_v2 {
+        Some(cg) => clone_into_cgroup(&mut cmd, &cg).map(Init::Cloned),
+        None => cmd.spawn().map(Init::Spawned),
+    }
+}
+
+/// The container's init process.
+pub(crate) enum Init {
+    Spawned(std::process::Child),
+    /// Created by [`clone_into_cgroup`]; a child of this process, waited for by pid.
+    Cloned(i32),
+}
+
+impl Init {
+    fn id(&self) -> u32 {
+        match self {
+            Init::Spawned(c) => c.id(),
+            Init::Cloned(pid) => *pid as u32,
+        }
+    }
+
+    fn kill(&mut self) -> std::io::Result<()> {
+        match self {
+            Init::Spawned(c) => c.kill(),
+            Init::Cloned(pid) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid), nix::sys::signal::SIGKILL)
+                .map_err(std::io::Error::from),
+        }
+    }
+
+    #[allow(unsafe_code)]
+    fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        use std::os::unix::process::ExitStatusExt as _;
+        match self {
+            Init::Spawned(c) => c.wait(),
+            Init::Cloned(pid) => loop {
+                let mut status: libc::c_int = 0;
+                // SAFETY: waitpid writes the status of our own child into a local integer.
+                let r = unsafe { libc::waitpid(*pid, &mut status, 0) };
+                if r == *pid {
+                    return Ok(std::process::ExitStatus::from_raw(status));
+                }
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            },
+        }
+    }
+}
+
+/// `CLONE_INTO_CGROUP` (linux/sched.h, Linux >= 5.7).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Starts `cmd` (its `pre_exec` set-up included) in a child created directly in the v2
+/// cgroup `cgroup` (an open directory) with `clone3(CLONE_INTO_CGROUP)`, as `spawn` would
+/// with a fork. Like `spawn`, it returns only once the child has exec'd or failed to: a
+/// close-on-exec pipe carries the failure back. Returns the child's pid.
+#[allow(unsafe_code)]
+pub fn clone_into_cgroup(cmd: &mut std::process::Command, cgroup: &std::fs::File) -> std::io::Result<i32> {
+    use std::io::{Read as _, Write as _};
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::process::CommandExt as _;
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)?;
+    // SAFETY: clone_args is a plain C struct of integers, valid when zeroed.
+    let mut args: libc::clone_args = unsafe { std::mem::zeroed() };
+    args.flags = CLONE_INTO_CGROUP;
+    args.exit_signal = libc::SIGCHLD as u64;
+    args.cgroup = cgroup.as_raw_fd() as u64;
+    // SAFETY: clone3 without CLONE_VM is a fork with the child placed in `cgroup`. The
+    // supervisor is single-threaded, so the child's copy holds no lock another thread
+    // owned; it only runs `Command::exec` (the same set-up `spawn` runs after its fork)
+    // and `_exit`s if that returns.
+    let pid = unsafe {
+        libc::syscall(libc::SYS_clone3, &mut args as *mut libc::clone_args, std::mem::size_of::<libc::clone_args>())
+    };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        drop(r);
+        let e = cmd.exec();
+        let mut w = std::fs::File::from(w);
+        let _ = w.write_all(e.to_string().as_bytes());
+        // SAFETY: ends the child without running the parent's exit handlers or destructors.
+        unsafe { libc::_exit(127) };
+    }
+    drop(w);
+    let pid = pid as i32;
+    let mut why = String::new();
+    let read = std::fs::File::from(r).read_to_string(&mut why);
+    if read.is_err() || !why.is_empty() {
+        let mut init = Init::Cloned(pid);
+        let _ = init.wait();
+        return Err(std::io::Error::other(if why.is_empty() { "exec failed".to_string() } else { why }));
+    }
+    Ok(pid)
 }
 
 /// Waits for the supervisor's remaining children. With a PID namespace they are all dying
