@@ -460,6 +460,14 @@ fn get_tasks_view(v: &mut View, st: &State) {
     v.raw("}");
 }
 
+/// An operator response's opening: `{"type":KIND,"FIELD":` (the caller closes it).
+fn operator_head(v: &mut View, kind: CallType, field: &str) {
+    v.raw("{");
+    v.key(true, "type");
+    v.value(&kind);
+    v.key(false, field);
+}
+
 /// The big reads as a [`View`], taken on the state loop and encoded off it; `None` for the
 /// other queries (see [`render`]).
 pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
@@ -495,10 +503,7 @@ pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
             v.raw("}");
         }
         Query::GetState => {
-            v.raw("{");
-            v.key(true, "type");
-            v.value(&CallType::GetState);
-            v.key(false, "get_state");
+            operator_head(&mut v, CallType::GetState, "get_state");
             v.raw("{");
             v.key(true, "get_tasks");
             get_tasks_view(&mut v, st);
@@ -531,10 +536,7 @@ pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
             v.raw("}}");
         }
         Query::GetTasks => {
-            v.raw("{");
-            v.key(true, "type");
-            v.value(&CallType::GetTasks);
-            v.key(false, "get_tasks");
+            operator_head(&mut v, CallType::GetTasks, "get_tasks");
             get_tasks_view(&mut v, st);
             v.raw("}");
         }
