@@ -1432,16 +1432,11 @@ impl State {
                 };
                 e.pid = pid;
                 e.state = ExecState::Registering;
-                let keys: Vec<(FrameworkId, TaskId)> =
-                    e.queued.iter().map(|t| (fid.clone(), t.task_id.clone())).collect();
-                for k in &keys {
-                    if let Some(t) = self.launch_times.get(k) {
-                        push_latency(&mut self.to_spawned_ms, t.elapsed());
+                for t in &e.queued {
+                    if let Some(at) = self.launch_times.get(&(fid.clone(), t.task_id.clone())) {
+                        push_latency(&mut self.to_spawned_ms, at.elapsed());
                     }
                 }
-                let Some(e) = self.frameworks.get_mut(fid).and_then(|f| f.executors.get_mut(eid)) else {
-                    return;
-                };
                 if framework_info.checkpoint {
                     let rec = ExecutorRecord {
                         executor_info: e.info.clone(),
