@@ -159,6 +159,9 @@ async fn import_layer(
             });
         }
     }
+    // One publisher per layer at a time (as a registry pull's `fetch_layer`): two pulls of
+    // the same archive unpack it twice, and the second finds the first's layer here.
+    let _l = store.inner.locks.lock(&format!("layer:{}", digests.diff_id)).await;
     if let Some(rec) = store.layer(&digests.diff_id) {
         return Ok(rec);
     }

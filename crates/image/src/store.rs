@@ -293,7 +293,7 @@ pub(crate) struct Inner {
     pub(crate) config: StoreConfig,
     pub(crate) client: RegistryClient,
     pub(crate) whiteouts: WhiteoutMode,
-    locks: KeyedLocks,
+    pub(crate) locks: KeyedLocks,
     downloads: tokio::sync::Semaphore,
     pub(crate) gc: tokio::sync::RwLock<()>,
     refs: Mutex<BTreeMap<String, Digest>>,
@@ -682,7 +682,15 @@ impl Store {
                 // Another process published it meanwhile: ours is redundant.
                 return Ok(rec);
             }
-            fs::rename(tmp.path(), &dest).map_err(StoreError::io("rename", &dest))?;
+            if let Err(e) = fs::rename(tmp.path(), &dest) {
+                // Published by someone else between the check and the rename (a layer is
+                // content-addressed, so theirs is the same): ours is redundant, and `tmp`
+                // is removed when dropped.
+                if dest.join("layer.json").exists() {
+                    return Ok(rec);
+                }
+                return Err(StoreError::io("rename", &dest)(e));
+            }
             tmp.disarm();
             if let Some(parent) = dest.parent() {
                 fsync_dir(parent);

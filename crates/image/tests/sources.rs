@@ -74,6 +74,43 @@ async fn local_registry_directory() {
     assert!(err.to_string().contains("local registry"), "{err}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_pulls_from_a_local_registry_directory_all_succeed() {
+    // Two tasks of one image started at once pull the same archive concurrently: both
+    // unpack its layers, one publishes each, and neither fails on the other's layer.
+    if fixtures_dir().is_none() {
+        return;
+    }
+    let images = images_dir();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("registry");
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::copy(images.join("docker-archive/httpd.tar"), dir.join("httpd.tar")).expect("copy");
+    std::fs::copy(images.join("docker-archive/busybox.tar"), dir.join("busybox.tar")).expect("copy");
+    let mut c = config(&tmp.path().join("store"));
+    c.local_registry = Some(dir.clone());
+    let store = Store::open(c).await.expect("open");
+    let pulls: Vec<_> = ["httpd", "httpd", "busybox", "httpd", "busybox", "httpd"]
+        .into_iter()
+        .map(|name| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store.pull(&Reference::parse(name).expect("ref"), &PullOptions::default()).await.map(|i| i.layers)
+            })
+        })
+        .collect();
+    for p in pulls {
+        let layers = p.await.expect("join").expect("every concurrent pull succeeds");
+        for l in &layers {
+            assert!(store.layer(l).is_some(), "layer {l} published");
+        }
+    }
+    assert!(
+        std::fs::read_dir(tmp.path().join("store/tmp")).expect("tmp").next().is_none(),
+        "no leftover in the store's tmp"
+    );
+}
+
 #[tokio::test]
 async fn legacy_docker_save_format() {
     let tmp = tempfile::tempdir().expect("tempdir");
