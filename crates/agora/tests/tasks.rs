@@ -108,6 +108,10 @@ async fn unacknowledged_updates_are_resent_and_acknowledged_ones_never() {
     assert!(extra.is_none(), "an acknowledged update was re-sent: {extra:?}");
     let m = get_json(&format!("http://{}/metrics/snapshot", c.agents[0].addr)).await;
     assert_eq!(m["slave/pending_status_updates"], 0);
+    // The launch's phases, in order: the container spawned, its executor subscribed, RUNNING.
+    let ms = |k: &str| m[format!("slave/task_launch_to_{k}_ms_p50")].as_f64().unwrap_or_else(|| panic!("{k}: {m}"));
+    let (spawned, subscribed, running) = (ms("spawned"), ms("executor_subscribed"), ms("running"));
+    assert!(0.0 < spawned && spawned <= subscribed && subscribed <= running, "{spawned} {subscribed} {running}");
 
     // Implicit reconciliation: latest state, from the master, no uuid.
     fw.s.reconcile(vec![]).await.unwrap();

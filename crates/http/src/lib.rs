@@ -151,7 +151,11 @@ impl HttpBody for Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        matches!(self, Body::Full(None)) || matches!(self, Body::Chunks(c, _) if c.is_empty())
+        match self {
+            Body::Full(b) => b.is_none(),
+            Body::Chunks(c, _) => c.is_empty(),
+            Body::Stream(..) => false,
+        }
     }
 
     fn size_hint(&self) -> hyper::body::SizeHint {

@@ -796,7 +796,9 @@ impl State {
                 let started = std::time::Instant::now();
                 let r = match crate::legacy::view(self, &query) {
                     Some(v) => QueryReply::View(v),
-                    None => QueryReply::Json(crate::legacy::render_bytes(self, &query)),
+                    None => {
+                        QueryReply::Json(serde_json::to_vec(&crate::legacy::render(self, &query)).unwrap_or_default())
+                    }
                 };
                 let held = started.elapsed();
                 if held > Duration::from_millis(100) {

@@ -98,7 +98,7 @@ const TASK_BYTES_GUESS: usize = 640;
 
 impl View {
     pub(crate) fn new() -> View {
-        View { parts: Vec::new(), cur: Vec::with_capacity(16 * 1024) }
+        View { parts: Vec::new(), cur: Vec::new() }
     }
 
     /// Appends raw JSON text.
