@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_proto;
+pub mod encode;
 pub mod executor;
 pub mod ids;
 pub mod json;

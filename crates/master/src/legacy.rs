@@ -326,6 +326,71 @@ impl Serialize for TaskV0<'_> {
     }
 }
 
+/// Appends a task in v0 JSON: what serializing [`TaskV0`] writes (tested), without serde's
+/// per-key escaping (a big `/state` is mostly these).
+pub(crate) fn write_task_v0(out: &mut Vec<u8>, t: &Task) -> Result<(), serde_json::Error> {
+    use agora_api::encode::string;
+    out.extend_from_slice(b"{\"id\":");
+    string(out, &t.task_id.value);
+    out.extend_from_slice(b",\"name\":");
+    string(out, &t.name);
+    out.extend_from_slice(b",\"framework_id\":");
+    string(out, &t.framework_id.value);
+    out.extend_from_slice(b",\"executor_id\":");
+    string(out, t.executor_id.as_ref().map(|e| e.value.as_str()).unwrap_or(""));
+    out.extend_from_slice(b",\"slave_id\":");
+    string(out, &t.agent_id.value);
+    out.extend_from_slice(b",\"state\":");
+    string(out, t.state.name());
+    out.extend_from_slice(b",\"resources\":");
+    serde_json::to_writer(&mut *out, &LegacyResources(&t.resources))?;
+    out.extend_from_slice(b",\"role\":");
+    string(out, t.resources.iter().find_map(|r| r.allocation_role()).unwrap_or("*"));
+    out.extend_from_slice(b",\"statuses\":[");
+    for (i, st) in t.statuses.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"state\":");
+        string(out, st.state.name());
+        out.extend_from_slice(b",\"timestamp\":");
+        serde_json::to_writer(&mut *out, &st.timestamp.unwrap_or(0.0))?;
+        if let Some(h) = st.healthy {
+            out.extend_from_slice(if h { b",\"healthy\":true" } else { b",\"healthy\":false" });
+        }
+        if let Some(c) = &st.container_status {
+            out.extend_from_slice(b",\"container_status\":");
+            serde_json::to_writer(&mut *out, c)?;
+        }
+        if let Some(l) = &st.labels {
+            out.extend_from_slice(b",\"labels\":");
+            serde_json::to_writer(&mut *out, &l.labels)?;
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+    if let Some(u) = &t.user {
+        out.extend_from_slice(b",\"user\":");
+        string(out, u);
+    }
+    if let Some(l) = &t.labels {
+        out.extend_from_slice(b",\"labels\":");
+        serde_json::to_writer(&mut *out, &l.labels)?;
+    }
+    for (key, v) in [
+        (&b",\"discovery\":"[..], &t.discovery),
+        (b",\"container\":", &t.container),
+        (b",\"health_check\":", &t.health_check),
+    ] {
+        if let Some(v) = v {
+            out.extend_from_slice(key);
+            serde_json::to_writer(&mut *out, v)?;
+        }
+    }
+    out.push(b'}');
+    Ok(())
+}
+
 /// Resources as v0's `{"cpus": 1, "mem": 128, ...}` map (see `Resources::to_legacy_map`).
 struct LegacyResources<'a>(&'a [Resource]);
 
@@ -840,5 +905,57 @@ pub(crate) fn get_state(st: &State) -> GetState {
         get_executors: get_executors(st),
         get_frameworks: get_frameworks(st),
         get_agents: get_agents(st),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn v0_tasks_are_written_by_hand_as_serde_writes_them() {
+        let full: Task = serde_json::from_value(serde_json::json!({
+            "name": "web \"1\"\n",
+            "task_id": {"value": "t\\1"},
+            "framework_id": {"value": "f"},
+            "executor_id": {"value": "e"},
+            "agent_id": {"value": "a"},
+            "state": "TASK_RUNNING",
+            "resources": [
+                {"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}, "allocation_info": {"role": "web"}},
+                {"name": "mem", "type": "SCALAR", "scalar": {"value": 16.0}, "allocation_info": {"role": "web"}},
+            ],
+            "statuses": [
+                {"task_id": {"value": "t"}, "state": "TASK_STARTING"},
+                {"task_id": {"value": "t"}, "state": "TASK_RUNNING", "timestamp": 1796371489.8718488, "healthy": true,
+                 "container_status": {"network_infos": [{"ip_addresses": [{"ip_address": "10.0.0.2"}]}]},
+                 "labels": {"labels": [{"key": "k", "value": "v"}]}},
+                {"task_id": {"value": "t"}, "state": "TASK_KILLING", "healthy": false},
+            ],
+            "user": "root",
+            "labels": {"labels": [{"key": "k"}]},
+            "discovery": {"visibility": "FRAMEWORK", "name": "n"},
+            "container": {"type": "MESOS"},
+            "health_check": {"type": "HTTP"},
+        }))
+        .unwrap();
+        let mut bare = full.clone();
+        bare.executor_id = None;
+        bare.statuses.clear();
+        bare.user = None;
+        bare.labels = None;
+        bare.discovery = None;
+        bare.container = None;
+        bare.health_check = None;
+        // Not the four simple scalars: v0's general resource map.
+        let mut ports = full.clone();
+        ports.resources.push(agora_api::Resource::ranges("ports", vec![(31000, 31002)]));
+        bare.resources.clear();
+        for t in [&full, &bare, &ports] {
+            let mut got = Vec::new();
+            write_task_v0(&mut got, t).unwrap();
+            let want = serde_json::to_vec(&TaskV0(t)).unwrap();
+            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
+        }
     }
 }

@@ -7,7 +7,7 @@
 //! the resources in use per agent and per framework are summed from the tasks, the
 //! deferred parts written with them, and the tasks (most of the bytes) encoded in
 //! parallel chunks. The chunks become the response body as they are.
-use crate::legacy::TaskV0;
+use crate::legacy::write_task_v0;
 use crate::state::TaskEntry;
 use agora_api::{AgentId, FrameworkId, Resources, Task};
 use bytes::Bytes;
@@ -42,8 +42,8 @@ pub(crate) enum TaskForm {
 /// `State::used_on` and `State::used_by` give on the loop).
 #[derive(Default)]
 pub(crate) struct Used {
-    by_agent: HashMap<AgentId, Resources>,
-    by_framework: HashMap<FrameworkId, Resources>,
+    by_agent: HashMap<AgentId, Resources, IdHash>,
+    by_framework: HashMap<FrameworkId, Resources, IdHash>,
 }
 
 impl Used {
@@ -54,18 +54,82 @@ impl Used {
         self.by_framework.get(id).cloned().unwrap_or_default()
     }
 
-    fn add(&mut self, e: &TaskEntry) {
-        fn into<K: Eq + std::hash::Hash + Clone>(m: &mut HashMap<K, Resources>, k: &K, e: &TaskEntry) {
-            if let Some(r) = m.get_mut(k) {
-                e.add_resources_to(r);
-            } else {
-                let mut r = Resources::new();
-                e.add_resources_to(&mut r);
-                m.insert(k.clone(), r);
+    /// Adds a framework's live tasks. They share one framework, so its sum is kept aside
+    /// and entered once; each task is hashed for its agent only.
+    fn add_tasks(&mut self, tasks: &[TaskRef]) {
+        let mut run: Option<(&FrameworkId, Resources)> = None;
+        for t in tasks {
+            let TaskRef::Live(e) = t else { continue };
+            if e.released {
+                continue;
+            }
+            add_into(&mut self.by_agent, &e.task.agent_id, e);
+            match &mut run {
+                Some((id, r)) if **id == e.task.framework_id => e.add_resources_to(r),
+                _ => {
+                    if let Some((id, r)) = run.take() {
+                        self.add_framework(id, &r);
+                    }
+                    let mut r = Resources::new();
+                    e.add_resources_to(&mut r);
+                    run = Some((&e.task.framework_id, r));
+                }
             }
         }
-        into(&mut self.by_agent, &e.task.agent_id, e);
-        into(&mut self.by_framework, &e.task.framework_id, e);
+        if let Some((id, r)) = run {
+            self.add_framework(id, &r);
+        }
+    }
+
+    fn add_framework(&mut self, id: &FrameworkId, r: &Resources) {
+        let acc = self.by_framework.entry(id.clone()).or_default();
+        for x in r.iter() {
+            acc.add(x);
+        }
+    }
+}
+
+fn add_into<K: Eq + std::hash::Hash + Clone>(m: &mut HashMap<K, Resources, IdHash>, k: &K, e: &TaskEntry) {
+    if let Some(r) = m.get_mut(k) {
+        e.add_resources_to(r);
+    } else {
+        let mut r = Resources::new();
+        e.add_resources_to(&mut r);
+        m.insert(k.clone(), r);
+    }
+}
+
+/// A fast, unkeyed hash (FNV-1a over 8-byte words) for the ids of one read's own maps:
+/// their keys come from the master's state, not from a request, so SipHash's defence
+/// against chosen collisions buys nothing here and cost a tenth of a big read.
+#[derive(Default, Clone, Copy)]
+struct IdHash;
+
+impl std::hash::BuildHasher for IdHash {
+    type Hasher = IdHasher;
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0 ^ u64::from_le_bytes(w)).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    fn finish(&self) -> u64 {
+        // Mix the high bits down: hashbrown takes its control byte from the top 7 bits.
+        let h = self.0;
+        (h ^ (h >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
     }
 }
 
@@ -93,8 +157,6 @@ pub struct View {
 
 /// Tasks per unit of work when encoding in parallel.
 const CHUNK_TASKS: usize = 4096;
-/// A first guess of a task's encoded size, to size buffers.
-const TASK_BYTES_GUESS: usize = 640;
 
 impl View {
     pub(crate) fn new() -> View {
@@ -188,13 +250,7 @@ impl View {
             let mut used = Used::default();
             for p in &parts {
                 if let Part::Tasks { tasks, in_use: true, .. } = p {
-                    for t in tasks {
-                        if let TaskRef::Live(e) = t {
-                            if !e.released {
-                                used.add(e);
-                            }
-                        }
-                    }
+                    used.add_tasks(tasks);
                 }
             }
             later.into_iter().map(|(i, f)| (i, f(&used))).collect()
@@ -259,17 +315,24 @@ pub(crate) fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 
 /// A slice of tasks as comma-separated JSON objects.
 fn encode_tasks(form: TaskForm, tasks: &[TaskRef]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(tasks.len() * TASK_BYTES_GUESS);
+    let mut buf = Vec::new();
     for (k, t) in tasks.iter().enumerate() {
+        if k == 1 {
+            // Sized by the first task (plus an eighth), not grown by doubling: a chunk is
+            // megabytes, and each doubling copies it and faults in fresh pages.
+            buf.reserve(buf.len() * (tasks.len() - 1) * 9 / 8 + 64);
+        }
         if k > 0 {
             buf.push(b',');
         }
+        let start = buf.len();
         let r = match form {
-            TaskForm::V0 => serde_json::to_writer(&mut buf, &TaskV0(t.task())),
-            TaskForm::V1 => serde_json::to_writer(&mut buf, t.task()),
+            TaskForm::V0 => write_task_v0(&mut buf, t.task()),
+            TaskForm::V1 => agora_api::encode::task(&mut buf, t.task()),
         };
         if let Err(e) = r {
             tracing::error!(error = %e, task_id = %t.task().task_id.value, "cannot encode a task");
+            buf.truncate(start);
             buf.extend_from_slice(b"null");
         }
     }
@@ -312,6 +375,44 @@ mod tests {
         v.later(|_| b"{\"x\":1}".to_vec());
         v.raw("}");
         v
+    }
+
+    fn live(i: usize, fw: &str, agent: usize, released: bool) -> TaskRef {
+        let mut t = (*task(i)).clone();
+        t.framework_id.value = fw.into();
+        t.agent_id.value = format!("agent-{agent}");
+        t.resources = Resources::parse(&format!("cpus:{}.5;mem:{}", i % 3, 10 + i % 7)).unwrap().0;
+        TaskRef::Live(Arc::new(TaskEntry { task: t, role: Arc::from("*"), released }))
+    }
+
+    #[test]
+    fn resources_in_use_are_summed_per_agent_and_framework() {
+        // Two frameworks' live lists (one with a task of another framework in the middle,
+        // one with released tasks), agents shared between them.
+        let a: Vec<TaskRef> = (0..50).map(|i| live(i, if i == 20 { "g" } else { "f" }, i % 7, false)).collect();
+        let b: Vec<TaskRef> = (50..90).map(|i| live(i, "g", i % 5, i % 4 == 0)).collect();
+        let mut naive_agent: HashMap<String, Resources> = HashMap::new();
+        let mut naive_fw: HashMap<String, Resources> = HashMap::new();
+        for t in a.iter().chain(&b) {
+            let TaskRef::Live(e) = t else { unreachable!() };
+            if e.released {
+                continue;
+            }
+            e.add_resources_to(naive_agent.entry(e.task.agent_id.value.clone()).or_default());
+            e.add_resources_to(naive_fw.entry(e.task.framework_id.value.clone()).or_default());
+        }
+        let mut used = Used::default();
+        used.add_tasks(&a);
+        used.add_tasks(&b);
+        assert_eq!(used.by_agent.len(), naive_agent.len());
+        for (k, r) in &naive_agent {
+            assert_eq!(&used.agent(&AgentId { value: k.clone() }), r, "agent {k}");
+        }
+        assert_eq!(used.by_framework.len(), 2);
+        for (k, r) in &naive_fw {
+            assert_eq!(&used.framework(&FrameworkId { value: k.clone() }), r, "framework {k}");
+        }
+        assert!(used.agent(&AgentId { value: "nowhere".into() }).is_empty());
     }
 
     #[test]
