@@ -17,10 +17,11 @@ use agora_api::agent_proto::{AgentToMaster, MasterToAgent, StatusUpdate, AGENT_P
 use agora_api::json::Bytes as B64;
 use agora_api::{
     AgentInfo, Attribute, ExecutorId, ExecutorInfo, FrameworkId, FrameworkInfo, Reason, Resource, Resources, Source,
-    Task, TaskId, TaskInfo, TaskState, TaskStatus,
+    TaskId, TaskInfo, TaskState, TaskStatus,
 };
 use agora_http::http::StatusCode;
 use agora_http::{base_url, Client, ClientError};
+use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::IpAddr;
@@ -128,6 +129,8 @@ pub fn start(config: SimConfig) -> Result<Simulation, String> {
         config: config.clone(),
         stats: stats.clone(),
         detector,
+        answered: tokio::sync::watch::channel(0).0,
+        probing: std::sync::atomic::AtomicBool::new(false),
     });
     let mut tasks = Vec::with_capacity(config.count);
     for i in 0..config.count {
@@ -155,6 +158,44 @@ struct Shared {
     config: SimConfig,
     stats: Arc<SimStats>,
     detector: Arc<agora_registry::detector::Detector>,
+    /// Successful probes of the master so far (see [`Shared::master_answers`]).
+    answered: tokio::sync::watch::Sender<u64>,
+    probing: std::sync::atomic::AtomicBool,
+}
+
+/// How often the shared probe asks a master that went away whether it is back.
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+
+impl Shared {
+    /// Returns once the leading master (as the detector finds it) answers `/health`, as one
+    /// probe per process sees it. Agents that lost their master wait here rather than each building and sending
+    /// its whole re-registration into a refused connection at every backoff step: the
+    /// simulator's two cores are shared with the master it measures. A Mesos agent likewise
+    /// waits for its detector's news of a leader, then re-registers after a random delay
+    /// of up to 1 s (the caller's part).
+    async fn master_answers(self: &Arc<Self>) {
+        let mut rx = self.answered.subscribe();
+        let seen = *rx.borrow_and_update();
+        if !self.probing.swap(true, Relaxed) {
+            let me = self.clone();
+            tokio::spawn(async move {
+                let client = Client::new();
+                loop {
+                    if let Some(leader) = me.detector.leader().await {
+                        let url = format!("{}/health", base_url(&leader));
+                        if client.get(&url, Duration::from_secs(1)).await.is_ok_and(|r| r.status.is_success()) {
+                            break;
+                        }
+                        me.detector.forget();
+                    }
+                    tokio::time::sleep(PROBE_INTERVAL).await;
+                }
+                me.probing.store(false, Relaxed);
+                me.answered.send_modify(|n| *n += 1);
+            });
+        }
+        let _ = rx.wait_for(|n| *n > seen).await;
+    }
 }
 
 struct SimTask {
@@ -230,6 +271,8 @@ impl SimAgent {
             };
             let url = format!("{}{}", base_url(&leader), AGENT_PATH);
             let call = self.registration_call();
+            // Whether the master may have gone: then wait until it answers again.
+            let mut lost = false;
             match self.client.subscribe(&url, &[], &call, Duration::from_secs(30)).await {
                 Ok(mut stream) => {
                     backoff = Duration::from_millis(100);
@@ -257,6 +300,7 @@ impl SimAgent {
                         self.session_id.clear();
                     }
                     self.shared.detector.forget();
+                    lost = true;
                 }
                 Err(e) if not_leader(&e) => {
                     if let Some(l) = self.shared.detector.ask(&leader).await.filter(|l| *l != leader) {
@@ -273,59 +317,39 @@ impl SimAgent {
                         stats.shut_down.fetch_add(1, Relaxed);
                         return;
                     }
+                    lost = !matches!(e, ClientError::Status { .. });
                     self.shared.detector.forget();
                 }
+            }
+            if lost && !self.stopped {
+                self.shared.master_answers().await;
+                tokio::time::sleep(jitter(MAX_BACKOFF)).await;
+                backoff = Duration::from_millis(100);
+                continue;
             }
             tokio::time::sleep(jitter(backoff).max(Duration::from_millis(10))).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    fn registration_call(&self) -> AgentToMaster {
-        let version = agora_api::MESOS_VERSION.to_string();
-        let Some(agent_id) = self.info.id.clone() else {
-            return AgentToMaster::Register { agent_info: self.info.clone(), version };
+    /// The (re-)registration call, borrowing the agent's state: 40,000 agents re-registering
+    /// 400,000 tasks after a failover would otherwise copy every task just to encode it, on
+    /// the cores the master being measured needs.
+    fn registration_call(&self) -> Registration<'_> {
+        let version = agora_api::MESOS_VERSION;
+        let Some(agent_id) = self.info.id.as_ref() else {
+            return Registration::Register { agent_info: &self.info, version };
         };
-        let tasks = self
-            .tasks
-            .iter()
-            .map(|(tid, t)| {
-                let head = t.pending.front();
-                Task {
-                    name: t.info.name.clone(),
-                    task_id: tid.clone(),
-                    framework_id: t.framework_id.clone(),
-                    executor_id: t.info.executor.as_ref().map(|e| e.executor_id.clone()),
-                    agent_id: agent_id.clone(),
-                    state: t.state,
-                    resources: t.resources.clone(),
-                    statuses: t.statuses.clone(),
-                    status_update_state: head.map(|s| s.state),
-                    status_update_uuid: head.and_then(|s| s.uuid.clone()),
-                    labels: t.info.labels.clone(),
-                    discovery: None,
-                    container: None,
-                    health_check: None,
-                    kill_policy: None,
-                    user: None,
-                    limits: None,
-                }
-            })
-            .collect();
-        let executors = self
-            .executors
-            .iter()
-            .map(|((fid, _), e)| agora_api::agent_proto::ExecutorReport {
-                framework_id: fid.clone(),
-                executor_info: e.clone(),
-            })
-            .collect();
-        AgentToMaster::Reregister {
-            agent_info: self.info.clone(),
+        Registration::Reregister {
+            agent_info: &self.info,
             version,
-            frameworks: self.frameworks.values().cloned().collect(),
-            executors,
-            tasks,
+            frameworks: self.frameworks.values().collect(),
+            executors: self
+                .executors
+                .iter()
+                .map(|((framework_id, _), executor_info)| ExecutorRef { framework_id, executor_info })
+                .collect(),
+            tasks: self.tasks.iter().map(|(task_id, task)| TaskReport { agent_id, task_id, task }).collect(),
         }
     }
 
@@ -593,9 +617,137 @@ impl SimAgent {
     }
 }
 
+/// `AgentToMaster::Register` and `Reregister` as they encode, borrowed from a [`SimAgent`].
+#[derive(Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+enum Registration<'a> {
+    Register {
+        agent_info: &'a AgentInfo,
+        version: &'static str,
+    },
+    Reregister {
+        agent_info: &'a AgentInfo,
+        version: &'static str,
+        frameworks: Vec<&'a FrameworkInfo>,
+        executors: Vec<ExecutorRef<'a>>,
+        tasks: Vec<TaskReport<'a>>,
+    },
+}
+
+/// `ExecutorReport`, borrowed.
+#[derive(Serialize)]
+struct ExecutorRef<'a> {
+    framework_id: &'a FrameworkId,
+    executor_info: &'a ExecutorInfo,
+}
+
+/// A task as a `Task` message encodes (the fields a simulated task has), borrowed.
+struct TaskReport<'a> {
+    agent_id: &'a agora_api::AgentId,
+    task_id: &'a TaskId,
+    task: &'a SimTask,
+}
+
+impl Serialize for TaskReport<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let t = self.task;
+        let head = t.pending.front();
+        let mut m = s.serialize_struct("Task", 11)?;
+        m.serialize_field("name", &t.info.name)?;
+        m.serialize_field("task_id", self.task_id)?;
+        m.serialize_field("framework_id", &t.framework_id)?;
+        if let Some(e) = &t.info.executor {
+            m.serialize_field("executor_id", &e.executor_id)?;
+        }
+        m.serialize_field("agent_id", self.agent_id)?;
+        m.serialize_field("state", &t.state)?;
+        if !t.resources.is_empty() {
+            m.serialize_field("resources", &t.resources)?;
+        }
+        if !t.statuses.is_empty() {
+            m.serialize_field("statuses", &t.statuses)?;
+        }
+        if let Some(h) = head {
+            m.serialize_field("status_update_state", &h.state)?;
+            if let Some(u) = &h.uuid {
+                m.serialize_field("status_update_uuid", u)?;
+            }
+        }
+        if let Some(l) = &t.info.labels {
+            m.serialize_field("labels", l)?;
+        }
+        m.end()
+    }
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_api::{AgentId, Task};
+
+    #[test]
+    fn a_borrowed_task_report_decodes_as_the_task_it_reports() {
+        let info: TaskInfo = serde_json::from_value(serde_json::json!({
+            "name": "web", "task_id": {"value": "t1"}, "agent_id": {"value": "a"},
+            "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}}],
+            "executor": {"executor_id": {"value": "e"}, "command": {"value": "x"}},
+            "labels": {"labels": [{"key": "k", "value": "v"}]},
+        }))
+        .unwrap();
+        let agent_id = AgentId::new("a");
+        let tid = TaskId::new("t1");
+        let mut running = TaskStatus::new(tid.clone(), TaskState::Running);
+        running.uuid = Some(B64(vec![1, 2, 3]));
+        running.timestamp = Some(12.5);
+        let mut t = SimTask {
+            framework_id: FrameworkId::new("f"),
+            resources: info.resources.clone(),
+            info,
+            state: TaskState::Running,
+            pending: [running.clone()].into(),
+            statuses: vec![TaskStatus::new(tid.clone(), TaskState::Starting), running.clone()],
+            retry_interval: Duration::from_secs(10),
+        };
+        let want = Task {
+            name: "web".into(),
+            task_id: tid.clone(),
+            framework_id: FrameworkId::new("f"),
+            executor_id: Some(ExecutorId::new("e")),
+            agent_id: agent_id.clone(),
+            state: TaskState::Running,
+            resources: t.resources.clone(),
+            statuses: t.statuses.clone(),
+            status_update_state: Some(TaskState::Running),
+            status_update_uuid: Some(B64(vec![1, 2, 3])),
+            labels: t.info.labels.clone(),
+            discovery: None,
+            container: None,
+            health_check: None,
+            kill_policy: None,
+            user: None,
+            limits: None,
+        };
+        let json = serde_json::to_string(&TaskReport { agent_id: &agent_id, task_id: &tid, task: &t }).unwrap();
+        assert_eq!(json, serde_json::to_string(&want).unwrap());
+        // Acknowledged, no executor, no labels: the optional fields go.
+        t.pending.clear();
+        t.info.executor = None;
+        t.info.labels = None;
+        let got: Task = serde_json::from_str(
+            &serde_json::to_string(&TaskReport { agent_id: &agent_id, task_id: &tid, task: &t }).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            got,
+            Task { executor_id: None, status_update_state: None, status_update_uuid: None, labels: None, ..want }
+        );
     }
 }

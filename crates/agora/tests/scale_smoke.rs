@@ -2,7 +2,8 @@
 //! processes (`agora agent --simulate`, the real agent protocol over HTTP/2 streams) and the
 //! load framework placing
 //! 5,000 tasks from 5 frameworks in 2 roles. Correctness only, no timings: every task placed
-//! once, no resource offered twice, no agent lost.
+//! once, no resource offered twice, no agent lost; then a master failover after which every
+//! agent re-registers with its tasks.
 mod common;
 
 use common::*;
@@ -126,4 +127,32 @@ async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
     assert_eq!(total(&sims, "shut_down"), 0, "{stats}");
     assert_eq!(metric(&c, "master/slaves_connected").await as usize, AGENTS);
     assert_eq!(metric(&c, "master/slaves_unreachable").await, 0.0);
+
+    // Master failover: every agent re-registers with its tasks, none is launched again or
+    // lost, and the new master knows every task once.
+    let mut c = c;
+    c.restart_master();
+    let back = wait_until(Duration::from_secs(60), || async {
+        // The simulators' counters are printed every 200 ms: wait for theirs too.
+        (metric(&c, "master/slave_reregistrations").await as usize == AGENTS
+            && metric(&c, "master/tasks_running").await as usize == TASKS
+            && total(&sims, "reregistered") == AGENTS as u64)
+            .then_some(())
+    })
+    .await;
+    assert!(back.is_some(), "agents did not all re-register: {}\n{}", all_stats(&sims), c.logs());
+    let stats = all_stats(&sims);
+    assert_eq!(total(&sims, "reregistered"), AGENTS as u64, "{stats}");
+    assert_eq!(total(&sims, "launched"), TASKS as u64, "{stats}");
+    assert_eq!(total(&sims, "shut_down"), 0, "{stats}");
+    assert_eq!(metric(&c, "master/slaves_connected").await as usize, AGENTS);
+    let state = c.state().await;
+    let n: usize = state["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(state["unregistered_frameworks"].as_array().into_iter().flatten())
+        .map(|f| f["tasks"].as_array().map_or(0, |t| t.len()))
+        .sum();
+    assert_eq!(n, TASKS, "tasks in /state after the failover");
 }
