@@ -168,11 +168,11 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Shared {
     /// Returns once the leading master (as the detector finds it) answers `/health`, as one
-    /// probe per process sees it. Agents that lost their master wait here rather than each building and sending
-    /// its whole re-registration into a refused connection at every backoff step: the
-    /// simulator's two cores are shared with the master it measures. A Mesos agent likewise
-    /// waits for its detector's news of a leader, then re-registers after a random delay
-    /// of up to 1 s (the caller's part).
+    /// probe per process sees it. Agents that lost their master wait here rather than each
+    /// building and sending its whole re-registration into a refused connection at every
+    /// backoff step: the simulator's two cores are shared with the master it measures. A
+    /// Mesos agent likewise waits for its detector's news of a leader, then re-registers
+    /// after a random delay of up to 1 s (the caller's part).
     async fn master_answers(self: &Arc<Self>) {
         let mut rx = self.answered.subscribe();
         let seen = *rx.borrow_and_update();

@@ -414,6 +414,29 @@ mod tests {
     }
 
     #[test]
+    fn state_names_are_serde_names() {
+        use crate::TaskState::*;
+        for s in [
+            Staging,
+            Starting,
+            Running,
+            Killing,
+            Finished,
+            Failed,
+            Killed,
+            Error,
+            Lost,
+            Dropped,
+            Unreachable,
+            Gone,
+            GoneByOperator,
+            Unknown,
+        ] {
+            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.name()));
+        }
+    }
+
+    #[test]
     fn the_escape_scan_finds_every_byte_that_needs_escaping_at_every_position() {
         for len in 0..20 {
             for pos in 0..len {
