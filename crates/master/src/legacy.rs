@@ -6,7 +6,7 @@ use crate::tasks::{TaskStats, Tasks};
 use crate::views::{write_json, TaskForm, TaskRef, View};
 use agora_api::operator::*;
 use agora_api::*;
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -284,49 +284,16 @@ fn merge_legacy(a: &Value, b: &Value) -> Value {
     Value::Object(out)
 }
 
-/// A task in v0 JSON, as a `Value` (see [`TaskV0`]).
+/// A task in v0 JSON, as a `Value` (for `/tasks`, a page at a time; see [`write_task_v0`]).
 pub fn task_json(t: &Task) -> Value {
-    serde_json::to_value(TaskV0(t)).unwrap_or(Value::Null)
-}
-
-/// A task in v0 JSON, written straight to the output with no `Value` tree in between
-/// (`/state` holds hundreds of thousands of tasks).
-pub(crate) struct TaskV0<'a>(pub &'a Task);
-
-impl Serialize for TaskV0<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let t = self.0;
-        let role = t.resources.iter().find_map(|r| r.allocation_role()).unwrap_or("*");
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("id", &t.task_id.value)?;
-        m.serialize_entry("name", &t.name)?;
-        m.serialize_entry("framework_id", &t.framework_id.value)?;
-        m.serialize_entry("executor_id", t.executor_id.as_ref().map(|e| e.value.as_str()).unwrap_or(""))?;
-        m.serialize_entry("slave_id", &t.agent_id.value)?;
-        m.serialize_entry("state", &t.state)?;
-        m.serialize_entry("resources", &LegacyResources(&t.resources))?;
-        m.serialize_entry("role", role)?;
-        m.serialize_entry("statuses", &StatusesV0(&t.statuses))?;
-        if let Some(u) = &t.user {
-            m.serialize_entry("user", u)?;
-        }
-        if let Some(l) = &t.labels {
-            m.serialize_entry("labels", &l.labels)?;
-        }
-        if let Some(d) = &t.discovery {
-            m.serialize_entry("discovery", d)?;
-        }
-        if let Some(c) = &t.container {
-            m.serialize_entry("container", c)?;
-        }
-        if let Some(h) = &t.health_check {
-            m.serialize_entry("health_check", h)?;
-        }
-        m.end()
+    let mut buf = Vec::new();
+    match write_task_v0(&mut buf, t) {
+        Ok(()) => serde_json::from_slice(&buf).unwrap_or(Value::Null),
+        Err(_) => Value::Null,
     }
 }
 
-/// Appends a task in v0 JSON: what serializing [`TaskV0`] writes (tested), without serde's
+/// Appends a task in v0 JSON, written straight to the output with no `Value` tree and no
 /// per-key escaping (a big `/state` is mostly these).
 pub(crate) fn write_task_v0(out: &mut Vec<u8>, t: &Task) -> Result<(), serde_json::Error> {
     use agora_api::encode::string;
@@ -412,39 +379,6 @@ impl Serialize for LegacyResources<'_> {
         let mut m = s.serialize_map(Some(4))?;
         for (n, v) in NAMES.iter().zip(sums) {
             m.serialize_entry(n, &agora_api::resources::round3(v))?;
-        }
-        m.end()
-    }
-}
-
-struct StatusesV0<'a>(&'a [TaskStatus]);
-
-impl Serialize for StatusesV0<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut seq = s.serialize_seq(Some(self.0.len()))?;
-        for st in self.0 {
-            seq.serialize_element(&StatusV0(st))?;
-        }
-        seq.end()
-    }
-}
-
-struct StatusV0<'a>(&'a TaskStatus);
-
-impl Serialize for StatusV0<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let st = self.0;
-        let mut m = s.serialize_map(None)?;
-        m.serialize_entry("state", &st.state)?;
-        m.serialize_entry("timestamp", &st.timestamp.unwrap_or(0.0))?;
-        if let Some(h) = st.healthy {
-            m.serialize_entry("healthy", &h)?;
-        }
-        if let Some(c) = &st.container_status {
-            m.serialize_entry("container_status", c)?;
-        }
-        if let Some(l) = &st.labels {
-            m.serialize_entry("labels", &l.labels)?;
         }
         m.end()
     }
@@ -913,7 +847,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn v0_tasks_are_written_by_hand_as_serde_writes_them() {
+    fn v0_tasks_are_written_in_the_v0_shape() {
         let full: Task = serde_json::from_value(serde_json::json!({
             "name": "web \"1\"\n",
             "task_id": {"value": "t\\1"},
@@ -951,11 +885,47 @@ mod tests {
         let mut ports = full.clone();
         ports.resources.push(agora_api::Resource::ranges("ports", vec![(31000, 31002)]));
         bare.resources.clear();
-        for t in [&full, &bare, &ports] {
-            let mut got = Vec::new();
-            write_task_v0(&mut got, t).unwrap();
-            let want = serde_json::to_vec(&TaskV0(t)).unwrap();
-            assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(&want));
-        }
+        let v0 = |t: &Task| {
+            let mut buf = Vec::new();
+            write_task_v0(&mut buf, t).unwrap();
+            let v: Value = serde_json::from_slice(&buf).unwrap();
+            assert_eq!(v, task_json(t));
+            v
+        };
+        assert_eq!(
+            v0(&full),
+            serde_json::json!({
+                "id": "t\\1", "name": "web \"1\"\n", "framework_id": "f", "executor_id": "e", "slave_id": "a",
+                "state": "TASK_RUNNING",
+                "resources": {"cpus": 0.1, "gpus": 0.0, "mem": 16.0, "disk": 0.0},
+                "role": "web",
+                "statuses": [
+                    {"state": "TASK_STARTING", "timestamp": 0.0},
+                    {"state": "TASK_RUNNING", "timestamp": 1796371489.8718488, "healthy": true,
+                     "container_status": {"network_infos": [{"ip_addresses": [{"ip_address": "10.0.0.2"}]}]},
+                     "labels": [{"key": "k", "value": "v"}]},
+                    {"state": "TASK_KILLING", "timestamp": 0.0, "healthy": false},
+                ],
+                "user": "root",
+                "labels": [{"key": "k"}],
+                "discovery": {"visibility": "FRAMEWORK", "name": "n"},
+                "container": {"type": "MESOS"},
+                "health_check": {"type": "HTTP"},
+            })
+        );
+        assert_eq!(
+            v0(&bare),
+            serde_json::json!({
+                "id": "t\\1", "name": "web \"1\"\n", "framework_id": "f", "executor_id": "", "slave_id": "a",
+                "state": "TASK_RUNNING",
+                "resources": {"cpus": 0.0, "gpus": 0.0, "mem": 0.0, "disk": 0.0},
+                "role": "*",
+                "statuses": [],
+            })
+        );
+        let p = v0(&ports);
+        assert_eq!(p["resources"], Resources::from_vec(ports.resources.clone()).to_legacy_map());
+        assert_eq!(p["resources"]["ports"], "[31000-31002]");
+        assert_eq!(p["resources"]["cpus"], 0.1);
     }
 }
