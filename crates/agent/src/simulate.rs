@@ -270,10 +270,17 @@ impl SimAgent {
                 continue;
             };
             let url = format!("{}{}", base_url(&leader), AGENT_PATH);
-            let call = self.registration_call();
+            let body = match self.registration_body() {
+                Ok(b) => b,
+                Err(e) => {
+                    // Cannot happen for the types written; stop this agent rather than spin.
+                    tracing::error!(agent = %self.info.hostname, error = %e, "cannot encode the registration");
+                    return;
+                }
+            };
             // Whether the master may have gone: then wait until it answers again.
             let mut lost = false;
-            match self.client.subscribe(&url, &[], &call, Duration::from_secs(30)).await {
+            match self.client.subscribe_json(&url, &[], body, Duration::from_secs(30)).await {
                 Ok(mut stream) => {
                     backoff = Duration::from_millis(100);
                     while self.resync_rx.try_recv().is_ok() {}
@@ -332,25 +339,38 @@ impl SimAgent {
         }
     }
 
-    /// The (re-)registration call, borrowing the agent's state: 40,000 agents re-registering
-    /// 400,000 tasks after a failover would otherwise copy every task just to encode it, on
-    /// the cores the master being measured needs.
-    fn registration_call(&self) -> Registration<'_> {
+    /// The (re-)registration call as JSON, written from the agent's state: 40,000 agents
+    /// re-registering 400,000 tasks after a failover would otherwise copy every task to
+    /// encode it, and escape its strings a byte at a time, on the cores the master being
+    /// measured needs.
+    fn registration_body(&self) -> Result<Vec<u8>, serde_json::Error> {
         let version = agora_api::MESOS_VERSION;
         let Some(agent_id) = self.info.id.as_ref() else {
-            return Registration::Register { agent_info: &self.info, version };
+            return serde_json::to_vec(&Registration::Register { agent_info: &self.info, version });
         };
-        Registration::Reregister {
-            agent_info: &self.info,
-            version,
-            frameworks: self.frameworks.values().collect(),
-            executors: self
-                .executors
-                .iter()
-                .map(|((framework_id, _), executor_info)| ExecutorRef { framework_id, executor_info })
-                .collect(),
-            tasks: self.tasks.iter().map(|(task_id, task)| TaskReport { agent_id, task_id, task }).collect(),
+        let executors: Vec<ExecutorRef<'_>> = self
+            .executors
+            .iter()
+            .map(|((framework_id, _), executor_info)| ExecutorRef { framework_id, executor_info })
+            .collect();
+        let mut out = Vec::with_capacity(1024 + 1536 * self.tasks.len());
+        out.extend_from_slice(b"{\"REREGISTER\":{\"agent_info\":");
+        serde_json::to_writer(&mut out, &self.info)?;
+        out.extend_from_slice(b",\"version\":");
+        serde_json::to_writer(&mut out, version)?;
+        out.extend_from_slice(b",\"frameworks\":");
+        serde_json::to_writer(&mut out, &self.frameworks.values().collect::<Vec<_>>())?;
+        out.extend_from_slice(b",\"executors\":");
+        serde_json::to_writer(&mut out, &executors)?;
+        out.extend_from_slice(b",\"tasks\":[");
+        for (i, (task_id, task)) in self.tasks.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            TaskReport { agent_id, task_id, task }.write(&mut out)?;
         }
+        out.extend_from_slice(b"]}}");
+        Ok(out)
     }
 
     fn on_message(&mut self, m: MasterToAgent, url: &str) {
@@ -617,21 +637,12 @@ impl SimAgent {
     }
 }
 
-/// `AgentToMaster::Register` and `Reregister` as they encode, borrowed from a [`SimAgent`].
+/// `AgentToMaster::Register` as it encodes, borrowed from a [`SimAgent`] (`Reregister` is
+/// written by [`SimAgent::registration_body`]).
 #[derive(Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 enum Registration<'a> {
-    Register {
-        agent_info: &'a AgentInfo,
-        version: &'static str,
-    },
-    Reregister {
-        agent_info: &'a AgentInfo,
-        version: &'static str,
-        frameworks: Vec<&'a FrameworkInfo>,
-        executors: Vec<ExecutorRef<'a>>,
-        tasks: Vec<TaskReport<'a>>,
-    },
+    Register { agent_info: &'a AgentInfo, version: &'static str },
 }
 
 /// `ExecutorReport`, borrowed.
@@ -648,36 +659,62 @@ struct TaskReport<'a> {
     task: &'a SimTask,
 }
 
-impl Serialize for TaskReport<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
+impl TaskReport<'_> {
+    /// Appends the task as JSON, byte for byte what serde writes for the `Task` it
+    /// reports, with `agora_api::encode`'s writers for the strings, resources and statuses.
+    fn write(&self, out: &mut Vec<u8>) -> Result<(), serde_json::Error> {
+        use agora_api::encode;
         let t = self.task;
-        let head = t.pending.front();
-        let mut m = s.serialize_struct("Task", 11)?;
-        m.serialize_field("name", &t.info.name)?;
-        m.serialize_field("task_id", self.task_id)?;
-        m.serialize_field("framework_id", &t.framework_id)?;
+        let id = |out: &mut Vec<u8>, key: &[u8], v: &str| {
+            out.extend_from_slice(key);
+            out.extend_from_slice(b"{\"value\":");
+            encode::string(out, v);
+            out.push(b'}');
+        };
+        out.extend_from_slice(b"{\"name\":");
+        encode::string(out, &t.info.name);
+        id(out, b",\"task_id\":", &self.task_id.value);
+        id(out, b",\"framework_id\":", &t.framework_id.value);
         if let Some(e) = &t.info.executor {
-            m.serialize_field("executor_id", &e.executor_id)?;
+            id(out, b",\"executor_id\":", &e.executor_id.value);
         }
-        m.serialize_field("agent_id", self.agent_id)?;
-        m.serialize_field("state", &t.state)?;
+        id(out, b",\"agent_id\":", &self.agent_id.value);
+        out.extend_from_slice(b",\"state\":");
+        encode::string(out, t.state.name());
         if !t.resources.is_empty() {
-            m.serialize_field("resources", &t.resources)?;
+            out.extend_from_slice(b",\"resources\":[");
+            for (i, r) in t.resources.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                encode::resource(out, r)?;
+            }
+            out.push(b']');
         }
         if !t.statuses.is_empty() {
-            m.serialize_field("statuses", &t.statuses)?;
+            out.extend_from_slice(b",\"statuses\":[");
+            for (i, st) in t.statuses.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                encode::status(out, st)?;
+            }
+            out.push(b']');
         }
-        if let Some(h) = head {
-            m.serialize_field("status_update_state", &h.state)?;
+        if let Some(h) = t.pending.front() {
+            out.extend_from_slice(b",\"status_update_state\":");
+            encode::string(out, h.state.name());
             if let Some(u) = &h.uuid {
-                m.serialize_field("status_update_uuid", u)?;
+                out.extend_from_slice(b",\"status_update_uuid\":");
+                serde_json::to_writer(&mut *out, u)?;
             }
         }
         if let Some(l) = &t.info.labels {
-            m.serialize_field("labels", l)?;
+            out.extend_from_slice(b",\"labels\":");
+            serde_json::to_writer(&mut *out, l)?;
         }
-        m.end()
+        out.push(b'}');
+        Ok(())
     }
 }
 
@@ -735,19 +772,114 @@ mod tests {
             user: None,
             limits: None,
         };
-        let json = serde_json::to_string(&TaskReport { agent_id: &agent_id, task_id: &tid, task: &t }).unwrap();
-        assert_eq!(json, serde_json::to_string(&want).unwrap());
+        let report = |t: &SimTask| {
+            let mut out = Vec::new();
+            TaskReport { agent_id: &agent_id, task_id: &tid, task: t }.write(&mut out).unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(report(&t), serde_json::to_string(&want).unwrap());
         // Acknowledged, no executor, no labels: the optional fields go.
         t.pending.clear();
         t.info.executor = None;
         t.info.labels = None;
-        let got: Task = serde_json::from_str(
-            &serde_json::to_string(&TaskReport { agent_id: &agent_id, task_id: &tid, task: &t }).unwrap(),
-        )
-        .unwrap();
+        let got: Task = serde_json::from_str(&report(&t)).unwrap();
         assert_eq!(
             got,
             Task { executor_id: None, status_update_state: None, status_update_uuid: None, labels: None, ..want }
+        );
+    }
+
+    #[tokio::test]
+    async fn the_registration_body_decodes_as_the_agents_state() {
+        let config = SimConfig {
+            master: "127.0.0.1:1".into(),
+            count: 1,
+            resources: Resources::parse("cpus:4;mem:1024").unwrap(),
+            attributes: vec![],
+            task_duration: None,
+            name: "sim".into(),
+            ramp: Duration::ZERO,
+            status_update_retry_interval: Duration::from_secs(10),
+            local_ips: vec![],
+            agents_per_connection: 1,
+        };
+        let shared = Arc::new(Shared {
+            inflight: Arc::new(tokio::sync::Semaphore::new(1)),
+            detector: detector(&config.master).unwrap(),
+            config,
+            stats: Arc::new(SimStats::default()),
+            answered: tokio::sync::watch::channel(0).0,
+            probing: std::sync::atomic::AtomicBool::new(false),
+        });
+        let mut a = SimAgent::new(shared, Client::new(), 7);
+        match serde_json::from_slice(&a.registration_body().unwrap()).unwrap() {
+            AgentToMaster::Register { agent_info, version } => {
+                assert_eq!(agent_info, a.info);
+                assert_eq!(version, agora_api::MESOS_VERSION);
+            }
+            other => panic!("not a REGISTER: {other:?}"),
+        }
+        // Registered, with a framework, an executor and three tasks (one "quoted\n").
+        a.info.id = Some(AgentId::new("agent-7"));
+        let fid = FrameworkId::new("fw");
+        let fi: FrameworkInfo =
+            serde_json::from_value(serde_json::json!({"user": "u", "name": "f", "id": {"value": "fw"}})).unwrap();
+        a.frameworks.insert(fid.clone(), fi.clone());
+        let ei: ExecutorInfo =
+            serde_json::from_value(serde_json::json!({"executor_id": {"value": "e"}, "command": {"value": "x"}}))
+                .unwrap();
+        a.executors.insert((fid.clone(), ei.executor_id.clone()), ei.clone());
+        for (k, name) in ["plain", "with \"quotes\"\n", "third"].iter().enumerate() {
+            let tid = TaskId::new(format!("t{k}"));
+            let mut info: TaskInfo = serde_json::from_value(serde_json::json!({
+                "name": name, "task_id": {"value": tid.value.as_str()}, "agent_id": {"value": "agent-7"},
+                "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}}],
+            }))
+            .unwrap();
+            if k == 1 {
+                info.executor = Some(ei.clone());
+            }
+            let running = TaskStatus::new(tid.clone(), TaskState::Running);
+            a.tasks.insert(
+                tid,
+                SimTask {
+                    framework_id: fid.clone(),
+                    resources: info.resources.clone(),
+                    info,
+                    state: TaskState::Running,
+                    pending: [running.clone()].into(),
+                    statuses: vec![running],
+                    retry_interval: Duration::from_secs(10),
+                },
+            );
+        }
+        let call: AgentToMaster = serde_json::from_slice(&a.registration_body().unwrap()).unwrap();
+        let AgentToMaster::Reregister { agent_info, version, frameworks, executors, tasks } = call else {
+            panic!("not a REREGISTER: {call:?}")
+        };
+        assert_eq!(agent_info, a.info);
+        assert_eq!(version, agora_api::MESOS_VERSION);
+        assert_eq!(frameworks, vec![fi]);
+        assert_eq!(executors.len(), 1);
+        assert_eq!((&executors[0].framework_id, &executors[0].executor_info), (&fid, &ei));
+        let mut names: Vec<(String, String, Option<String>)> = tasks
+            .iter()
+            .map(|t| {
+                assert_eq!(t.agent_id.value, "agent-7");
+                assert_eq!(t.framework_id, fid);
+                assert_eq!(t.state, TaskState::Running);
+                assert_eq!(t.statuses.len(), 1);
+                (t.task_id.value.to_string(), t.name.clone(), t.executor_id.as_ref().map(|e| e.value.to_string()))
+            })
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec![
+                ("t0".into(), "plain".into(), None),
+                ("t1".into(), "with \"quotes\"\n".into(), Some("e".into())),
+                ("t2".into(), "third".into(), None),
+            ]
         );
     }
 }

@@ -1514,7 +1514,7 @@ impl State {
             container: None,
             resources: res.into_vec(),
             name: Some(format!("Command Executor (Task: {}) (Command: sh -c '{}')", task.task_id, text)),
-            source: Some(task.task_id.value.clone()),
+            source: Some(task.task_id.value.to_string()),
             data: None,
             discovery: None,
             shutdown_grace_period: None,
@@ -1532,12 +1532,12 @@ impl State {
         let endpoint = format!("{}:{}", self.config.ip, self.config.port);
         let grace = self.config.executor_shutdown_grace_period;
         vec![
-            ("MESOS_FRAMEWORK_ID".into(), fid.value.clone()),
-            ("MESOS_EXECUTOR_ID".into(), eid.value.clone()),
+            ("MESOS_FRAMEWORK_ID".into(), fid.value.to_string()),
+            ("MESOS_EXECUTOR_ID".into(), eid.value.to_string()),
             ("MESOS_DIRECTORY".into(), dir.to_string_lossy().into_owned()),
             ("MESOS_SANDBOX".into(), dir.to_string_lossy().into_owned()),
             ("MESOS_AGENT_ENDPOINT".into(), endpoint.clone()),
-            ("MESOS_SLAVE_ID".into(), self.agent_id.as_ref().map(|a| a.value.clone()).unwrap_or_default()),
+            ("MESOS_SLAVE_ID".into(), self.agent_id.as_ref().map(|a| a.value.to_string()).unwrap_or_default()),
             ("MESOS_SLAVE_PID".into(), format!("slave(1)@{endpoint}")),
             ("MESOS_CHECKPOINT".into(), if checkpoint { "1" } else { "0" }.into()),
             ("MESOS_EXECUTOR_SHUTDOWN_GRACE_PERIOD".into(), format!("{}ms", grace.as_millis())),
@@ -2264,7 +2264,7 @@ impl State {
             "id": t.task_id.value,
             "name": t.name,
             "framework_id": fid.value,
-            "executor_id": if e.is_command { String::new() } else { e.info.executor_id.value.clone() },
+            "executor_id": if e.is_command { String::new() } else { e.info.executor_id.value.to_string() },
             "slave_id": self.agent_id.as_ref().map(|a| a.value.clone()).unwrap_or_default(),
             "state": state,
             "resources": Resources::from_vec(t.resources.clone()).to_legacy_map(),

@@ -100,7 +100,7 @@ async fn agents_killed_at_random_lose_nothing() {
                 // The master's answers to KILL/RECONCILE of a task it no longer tracks are
                 // information, not a state change of the task.
                 let answer = s.reason == Some(Reason::ReasonReconciliation);
-                let id = s.task_id.value.clone();
+                let id = s.task_id.value.to_string();
                 if let Some(uuid) = &s.uuid {
                     if let Some(at) = acked.get(&uuid.0) {
                         let crashed_since = last_crash.map(|c| c > *at).unwrap_or(false);

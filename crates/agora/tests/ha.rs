@@ -347,7 +347,7 @@ async fn embedded_registry_survives_a_master_restart() {
     // One agent without tasks goes away for good while the master is down.
     let st = get_json(&format!("http://{master}/state")).await;
     let slaves = st["slaves"].as_array().cloned().unwrap_or_default();
-    let victim = slaves.iter().find(|s| s["id"] != agent.value).expect("an idle agent").clone();
+    let victim = slaves.iter().find(|s| s["id"] != agent.value.as_str()).expect("an idle agent").clone();
     let victim_port = victim["port"].as_u64().expect("port").to_string();
     let mut agents: Vec<Option<Proc>> = agents.into_iter().map(Some).collect();
     let vi =
@@ -365,7 +365,7 @@ async fn embedded_registry_survives_a_master_restart() {
     // agents, which re-register under their ids.
     let st = get_json(&format!("http://{master}/state")).await;
     let f = st["frameworks"].as_array().and_then(|a| a.first()).cloned().unwrap_or_default();
-    assert_eq!(f["id"], info.id.as_ref().unwrap().value, "the framework is recovered:\n{}", m.logs());
+    assert_eq!(f["id"], info.id.as_ref().unwrap().value.as_str(), "the framework is recovered:\n{}", m.logs());
     assert_eq!(f["connected"], false);
     let back = wait_until(T, || async {
         let a = active_agents(&master).await;
@@ -374,7 +374,7 @@ async fn embedded_registry_survives_a_master_restart() {
     .await
     .unwrap_or_else(|| panic!("agents did not re-register:\n{}", m.logs()));
     assert!(back.is_subset(&before), "agents re-registered as new agents: {back:?} vs {before:?}");
-    assert!(back.contains(&agent.value));
+    assert!(back.contains(&agent.value.to_string()));
 
     let mut fw = subscribe(&master, &info, T).await;
     assert_eq!(Some(&fw.framework_id), info.id.as_ref(), "the framework keeps its id");
@@ -557,7 +557,7 @@ async fn leader_killed_during_a_launch_storm() {
         if let Some(u) = ev.update {
             let st = u.status;
             let _ = s.acknowledge(&st).await;
-            let id = st.task_id.value.clone();
+            let id = st.task_id.value.to_string();
             if !(st.state.is_terminal() || never_ran(st.state)) {
                 continue;
             }
@@ -616,7 +616,7 @@ async fn leader_killed_during_a_launch_storm() {
     let st = get_json(&format!("http://{}/state", failover.leader)).await;
     let fws = st["frameworks"].as_array().cloned().unwrap_or_default();
     assert_eq!(fws.len(), 1);
-    assert_eq!(fws[0]["id"], info.id.as_ref().expect("id").value);
+    assert_eq!(fws[0]["id"], info.id.as_ref().expect("id").value.as_str());
     assert_eq!(fws[0]["connected"], true);
     assert_eq!(st["leader"], format!("master@{}", failover.leader));
     drop(agents);
@@ -823,7 +823,11 @@ async fn all_masters_restart_at_once_and_followers_redirect() {
     let l2 =
         wait_leader(&m.addrs, T, None).await.unwrap_or_else(|| panic!("no leader after the restart:\n{}", m.logs()));
     let st = get_json(&format!("http://{l2}/state")).await;
-    assert_eq!(st["frameworks"][0]["id"], info.id.as_ref().expect("id").value, "the registry lost the framework");
+    assert_eq!(
+        st["frameworks"][0]["id"],
+        info.id.as_ref().expect("id").value.as_str(),
+        "the registry lost the framework"
+    );
     let back = wait_until(T, || async {
         let a = active_agents(&l2).await;
         (a.len() == 2).then_some(a)

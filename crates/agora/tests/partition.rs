@@ -44,7 +44,7 @@ async fn stopped_agent_goes_unreachable_and_comes_back() {
     let st = c.state().await;
     assert_eq!(st["unreachable_slaves"], 0);
     assert_eq!(st["slaves"].as_array().unwrap().len(), 1, "the agent came back as itself, not as a second agent");
-    assert_eq!(st["slaves"][0]["id"], o1.agent_id.value);
+    assert_eq!(st["slaves"][0]["id"], o1.agent_id.value.as_str());
     // And the tasks are live and killable.
     aware.s.kill(TaskId::new("pa-task"), None).await.unwrap();
     aware.until_state("pa-task", TaskState::Killed, T).await;

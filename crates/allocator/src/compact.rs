@@ -486,7 +486,7 @@ impl Bundle {
             ranges,
             set,
             role: p.role.clone(),
-            allocation_info: role.map(|r| AllocationInfo { role: Some(r.to_string()) }),
+            allocation_info: role.map(|r| AllocationInfo { role: Some(r.into()) }),
             reservation: p.reservation.clone(),
             reservations: p.reservations.clone(),
             disk: p.disk.clone(),

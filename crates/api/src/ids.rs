@@ -1,16 +1,191 @@
 //! Wrapped identifiers: `{"value": "..."}` on the wire.
-use serde::{Deserialize, Serialize};
+//!
+//! An id's text is a [`Text`]: immutable and shared, so that the copies a master keeps of
+//! one framework or agent id (in every task, status and index of it) are one allocation,
+//! and cloning an id costs a reference count instead of a copy.
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Borrow;
 use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, OnceLock};
+
+/// Immutable, shared text: an id's value. Compares, hashes and orders as the `str` it
+/// holds, and derefs to it.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Text(Arc<str>);
+
+impl Text {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `self` and `other` share one allocation (not only equal text).
+    pub fn shares(&self, other: &Text) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for Text {
+    fn as_ref(&self) -> &std::path::Path {
+        std::path::Path::new(self.as_str())
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for Text {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        std::ffi::OsStr::new(self.as_str())
+    }
+}
+
+impl Borrow<str> for Text {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::hash::Hash for Text {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.as_str().hash(h)
+    }
+}
+
+impl fmt::Debug for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for Text {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+/// Texts in every resource of every task and offer (resource names, the unreserved
+/// role): one shared copy of each, made without an allocation when decoded or converted.
+const WELL_KNOWN: [&str; 6] = ["cpus", "mem", "disk", "ports", "gpus", "*"];
+
+fn well_known(s: &str) -> Option<Text> {
+    static TEXTS: OnceLock<[Text; 6]> = OnceLock::new();
+    if s.len() > 5 {
+        return None;
+    }
+    let i = WELL_KNOWN.iter().position(|w| *w == s)?;
+    Some(TEXTS.get_or_init(|| WELL_KNOWN.map(|w| Text(Arc::from(w))))[i].clone())
+}
+
+impl From<&str> for Text {
+    fn from(s: &str) -> Self {
+        well_known(s).unwrap_or_else(|| Text(Arc::from(s)))
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text(Arc::from(s))
+    }
+}
+
+impl From<&String> for Text {
+    fn from(s: &String) -> Self {
+        Text(Arc::from(s.as_str()))
+    }
+}
+
+impl From<Text> for String {
+    fn from(t: Text) -> String {
+        t.as_str().to_string()
+    }
+}
+
+impl PartialEq<str> for Text {
+    fn eq(&self, o: &str) -> bool {
+        self.as_str() == o
+    }
+}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, o: &&str) -> bool {
+        self.as_str() == *o
+    }
+}
+
+impl PartialEq<String> for Text {
+    fn eq(&self, o: &String) -> bool {
+        self.as_str() == o.as_str()
+    }
+}
+
+impl PartialEq<Text> for str {
+    fn eq(&self, o: &Text) -> bool {
+        self == o.as_str()
+    }
+}
+
+impl PartialEq<Text> for &str {
+    fn eq(&self, o: &Text) -> bool {
+        *self == o.as_str()
+    }
+}
+
+impl PartialEq<Text> for String {
+    fn eq(&self, o: &Text) -> bool {
+        self.as_str() == o.as_str()
+    }
+}
+
+/// So that a decoded JSON document can be checked against an id (`v["id"] == id.value`).
+impl PartialEq<Text> for serde_json::Value {
+    fn eq(&self, o: &Text) -> bool {
+        self.as_str() == Some(o.as_str())
+    }
+}
+
+impl Serialize for Text {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Text;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            // One allocation, straight from the input (a `String` first would be two).
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Text, E> {
+                Ok(Text::from(s))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
 
 macro_rules! id_type {
     ($(#[$m:meta])* $name:ident) => {
         $(#[$m])*
         #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, Default)]
         pub struct $name {
-            pub value: String,
+            pub value: Text,
         }
         impl $name {
-            pub fn new(value: impl Into<String>) -> Self {
+            pub fn new(value: impl Into<Text>) -> Self {
                 Self { value: value.into() }
             }
             pub fn as_str(&self) -> &str {
@@ -30,6 +205,11 @@ macro_rules! id_type {
         impl From<String> for $name {
             fn from(s: String) -> Self {
                 Self::new(s)
+            }
+        }
+        impl From<Text> for $name {
+            fn from(s: Text) -> Self {
+                Self { value: s }
             }
         }
     };
@@ -80,5 +260,40 @@ impl fmt::Display for ContainerId {
             write!(f, "{p}.")?;
         }
         f.write_str(&self.value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn text_behaves_as_the_str_it_holds() {
+        let t = Text::from("a\"b");
+        assert_eq!(t, "a\"b");
+        assert_eq!("a\"b", t);
+        assert_eq!(t, String::from("a\"b"));
+        let (a, b) = (Text::from("a"), Text::from("b"));
+        assert!(a < b);
+        assert_eq!(format!("{t} {t:?}"), "a\"b \"a\\\"b\"");
+        // Looked up by `&str` in a map keyed by Text (hash and Borrow agree).
+        let m: HashMap<Text, u32> = [(Text::from("x"), 1)].into();
+        assert_eq!(m.get("x"), Some(&1));
+        // Wire form: a plain string, escapes decoded.
+        let id: TaskId = serde_json::from_str(r#"{"value":"a\"b\u00e9"}"#).unwrap();
+        assert_eq!(id.value, "a\"bé");
+        assert_eq!(serde_json::to_string(&id).unwrap(), r#"{"value":"a\"bé"}"#);
+        assert!(serde_json::from_str::<TaskId>(r#"{"value":3}"#).is_err());
+        assert_eq!(serde_json::json!({"value": "a\"bé"})["value"], id.value);
+        // Clones share; equal text decoded twice does not.
+        let c = id.clone();
+        assert!(c.value.shares(&id.value));
+        let again: TaskId = serde_json::from_str(r#"{"value":"a\"bé"}"#).unwrap();
+        assert!(again == id && !again.value.shares(&id.value));
+        // Resource names and "*" are one copy each, however often decoded.
+        let r: Vec<Text> = serde_json::from_str(r#"["cpus","cpus","*","*","cpusx"]"#).unwrap();
+        assert!(r[0].shares(&r[1]) && r[2].shares(&r[3]) && r[0].shares(&Text::from("cpus")));
+        assert!(!r[4].shares(&Text::from("cpusx")));
     }
 }

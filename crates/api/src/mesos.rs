@@ -113,7 +113,7 @@ pub struct Attribute {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set: Option<crate::resources::Set>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<crate::resources::Text>,
+    pub text: Option<crate::resources::TextValue>,
 }
 
 impl Attribute {
@@ -142,7 +142,7 @@ impl Attribute {
                     scalar: None,
                     ranges: None,
                     set: None,
-                    text: Some(crate::resources::Text { value: v.into() }),
+                    text: Some(crate::resources::TextValue { value: v.into() }),
                 }
             };
             out.push(attr);
@@ -373,7 +373,7 @@ impl TaskInfo {
     /// A task run by the built-in command executor; every optional field unset.
     pub fn command(task_id: TaskId, agent_id: AgentId, resources: Vec<Resource>, command: CommandInfo) -> Self {
         TaskInfo {
-            name: task_id.value.clone(),
+            name: task_id.value.to_string(),
             task_id,
             agent_id,
             resources,

@@ -2,6 +2,7 @@
 //!
 //! Scalars have Mesos's fixed-point semantics (three decimals). Two resources combine when
 //! their name, type, reservation role, allocation role and disk info agree.
+use crate::ids::Text;
 use crate::json::{lenient_f64, write_f64};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -42,15 +43,16 @@ pub struct Set {
     pub item: Vec<String>,
 }
 
+/// `Value.Text`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Text {
+pub struct TextValue {
     pub value: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct AllocationInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<Text>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -75,7 +77,7 @@ pub struct ReservationInfo {
 /// The wire `Resource`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Resource {
-    pub name: String,
+    pub name: Text,
     #[serde(rename = "type")]
     pub kind: ValueType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -86,7 +88,7 @@ pub struct Resource {
     pub set: Option<Set>,
     /// Legacy (pre-refinement) role: `"*"` for unreserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
+    pub role: Option<Text>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation_info: Option<AllocationInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,7 +133,7 @@ impl Resource {
 
     fn bare(name: &str, kind: ValueType, scalar: Option<Scalar>, ranges: Option<Ranges>, set: Option<Set>) -> Self {
         Resource {
-            name: name.to_string(),
+            name: name.into(),
             kind,
             scalar,
             ranges,
@@ -193,7 +195,7 @@ impl Resource {
         }
         if popped {
             // The legacy role field mirrored the reservation just taken off.
-            r.role = r.reservations.last().and_then(|x| x.role.clone()).filter(|_| r.role.is_some());
+            r.role = r.reservations.last().and_then(|x| x.role.as_deref().map(Text::from)).filter(|_| r.role.is_some());
         }
         r
     }
@@ -219,7 +221,7 @@ impl Resource {
 
     /// Sets or clears the allocation role.
     pub fn with_allocation(mut self, role: Option<&str>) -> Self {
-        self.allocation_info = role.map(|r| AllocationInfo { role: Some(r.to_string()) });
+        self.allocation_info = role.map(|r| AllocationInfo { role: Some(r.into()) });
         self
     }
 
@@ -511,7 +513,7 @@ impl Resources {
                 .map(|r| {
                     let mut r = r.clone();
                     if r.role.is_none() {
-                        r.role = Some(r.reservation_role().to_string());
+                        r.role = Some(r.reservation_role().into());
                     }
                     r
                 })
@@ -527,14 +529,14 @@ impl Resources {
         }
         for r in &self.0 {
             match r.kind {
-                ValueType::Scalar if !m.contains_key(&r.name) => {
-                    m.insert(r.name.clone(), serde_json::json!(self.scalar(&r.name)));
+                ValueType::Scalar if !m.contains_key(r.name.as_str()) => {
+                    m.insert(r.name.to_string(), serde_json::json!(self.scalar(&r.name)));
                 }
-                ValueType::Ranges if !m.contains_key(&r.name) => {
-                    m.insert(r.name.clone(), serde_json::Value::String(format_ranges(&self.ranges_of(&r.name))));
+                ValueType::Ranges if !m.contains_key(r.name.as_str()) => {
+                    m.insert(r.name.to_string(), serde_json::Value::String(format_ranges(&self.ranges_of(&r.name))));
                 }
-                ValueType::Set if !m.contains_key(&r.name) => {
-                    m.insert(r.name.clone(), serde_json::Value::String(format!("{{{}}}", r.set_items().join(","))));
+                ValueType::Set if !m.contains_key(r.name.as_str()) => {
+                    m.insert(r.name.to_string(), serde_json::Value::String(format!("{{{}}}", r.set_items().join(","))));
                 }
                 _ => {}
             }

@@ -202,7 +202,7 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                                 decline.push(offer.id.clone());
                                 continue;
                             }
-                            let role = offer.allocation_info.as_ref().and_then(|a| a.role.clone()).unwrap_or_else(|| opts.role.clone());
+                            let role = offer.allocation_info.as_ref().and_then(|a| a.role.as_deref().map(str::to_string)).unwrap_or_else(|| opts.role.clone());
                             let resources = vec![
                                 Resource::scalar("cpus", opts.cpus).with_allocation(Some(&role)),
                                 Resource::scalar("mem", opts.mem).with_allocation(Some(&role)),
@@ -237,8 +237,8 @@ pub async fn run(opts: RunOptions) -> Result<i32, SchedulerError> {
                                 .unwrap_or_else(|| format!("{}:5051", offer.hostname));
                             sandbox = Some(Sandbox {
                                 agent_url: base_url(&agent_url),
-                                framework_id: sched.framework_id.value.clone(),
-                                task_id: task_id.value.clone(),
+                                framework_id: sched.framework_id.value.to_string(),
+                                task_id: task_id.value.to_string(),
                                 offsets: [0, 0],
                             });
                             say(format!("Launching task '{}' on agent {} ({})", task_id, offer.agent_id, offer.hostname));

@@ -77,7 +77,7 @@ pub fn render(view: View, resp: &Response) -> String {
                         .iter()
                         .map(|a| {
                             vec![
-                                a.agent_info.id.as_ref().map(|i| i.value.clone()).unwrap_or_default(),
+                                a.agent_info.id.as_ref().map(|i| i.value.to_string()).unwrap_or_default(),
                                 format!("{}:{}", a.agent_info.hostname, a.agent_info.port),
                                 if a.active { "active".into() } else { "inactive".into() },
                                 scalars(&Resources::from_vec(a.total_resources.clone())),
@@ -100,7 +100,7 @@ pub fn render(view: View, resp: &Response) -> String {
                         .chain(g.completed_frameworks.iter().map(|f| (f, "completed")))
                         .map(|(f, kind)| {
                             vec![
-                                f.framework_info.id.as_ref().map(|i| i.value.clone()).unwrap_or_default(),
+                                f.framework_info.id.as_ref().map(|i| i.value.to_string()).unwrap_or_default(),
                                 f.framework_info.name.clone(),
                                 f.framework_info.effective_roles().join(","),
                                 if kind == "completed" {
@@ -129,11 +129,11 @@ pub fn render(view: View, resp: &Response) -> String {
                         .chain(g.completed_tasks.iter())
                         .map(|t| {
                             vec![
-                                t.task_id.value.clone(),
+                                t.task_id.value.to_string(),
                                 t.name.clone(),
                                 t.state.name().to_string(),
-                                t.framework_id.value.clone(),
-                                t.agent_id.value.clone(),
+                                t.framework_id.value.to_string(),
+                                t.agent_id.value.to_string(),
                             ]
                         })
                         .collect()

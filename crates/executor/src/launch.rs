@@ -122,7 +122,7 @@ pub(crate) fn plan(
         env.extend(inherited.into_iter().filter(|(k, _)| keep(&k.to_string_lossy())));
     }
     env.insert("MESOS_SANDBOX".into(), config.sandbox.clone().into_os_string());
-    env.insert("MESOS_TASK_ID".into(), task.task_id.value.clone().into());
+    env.insert("MESOS_TASK_ID".into(), task.task_id.value.to_string().into());
     for var in command.environment.iter().flat_map(|e| e.variables.iter()) {
         match var.kind.as_deref() {
             None | Some("VALUE") => {

@@ -561,6 +561,17 @@ impl Client {
     ) -> Result<RecordStream, ClientError> {
         let body =
             serde_json::to_vec(v).map_err(|e| ClientError::Request { url: url.to_string(), why: e.to_string() })?;
+        self.subscribe_json(url, headers, body, connect_timeout).await
+    }
+
+    /// [`Client::subscribe`] with a body already encoded as JSON.
+    pub async fn subscribe_json(
+        &self,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+        connect_timeout: Duration,
+    ) -> Result<RecordStream, ClientError> {
         let req = Self::request(url, http::Method::POST, headers, body)?;
         let resp = self.send(url, req, connect_timeout).await?;
         let (parts, body) = resp.into_parts();

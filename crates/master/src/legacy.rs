@@ -719,7 +719,7 @@ fn roles(st: &State) -> Value {
         let id = f.id();
         for r in f.info.effective_roles() {
             let e = roles.entry(r).or_insert_with(|| (vec![], Resources::new()));
-            e.0.push(id.value.clone());
+            e.0.push(id.value.to_string());
         }
         for t in f.tasks.values().filter(|t| !t.released) {
             t.add_resources_to(&mut roles.entry(t.role.to_string()).or_insert_with(|| (vec![], Resources::new())).1);

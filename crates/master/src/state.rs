@@ -276,7 +276,7 @@ pub(crate) struct TaskEntry {
     /// The task; its `resources` are what the allocator charged (normalised on insertion).
     pub task: Task,
     /// The role charged, shared by every task of that role (see [`RoleNames`]).
-    pub role: Arc<str>,
+    pub role: Text,
     /// Whether the resources went back to the allocator already (terminal or agent gone).
     pub released: bool,
 }
@@ -296,10 +296,48 @@ impl TaskEntry {
 }
 
 /// Appends a status to a task's history without the spare capacity `Vec::push` would
-/// reserve (a master holds hundreds of thousands of these).
-fn push_status(statuses: &mut Vec<TaskStatus>, s: TaskStatus) {
-    statuses.reserve_exact(1);
-    statuses.push(s);
+/// reserve (a master holds hundreds of thousands of these), its ids sharing the task's.
+fn push_status(task: &mut Task, mut s: TaskStatus) {
+    share_status_ids(task, &mut s);
+    task.statuses.reserve_exact(1);
+    task.statuses.push(s);
+}
+
+/// Points a status's ids at the task's own copies where they are equal, so that a task's
+/// history holds no second copy of its task, agent or executor id.
+fn share_status_ids(task: &Task, s: &mut TaskStatus) {
+    share(&mut s.task_id, &task.task_id);
+    if let Some(a) = s.agent_id.as_mut() {
+        share(a, &task.agent_id);
+    }
+    if let Some(e) = s.executor_id.as_mut() {
+        match &task.executor_id {
+            Some(te) => share(e, te),
+            // The command executor's id is the task's.
+            None if e.value == task.task_id.value => e.value = task.task_id.value.clone(),
+            None => {}
+        }
+    }
+}
+
+/// Makes a task's ids the master's own copies (`fid`, `aid`: the keys of its framework and
+/// agent) where they are equal, and its statuses' ids the task's: 400,000 tasks then hold
+/// one allocation per framework and agent id instead of one per task and status.
+fn share_task_ids(task: &mut Task, fid: &FrameworkId, aid: &AgentId) {
+    share(&mut task.framework_id, fid);
+    share(&mut task.agent_id, aid);
+    let mut statuses = std::mem::take(&mut task.statuses);
+    for s in &mut statuses {
+        share_status_ids(task, s);
+    }
+    task.statuses = statuses;
+}
+
+/// `*id = canonical.clone()` if they are equal (a reference count, not a copy).
+fn share<T: PartialEq + Clone>(id: &mut T, canonical: &T) {
+    if id == canonical {
+        *id = canonical.clone();
+    }
 }
 
 pub(crate) struct Framework {
@@ -522,19 +560,33 @@ pub(crate) struct State {
     role_names: RoleNames,
 }
 
-/// Role names shared between tasks: a task holds a pointer to its role's name rather than
-/// its own copy (a master holds hundreds of thousands of tasks and a handful of roles).
+/// Role names shared between tasks: a task and its resources hold a pointer to their
+/// role's name rather than their own copies (a master holds hundreds of thousands of tasks
+/// and a handful of roles).
 #[derive(Default)]
-struct RoleNames(HashSet<Arc<str>>);
+struct RoleNames(HashSet<Text>);
 
 impl RoleNames {
-    fn get(&mut self, role: &str) -> Arc<str> {
+    fn get(&mut self, role: &str) -> Text {
         if let Some(r) = self.0.get(role) {
             return r.clone();
         }
-        let r: Arc<str> = Arc::from(role);
+        let r = Text::from(role);
         self.0.insert(r.clone());
         r
+    }
+
+    /// Points the roles of `resources` (allocation and legacy reservation role) at the
+    /// shared names.
+    fn share(&mut self, resources: &mut [Resource]) {
+        for r in resources {
+            if let Some(role) = r.allocation_info.as_mut().and_then(|a| a.role.as_mut()) {
+                *role = self.get(role);
+            }
+            if let Some(role) = r.role.as_mut() {
+                *role = self.get(role);
+            }
+        }
     }
 }
 
@@ -1047,7 +1099,7 @@ impl State {
             self.recovered_agents.remove(&id);
             self.counters.agents_unreachable += 1;
             self.unreachable_agents.insert(id.clone(), UnreachableAgent { time: now, tasks: HashSet::new() });
-            ops.push(Op::MarkUnreachable { agent_id: id.value, time: now });
+            ops.push(Op::MarkUnreachable { agent_id: id.value.into(), time: now });
         }
         if !ops.is_empty() {
             self.submit(ops, Ack::None);
@@ -1255,7 +1307,7 @@ impl State {
     fn remove_framework(&mut self, id: &FrameworkId) {
         let Some(mut fw) = self.frameworks.remove(id) else { return };
         self.counters.frameworks_removed += 1;
-        self.submit(vec![Op::RemoveFramework { framework_id: id.value.clone() }], Ack::None);
+        self.submit(vec![Op::RemoveFramework { framework_id: id.value.to_string() }], Ack::None);
         // Offers go back first, then the allocator forgets the framework entirely.
         let offer_ids: Vec<OfferId> = fw.offers.drain().collect();
         for oid in offer_ids {
@@ -1282,7 +1334,7 @@ impl State {
                 );
                 s.timestamp = Some(now);
                 t.task.state = TaskState::Killed;
-                push_status(&mut t.task.statuses, s);
+                push_status(&mut t.task, s);
             }
             fw.completed_tasks.push_back(Arc::new(t.task));
         }
@@ -1486,7 +1538,7 @@ impl State {
                 self.offers
                     .get(*o)
                     .and_then(|e| e.offer.allocation_info.as_ref().and_then(|a| a.role.clone()))
-                    .map(|r| !roles.contains(&r))
+                    .map(|r| !roles.iter().any(|x| *x == *r))
                     .unwrap_or(false)
             })
             .cloned()
@@ -1587,7 +1639,7 @@ impl State {
                     a.offers.remove(oid);
                 }
                 if role.is_none() {
-                    role = o.offer.allocation_info.as_ref().and_then(|a| a.role.clone());
+                    role = o.offer.allocation_info.as_ref().and_then(|a| a.role.as_deref().map(str::to_string));
                 }
                 if error.is_some() {
                     self.allocator.recover(fid, &o.agent_id, &o.resources, None, self.now());
@@ -1731,12 +1783,17 @@ impl State {
     }
 
     fn launch(&mut self, fid: &FrameworkId, agent_id: &AgentId, role: &str, mut task: TaskInfo, charged: Resources) {
+        // The task record holds the master's own copies of its framework and agent ids.
+        let Some((fid, _)) = self.frameworks.get_key_value(fid) else { return };
+        let fid = &fid.clone();
+        let agent_key = self.agents.get_key_value(agent_id).map(|(k, _)| k.clone());
+        let agent_id = agent_key.as_ref().unwrap_or(agent_id);
         let Some(fw) = self.frameworks.get_mut(fid) else { return };
         if let Some(e) = task.executor.as_mut() {
             e.framework_id = Some(fid.clone());
             fw.executors.entry(agent_id.clone()).or_default().insert(e.executor_id.clone(), e.clone());
         }
-        let record = Task {
+        let mut record = Task {
             name: task.name.clone(),
             task_id: task.task_id.clone(),
             framework_id: fid.clone(),
@@ -1755,6 +1812,7 @@ impl State {
             user: task.command.as_ref().and_then(|c| c.user.clone()).or_else(|| Some(fw.info.user.clone())),
             limits: task.limits.clone().map(Box::new),
         };
+        self.role_names.share(&mut record.resources);
         fw.tasks.insert(
             task.task_id.clone(),
             Arc::new(TaskEntry { task: record, role: self.role_names.get(role), released: false }),
@@ -1932,7 +1990,7 @@ impl State {
             } else {
                 tracing::info!(agent_id = %old, "recovered agent at {pid} registered again without its id; removing it");
                 self.recovered_agents.remove(&old);
-                self.submit(vec![Op::RemoveAgent { agent_id: old.value }], Ack::None);
+                self.submit(vec![Op::RemoveAgent { agent_id: old.value.into() }], Ack::None);
             }
         }
         self.by_pid.insert(pid.clone(), id.clone());
@@ -2075,9 +2133,18 @@ impl State {
         let mut to_kill: Vec<(FrameworkId, TaskId)> = Vec::new();
         let mut notify: Vec<(FrameworkId, TaskStatus)> = Vec::new();
         for mut t in tasks {
-            let fid = t.framework_id.clone();
+            // The master's own copy of the framework id, when it knows the framework.
+            let fid = self
+                .frameworks
+                .get_key_value(&t.framework_id)
+                .map_or_else(|| t.framework_id.clone(), |(k, _)| k.clone());
+            share_task_ids(&mut t, &fid, &id);
             let key = (fid.clone(), t.task_id.clone());
-            reported.insert(key.clone());
+            // Only needed to find what the master knew and the agent no longer has (none
+            // after a master failover, where this is 400,000 inserts for nothing).
+            if !known.is_empty() {
+                reported.insert(key.clone());
+            }
             let Some(fw) = self.frameworks.get_mut(&fid) else {
                 // The framework was torn down while the agent was away.
                 to_kill.push(key);
@@ -2110,6 +2177,7 @@ impl State {
                             fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into())
                         });
                     t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
+                    self.role_names.share(&mut t.resources);
                     Arc::new(TaskEntry { task: t, role: self.role_names.get(&role), released: false })
                 }
             };
@@ -2151,7 +2219,7 @@ impl State {
                     );
                     s.agent_id = Some(id.clone());
                     e.task.state = TaskState::Gone;
-                    push_status(&mut e.task.statuses, s.clone());
+                    push_status(&mut e.task, s.clone());
                     fw.completed_tasks.push_back(Arc::new(e.task));
                     notify.push((fid.clone(), s));
                 }
@@ -2266,7 +2334,7 @@ impl State {
             if !dup {
                 let mut rec = status.clone();
                 rec.data = None;
-                push_status(&mut t.task.statuses, rec);
+                push_status(&mut t.task, rec);
             }
             if latest.is_terminal() && !t.released {
                 t.released = true;
@@ -2315,7 +2383,7 @@ impl State {
         self.deactivate_agent(id);
         let Some(agent) = self.agents.remove(id) else { return };
         self.allocator.remove_agent(id);
-        self.submit(vec![Op::RemoveAgent { agent_id: id.value.clone() }], Ack::None);
+        self.submit(vec![Op::RemoveAgent { agent_id: id.value.to_string() }], Ack::None);
         for (fid, tid) in agent.tasks {
             let Some(fw) = self.frameworks.get_mut(&fid) else { continue };
             if let Some(t) = fw.tasks.remove(&tid) {
@@ -2324,7 +2392,7 @@ impl State {
                     let mut s = status_for(&tid, state, Some(reason), message);
                     s.agent_id = Some(id.clone());
                     t.task.state = state;
-                    push_status(&mut t.task.statuses, s.clone());
+                    push_status(&mut t.task, s.clone());
                     let pa = fw.info.partition_aware();
                     s.state = s.state.for_framework(pa);
                     fw.send(&Event::update(s));
@@ -2345,7 +2413,7 @@ impl State {
         self.counters.agents_unreachable += 1;
         self.allocator.remove_agent(id);
         let now = now_secs();
-        self.submit(vec![Op::MarkUnreachable { agent_id: id.value.clone(), time: now }], Ack::None);
+        self.submit(vec![Op::MarkUnreachable { agent_id: id.value.to_string(), time: now }], Ack::None);
         for (fid, tid) in &agent.tasks {
             let Some(fw) = self.frameworks.get_mut(fid) else { continue };
             let Some(mut entry) = fw.tasks.remove(tid) else { continue };
@@ -2367,7 +2435,7 @@ impl State {
             s.executor_id = t.task.executor_id.clone();
             s.unreachable_time = Some(DurationInfo::from_secs_f64(now));
             t.task.state = if pa { TaskState::Unreachable } else { TaskState::Lost };
-            push_status(&mut t.task.statuses, s.clone());
+            push_status(&mut t.task, s.clone());
             t.released = true;
             fw.unreachable_tasks.insert(tid.clone(), entry);
             s.state = s.state.for_framework(pa);
@@ -2414,14 +2482,14 @@ impl State {
                     status_for(&tid, TaskState::GoneByOperator, Some(Reason::ReasonAgentRemovedByOperator), message);
                 s.agent_id = Some(id.clone());
                 t.task.state = TaskState::GoneByOperator;
-                push_status(&mut t.task.statuses, s.clone());
+                push_status(&mut t.task, s.clone());
                 s.state = s.state.for_framework(fw.info.partition_aware());
                 fw.send(&Event::update(s));
                 fw.completed_tasks.push_back(Arc::new(t.task));
             }
         }
         self.gone_agents.insert(id.clone(), now);
-        self.submit(vec![Op::MarkGone { agent_id: id.value.clone(), time: now }], Ack::None);
+        self.submit(vec![Op::MarkGone { agent_id: id.value.to_string(), time: now }], Ack::None);
         tracing::warn!(agent_id = %id, "agent marked gone by the operator");
         Ok(())
     }
@@ -2743,7 +2811,7 @@ impl State {
 }
 
 fn agent_api_alloc(role: &str) -> agora_api::resources::AllocationInfo {
-    agora_api::resources::AllocationInfo { role: Some(role.to_string()) }
+    agora_api::resources::AllocationInfo { role: Some(role.into()) }
 }
 
 /// Mesos caps refuse filters at one year; a non-positive value installs none.
@@ -2752,4 +2820,56 @@ fn refuse_filter(secs: f64) -> Option<Duration> {
         return None;
     }
     Some(Duration::from_secs_f64(secs.min(365.0 * 86400.0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(fid: &str, aid: &str, tid: &str) -> Task {
+        // Decoded, as from an agent's report: every id its own allocation.
+        serde_json::from_value(serde_json::json!({
+            "name": "t", "task_id": {"value": tid}, "framework_id": {"value": fid},
+            "agent_id": {"value": aid}, "state": "TASK_RUNNING",
+            "statuses": [
+                {"task_id": {"value": tid}, "state": "TASK_STARTING", "agent_id": {"value": aid},
+                 "executor_id": {"value": tid}},
+                {"task_id": {"value": tid}, "state": "TASK_RUNNING", "agent_id": {"value": "elsewhere"}},
+            ],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_task_shares_the_masters_ids_and_its_statuses_share_its_own() {
+        let (fid, aid) = (FrameworkId::new("fw"), AgentId::new("agent"));
+        let mut t = task("fw", "agent", "t1");
+        assert!(!t.framework_id.value.shares(&fid.value));
+        share_task_ids(&mut t, &fid, &aid);
+        assert!(t.framework_id.value.shares(&fid.value));
+        assert!(t.agent_id.value.shares(&aid.value));
+        let s = &t.statuses[0];
+        assert!(s.task_id.value.shares(&t.task_id.value));
+        assert!(s.agent_id.as_ref().unwrap().value.shares(&aid.value));
+        // The command executor's id is the task id: shared too.
+        assert!(s.executor_id.as_ref().unwrap().value.shares(&t.task_id.value));
+        // A different id stays as it was.
+        assert_eq!(t.statuses[1].agent_id.as_ref().unwrap().value, "elsewhere");
+
+        // Ids that differ are left alone, and nothing else changes.
+        let mut other = task("fw2", "agent2", "t2");
+        let before = other.clone();
+        share_task_ids(&mut other, &fid, &aid);
+        assert_eq!(other, before);
+        assert!(!other.framework_id.value.shares(&fid.value));
+
+        // A status added later shares the task's ids as well.
+        let mut s = TaskStatus::new(TaskId::new("t1"), TaskState::Finished);
+        s.agent_id = Some(AgentId::new("agent"));
+        push_status(&mut t, s);
+        let last = t.statuses.last().unwrap();
+        assert!(last.task_id.value.shares(&t.task_id.value));
+        assert!(last.agent_id.as_ref().unwrap().value.shares(&aid.value));
+        assert_eq!(t.statuses.len(), 3);
+    }
 }

@@ -381,9 +381,9 @@ mod tests {
     fn live(i: usize, fw: &str, agent: usize, released: bool) -> TaskRef {
         let mut t = (*task(i)).clone();
         t.framework_id.value = fw.into();
-        t.agent_id.value = format!("agent-{agent}");
+        t.agent_id.value = format!("agent-{agent}").into();
         t.resources = Resources::parse(&format!("cpus:{}.5;mem:{}", i % 3, 10 + i % 7)).unwrap().0;
-        TaskRef::Live(Arc::new(TaskEntry { task: t, role: Arc::from("*"), released }))
+        TaskRef::Live(Arc::new(TaskEntry { task: t, role: "*".into(), released }))
     }
 
     #[test]
@@ -399,19 +399,19 @@ mod tests {
             if e.released {
                 continue;
             }
-            e.add_resources_to(naive_agent.entry(e.task.agent_id.value.clone()).or_default());
-            e.add_resources_to(naive_fw.entry(e.task.framework_id.value.clone()).or_default());
+            e.add_resources_to(naive_agent.entry(e.task.agent_id.value.to_string()).or_default());
+            e.add_resources_to(naive_fw.entry(e.task.framework_id.value.to_string()).or_default());
         }
         let mut used = Used::default();
         used.add_tasks(&a);
         used.add_tasks(&b);
         assert_eq!(used.by_agent.len(), naive_agent.len());
         for (k, r) in &naive_agent {
-            assert_eq!(&used.agent(&AgentId { value: k.clone() }), r, "agent {k}");
+            assert_eq!(&used.agent(&AgentId { value: k.into() }), r, "agent {k}");
         }
         assert_eq!(used.by_framework.len(), 2);
         for (k, r) in &naive_fw {
-            assert_eq!(&used.framework(&FrameworkId { value: k.clone() }), r, "framework {k}");
+            assert_eq!(&used.framework(&FrameworkId { value: k.into() }), r, "framework {k}");
         }
         assert!(used.agent(&AgentId { value: "nowhere".into() }).is_empty());
     }

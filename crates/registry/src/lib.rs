@@ -45,7 +45,7 @@ pub struct AgentRecord {
 
 impl AgentRecord {
     pub fn id(&self) -> String {
-        self.info.id.as_ref().map(|i| i.value.clone()).unwrap_or_default()
+        self.info.id.as_ref().map(|i| i.value.to_string()).unwrap_or_default()
     }
 }
 
@@ -136,7 +136,7 @@ impl Registry {
                 self.gone.insert(agent_id.clone(), *time);
             }
             Op::PutFramework { framework } => {
-                let id = framework.id.as_ref().map(|i| i.value.clone()).unwrap_or_default();
+                let id = framework.id.as_ref().map(|i| i.value.to_string()).unwrap_or_default();
                 self.frameworks.insert(id, framework.clone());
             }
             Op::RemoveFramework { framework_id } => {

@@ -83,7 +83,7 @@ impl State {
             if r.is_reserved() {
                 return Err(ApiError::bad_request("Invalid quota request: quota cannot hold reserved resources"));
             }
-            let e = config.guarantees.entry(r.name.clone()).or_insert(Scalar { value: 0.0 });
+            let e = config.guarantees.entry(r.name.to_string()).or_insert(Scalar { value: 0.0 });
             e.value += value;
         }
         if config.guarantees.is_empty() {
@@ -210,7 +210,7 @@ impl State {
             .collect();
         for id in recovered {
             self.recovered_agents.remove(&id);
-            self.submit(vec![Op::RemoveAgent { agent_id: id.value }], Ack::None);
+            self.submit(vec![Op::RemoveAgent { agent_id: id.value.into() }], Ack::None);
         }
         self.maintenance.down.extend(machines);
         self.submit(vec![Op::SetMaintenance { maintenance: self.maintenance.clone() }], Ack::None);
@@ -273,7 +273,10 @@ impl State {
             }
         }
         tracing::info!(agents = forget.len(), "pruned old unreachable and gone agents from the registry");
-        self.submit(vec![Op::ForgetAgents { agent_ids: forget.into_iter().map(|id| id.value).collect() }], Ack::None);
+        self.submit(
+            vec![Op::ForgetAgents { agent_ids: forget.into_iter().map(|id| id.value.into()).collect() }],
+            Ack::None,
+        );
     }
 }
 
