@@ -681,26 +681,8 @@ impl TaskReport<'_> {
         id(out, b",\"agent_id\":", &self.agent_id.value);
         out.extend_from_slice(b",\"state\":");
         encode::string(out, t.state.name());
-        if !t.resources.is_empty() {
-            out.extend_from_slice(b",\"resources\":[");
-            for (i, r) in t.resources.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                encode::resource(out, r)?;
-            }
-            out.push(b']');
-        }
-        if !t.statuses.is_empty() {
-            out.extend_from_slice(b",\"statuses\":[");
-            for (i, st) in t.statuses.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                encode::status(out, st)?;
-            }
-            out.push(b']');
-        }
+        write_list(out, b",\"resources\":[", &t.resources, encode::resource)?;
+        write_list(out, b",\"statuses\":[", &t.statuses, encode::status)?;
         if let Some(h) = t.pending.front() {
             out.extend_from_slice(b",\"status_update_state\":");
             encode::string(out, h.state.name());
@@ -716,6 +698,28 @@ impl TaskReport<'_> {
         out.push(b'}');
         Ok(())
     }
+}
+
+/// Appends `key` (ending in `[`), the items and `]`; nothing for no items (serde's
+/// `skip_serializing_if = "Vec::is_empty"`).
+fn write_list<T>(
+    out: &mut Vec<u8>,
+    key: &[u8],
+    items: &[T],
+    write: fn(&mut Vec<u8>, &T) -> Result<(), serde_json::Error>,
+) -> Result<(), serde_json::Error> {
+    if items.is_empty() {
+        return Ok(());
+    }
+    out.extend_from_slice(key);
+    for (i, x) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write(out, x)?;
+    }
+    out.push(b']');
+    Ok(())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
