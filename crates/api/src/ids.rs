@@ -95,13 +95,13 @@ impl From<&str> for Text {
 
 impl From<String> for Text {
     fn from(s: String) -> Self {
-        Text(Arc::from(s))
+        well_known(&s).unwrap_or_else(|| Text(Arc::from(s)))
     }
 }
 
 impl From<&String> for Text {
     fn from(s: &String) -> Self {
-        Text(Arc::from(s.as_str()))
+        Text::from(s.as_str())
     }
 }
 
@@ -295,5 +295,6 @@ mod tests {
         let r: Vec<Text> = serde_json::from_str(r#"["cpus","cpus","*","*","cpusx"]"#).unwrap();
         assert!(r[0].shares(&r[1]) && r[2].shares(&r[3]) && r[0].shares(&Text::from("cpus")));
         assert!(!r[4].shares(&Text::from("cpusx")));
+        assert!(Text::from(String::from("mem")).shares(&Text::from(&String::from("mem"))));
     }
 }
