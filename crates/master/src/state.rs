@@ -326,6 +326,11 @@ fn share_status_ids(task: &Task, s: &mut TaskStatus) {
 fn share_task_ids(task: &mut Task, fid: &FrameworkId, aid: &AgentId) {
     share(&mut task.framework_id, fid);
     share(&mut task.agent_id, aid);
+    share_statuses(task);
+}
+
+/// [`share_status_ids`] for every status of the task's history.
+fn share_statuses(task: &mut Task) {
     let mut statuses = std::mem::take(&mut task.statuses);
     for s in &mut statuses {
         share_status_ids(task, s);
@@ -2166,7 +2171,9 @@ impl State {
                         e.task.status_update_uuid = t.status_update_uuid.take();
                     }
                     if !t.statuses.is_empty() && e.task.statuses.len() < t.statuses.len() {
+                        // The report's statuses, pointed at the kept task's ids.
                         e.task.statuses = std::mem::take(&mut t.statuses);
+                        share_statuses(&mut e.task);
                     }
                     entry
                 }
@@ -2871,5 +2878,12 @@ mod tests {
         assert!(last.task_id.value.shares(&t.task_id.value));
         assert!(last.agent_id.as_ref().unwrap().value.shares(&aid.value));
         assert_eq!(t.statuses.len(), 3);
+
+        // A report's history adopted by the task the master kept shares the kept task's ids.
+        let mut kept = task("fw", "agent", "t1");
+        kept.statuses = task("fw", "agent", "t1").statuses;
+        share_statuses(&mut kept);
+        assert!(kept.statuses[0].task_id.value.shares(&kept.task_id.value));
+        assert!(kept.statuses[0].agent_id.as_ref().unwrap().value.shares(&kept.agent_id.value));
     }
 }
