@@ -348,9 +348,9 @@ impl Agent {
         let (recovery_tx, recovery_rx) = tokio::sync::oneshot::channel();
         let (handle, removed, actor) =
             state::spawn(config.clone(), info, containerizer, images.clone(), out_tx, recovered, recovery_tx, xfs);
-        let reconnect = Arc::new(tokio::sync::Notify::new());
-        let link_task = tokio::spawn(link::run(config.clone(), handle.clone(), reconnect.clone(), recovery_rx));
-        let out_task = tokio::spawn(link::outbound(config.clone(), out_rx, reconnect));
+        let (reconnect_tx, reconnect_rx) = tokio::sync::mpsc::unbounded_channel();
+        let link_task = tokio::spawn(link::run(config.clone(), handle.clone(), reconnect_rx, recovery_rx));
+        let out_task = tokio::spawn(link::outbound(config.clone(), out_rx, reconnect_tx));
         let server =
             tokio::spawn(agora_http::serve(listener, http::handler(handle.clone(), config.clone(), images.clone())));
         tracing::info!(%addr, resources = %total, master = %config.master, "agent started");

@@ -4,7 +4,11 @@
 //! runs) and feeds the master's messages to the actor; when the stream ends it looks for the
 //! leader again and reconnects with a randomised, growing backoff, which starts over when the
 //! leader changes. [`outbound`] POSTs the agent's calls in order to the current leader; a 403
-//! (stale session), 307 or 503 (not the leader) makes the link re-register at once.
+//! (stale session), 307 or 503 (not the leader) makes the link re-register at once, if the
+//! refused call was made in the current session: a refusal of a call from an older session
+//! (queued while the master was busy, answered after the agent re-registered) says nothing
+//! about the new one, and acting on it would make every slow master answer a fresh round of
+//! re-registrations.
 //!
 //! `--master` is one master, a list, or `etcd://...` (see `agora_registry::detector`).
 use crate::state::{Handle, Msg};
@@ -16,7 +20,7 @@ use agora_registry::detector::Detector;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 /// One detector per `--master` value in this process: the registration loop and the
 /// outbound queue must talk to the same leader.
@@ -47,7 +51,7 @@ pub(crate) fn jitter(max: Duration) -> Duration {
 pub async fn run(
     config: AgentConfig,
     handle: Handle,
-    reconnect: Arc<Notify>,
+    mut reconnect: mpsc::UnboundedReceiver<String>,
     recovered: tokio::sync::oneshot::Receiver<()>,
 ) {
     // Register only once recovery is complete, so the report is the truth.
@@ -107,10 +111,16 @@ pub async fn run(
             }
             Ok(mut stream) => {
                 backoff = config.registration_backoff_factor;
+                // This stream's session, once the master has said which.
+                let mut session: Option<String> = None;
                 loop {
                     let next = tokio::select! {
                         r = stream.next() => r,
-                        _ = reconnect.notified() => {
+                        Some(refused) = reconnect.recv() => {
+                            if session.as_deref() != Some(refused.as_str()) {
+                                tracing::debug!(session = %refused, "a call of an older session was refused; ignored");
+                                continue;
+                            }
                             tracing::info!("the master no longer knows this session; re-registering");
                             None
                         }
@@ -134,6 +144,7 @@ pub async fn run(
                         MasterToAgent::Registered { agent_id, session_id, .. }
                         | MasterToAgent::Reregistered { agent_id, session_id, .. } => {
                             tracing::info!(%agent_id, reregister, "registered with the master");
+                            session = Some(session_id.clone());
                             let _ = handle.tx.send(Msg::Connected { agent_id, session_id });
                         }
                         other => {
@@ -154,7 +165,13 @@ pub async fn run(
     }
 }
 
-pub async fn outbound(config: AgentConfig, mut rx: mpsc::UnboundedReceiver<AgentToMaster>, reconnect: Arc<Notify>) {
+/// Sends the agent's calls; the session of a call refused as stale or not led goes to
+/// `reconnect` ([`run`] re-registers if it is still the current one).
+pub async fn outbound(
+    config: AgentConfig,
+    mut rx: mpsc::UnboundedReceiver<AgentToMaster>,
+    reconnect: mpsc::UnboundedSender<String>,
+) {
     let client = Client::new();
     let detector = match detector(&config.master) {
         Ok(d) => d,
@@ -171,17 +188,70 @@ pub async fn outbound(config: AgentConfig, mut rx: mpsc::UnboundedReceiver<Agent
             continue;
         };
         let url = format!("{}{}", base_url(&leader), AGENT_PATH);
+        let session = call.session_id().unwrap_or_default().to_string();
         match client.call(&url, &[], &call, Duration::from_secs(10)).await {
             Ok(_) => {}
             Err(ClientError::Status { status, body, .. }) if status == StatusCode::FORBIDDEN => {
-                tracing::info!(%body, "master refused a call");
-                reconnect.notify_one();
+                tracing::info!(%body, %session, "master refused a call");
+                let _ = reconnect.send(session);
             }
             Err(e) if not_leader(&e) => {
-                tracing::info!(error = %e, "the master no longer leads");
-                reconnect.notify_one();
+                tracing::info!(error = %e, %session, "the master no longer leads");
+                let _ = reconnect.send(session);
             }
             Err(e) => tracing::debug!(error = %e, "call to the master failed (retried by its owner if it matters)"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agora_api::AgentId;
+
+    /// A master that refuses every call with `status`, counting them.
+    async fn refusing_master(status: StatusCode) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = agora_http::listen("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = calls.clone();
+        let handler: agora_http::Handler = Arc::new(move |_req, _peer| {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { agora_http::text(status, "refused") })
+        });
+        tokio::spawn(agora_http::serve(listener, handler));
+        (addr, calls)
+    }
+
+    fn pong(session: &str) -> AgentToMaster {
+        AgentToMaster::Pong { agent_id: AgentId::new("a"), session_id: session.into() }
+    }
+
+    #[tokio::test]
+    async fn a_refused_call_names_the_session_it_was_made_in() {
+        for status in [StatusCode::FORBIDDEN, StatusCode::SERVICE_UNAVAILABLE, StatusCode::BAD_REQUEST] {
+            let (addr, calls) = refusing_master(status).await;
+            let config = AgentConfig { master: addr.clone(), ..AgentConfig::default() };
+            // The registration loop sets the detector's leader; here it is the only master.
+            detector(&addr).unwrap().remember(&addr);
+            let (call_tx, call_rx) = mpsc::unbounded_channel();
+            let (reconnect_tx, mut reconnect_rx) = mpsc::unbounded_channel();
+            let out = tokio::spawn(outbound(config, call_rx, reconnect_tx));
+            call_tx.send(pong("session-1")).unwrap();
+            call_tx.send(pong("session-2")).unwrap();
+            drop(call_tx);
+            out.await.unwrap();
+            assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 2, "{status}");
+            let mut refused = vec![];
+            while let Ok(s) = reconnect_rx.try_recv() {
+                refused.push(s);
+            }
+            if status == StatusCode::BAD_REQUEST {
+                // A bad call is the agent's bug, not a sign its session is gone.
+                assert!(refused.is_empty());
+            } else {
+                assert_eq!(refused, ["session-1", "session-2"], "{status}");
+            }
         }
     }
 }

@@ -226,9 +226,11 @@ struct SimAgent {
     tasks: HashMap<TaskId, SimTask>,
     timers: BinaryHeap<Reverse<(Instant, u64, Timer)>>,
     timer_seq: u64,
-    /// Calls that came back 403 / 307 / 503 ask for a re-registration here.
-    resync_tx: mpsc::UnboundedSender<()>,
-    resync_rx: mpsc::UnboundedReceiver<()>,
+    /// Calls that came back 403 / 307 / 503 send their session here: a re-registration if
+    /// it is still the current one (see `link`: a refused call of an older session is not
+    /// news, and acting on it turned a busy master into a storm of re-registrations).
+    resync_tx: mpsc::UnboundedSender<String>,
+    resync_rx: mpsc::UnboundedReceiver<String>,
     stopped: bool,
 }
 
@@ -295,7 +297,11 @@ impl SimAgent {
                                 _ => break,
                             },
                             _ = sleep_until(deadline) => self.on_timers(&url),
-                            _ = self.resync_rx.recv() => break,
+                            Some(refused) = self.resync_rx.recv() => {
+                                if !refused.is_empty() && refused == self.session_id {
+                                    break;
+                                }
+                            }
                         }
                         if self.stopped {
                             return;
@@ -595,13 +601,14 @@ impl SimAgent {
         let permit = self.shared.inflight.clone();
         tokio::spawn(async move {
             let _p = permit.acquire_owned().await;
+            let session = call.session_id().unwrap_or_default().to_string();
             match client.call(&url, &[], &call, Duration::from_secs(30)).await {
                 Ok(_) => {}
                 Err(ClientError::Status { status, .. }) if status == StatusCode::FORBIDDEN => {
-                    let _ = resync.send(());
+                    let _ = resync.send(session);
                 }
                 Err(e) if not_leader(&e) => {
-                    let _ = resync.send(());
+                    let _ = resync.send(session);
                 }
                 Err(e) => tracing::debug!(error = %e, "call to the master failed (retried if it matters)"),
             }

@@ -82,6 +82,19 @@ pub enum AgentToMaster {
     },
 }
 
+impl AgentToMaster {
+    /// The session a call was made in (none for a registration).
+    pub fn session_id(&self) -> Option<&str> {
+        match self {
+            AgentToMaster::Register { .. } | AgentToMaster::Reregister { .. } => None,
+            AgentToMaster::StatusUpdate { session_id, .. }
+            | AgentToMaster::Pong { session_id, .. }
+            | AgentToMaster::ExecutorExited { session_id, .. }
+            | AgentToMaster::ExecutorMessage { session_id, .. } => Some(session_id),
+        }
+    }
+}
+
 // Messages are encoded and sent, never stored in bulk: their size spread does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -5,10 +5,52 @@ use crate::resources::Resource;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// An optional enum: an unknown name is dropped rather than rejected (stout's rule).
+/// An optional enum: an unknown name (or a value that is not a name) is dropped rather
+/// than rejected (stout's rule). The name is matched where it lies in the input: every
+/// status carries one, and a copy per status was measurable in a re-registration storm.
 pub fn lenient_enum<'de, D: Deserializer<'de>, T: DeserializeOwned>(d: D) -> Result<Option<T>, D::Error> {
-    let v = Option::<serde_json::Value>::deserialize(d)?;
-    Ok(v.and_then(|v| serde_json::from_value(v).ok()))
+    use serde::de::{self, IgnoredAny, IntoDeserializer, Visitor};
+    struct Lenient<T>(std::marker::PhantomData<T>);
+    impl<'de, T: DeserializeOwned> Visitor<'de> for Lenient<T> {
+        type Value = Option<T>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("an enum name")
+        }
+        fn visit_str<E: de::Error>(self, s: &str) -> Result<Option<T>, E> {
+            let d: de::value::StrDeserializer<'_, de::value::Error> = s.into_deserializer();
+            Ok(T::deserialize(d).ok())
+        }
+        fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<T>, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, mut a: A) -> Result<Option<T>, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, mut a: A) -> Result<Option<T>, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+    }
+    d.deserialize_option(Lenient(std::marker::PhantomData))
 }
 
 fn default_true() -> bool {
@@ -658,6 +700,27 @@ mod tests {
         .unwrap();
         assert_eq!(s.reason, None);
         assert!(serde_json::from_str::<TaskStatus>(r#"{"task_id":{"value":"t"},"state":"TASK_NOPE"}"#).is_err());
+        // Known names are kept; null and values that are not names are dropped, and the
+        // fields after them still decode.
+        let s: TaskStatus = serde_json::from_str(
+            r#"{"task_id":{"value":"t"},"state":"TASK_FAILED","source":"SOURCE_EXECUTOR",
+                "reason":"REASON_COMMAND_EXECUTOR_FAILED","message":"m"}"#,
+        )
+        .unwrap();
+        assert_eq!(s.source, Some(Source::Executor));
+        assert_eq!(s.reason, Some(Reason::ReasonCommandExecutorFailed));
+        for odd in ["null", "7", "-1.5", "true", r#"[1,"SOURCE_EXECUTOR"]"#, r#"{"a":{"b":[]}}"#] {
+            let s: TaskStatus = serde_json::from_str(&format!(
+                r#"{{"task_id":{{"value":"t"}},"source":{odd},"state":"TASK_RUNNING","reason":{odd},"message":"m"}}"#
+            ))
+            .unwrap();
+            assert_eq!((s.source, s.reason, s.message.as_deref()), (None, None, Some("m")), "{odd}");
+        }
+        // An escaped name is still a name.
+        let s: TaskStatus =
+            serde_json::from_str(r#"{"task_id":{"value":"t"},"state":"TASK_RUNNING","source":"SOURCE\u005fMASTER"}"#)
+                .unwrap();
+        assert_eq!(s.source, Some(Source::Master));
     }
 
     #[test]

@@ -593,6 +593,17 @@ impl RoleNames {
             }
         }
     }
+
+    /// Readies a task an agent reported for keeping: its resources merged and pointing at
+    /// the shared role names, its lists no longer than they are. (Decoded lists grow by
+    /// doubling: a lone status or two resources take room for four, which after a failover
+    /// is 400,000 tasks' worth of unused room.)
+    fn adopt(&mut self, t: &mut Task) {
+        t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
+        self.share(&mut t.resources);
+        t.resources.shrink_to_fit();
+        t.statuses.shrink_to_fit();
+    }
 }
 
 pub fn now_secs() -> f64 {
@@ -2173,6 +2184,7 @@ impl State {
                     if !t.statuses.is_empty() && e.task.statuses.len() < t.statuses.len() {
                         // The report's statuses, pointed at the kept task's ids.
                         e.task.statuses = std::mem::take(&mut t.statuses);
+                        e.task.statuses.shrink_to_fit();
                         share_statuses(&mut e.task);
                     }
                     entry
@@ -2183,8 +2195,7 @@ impl State {
                         t.resources.iter().find_map(|r| r.allocation_role().map(str::to_string)).unwrap_or_else(|| {
                             fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into())
                         });
-                    t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
-                    self.role_names.share(&mut t.resources);
+                    self.role_names.adopt(&mut t);
                     Arc::new(TaskEntry { task: t, role: self.role_names.get(&role), released: false })
                 }
             };
@@ -2885,5 +2896,32 @@ mod tests {
         share_statuses(&mut kept);
         assert!(kept.statuses[0].task_id.value.shares(&kept.task_id.value));
         assert!(kept.statuses[0].agent_id.as_ref().unwrap().value.shares(&kept.agent_id.value));
+    }
+
+    #[test]
+    fn an_adopted_task_holds_merged_resources_shared_roles_and_no_spare_room() {
+        // Decoded from text, as a report is (a `Value` would say how long its lists are).
+        let report = serde_json::json!({
+            "name": "t", "task_id": {"value": "t1"}, "framework_id": {"value": "fw"},
+            "agent_id": {"value": "a"}, "state": "TASK_RUNNING",
+            "resources": [
+                {"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.5}, "allocation_info": {"role": "web"}},
+                {"name": "mem", "type": "SCALAR", "scalar": {"value": 32}, "allocation_info": {"role": "web"}},
+                {"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.25}, "allocation_info": {"role": "web"}},
+            ],
+            "statuses": [{"task_id": {"value": "t1"}, "state": "TASK_RUNNING"}],
+        });
+        let mut t: Task = serde_json::from_str(&report.to_string()).unwrap();
+        assert!(t.statuses.capacity() > 1, "serde grows a decoded list by doubling");
+        let mut roles = RoleNames::default();
+        let web = roles.get("web");
+        roles.adopt(&mut t);
+        let cpus = t.resources.iter().find(|r| r.name == "cpus").unwrap();
+        assert_eq!(cpus.scalar.as_ref().map(|s| s.value), Some(0.75));
+        assert_eq!(t.resources.len(), 2);
+        for r in &t.resources {
+            assert!(r.allocation_info.as_ref().unwrap().role.as_ref().unwrap().shares(&web));
+        }
+        assert_eq!((t.resources.capacity(), t.statuses.capacity()), (2, 1));
     }
 }
