@@ -150,6 +150,12 @@ pub fn start(config: SimConfig) -> Result<Simulation, String> {
 /// re-registers after a random delay of up to `--registration_backoff_factor` (1 s).
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
+/// A simulated agent encodes its re-registration ahead of need once its state has been
+/// quiet this long (plus up to as much again, to spread the work): after a master failover
+/// 40,000 agents re-register at once, and the simulator's encoding would otherwise take
+/// the cores of the master being measured. A real agent has a machine of its own.
+const ENCODE_AFTER_QUIET: Duration = Duration::from_secs(5);
+
 /// Calls in flight at once from one simulating process (each holds a connection).
 const CALLS_IN_FLIGHT: usize = 256;
 
@@ -211,6 +217,8 @@ struct SimTask {
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
+    /// Encode the re-registration if the agent's state has been quiet long enough.
+    Encode,
     Finish(TaskId),
     /// Resend the head update of the task if it is still this one (by uuid).
     Retry(TaskId, Vec<u8>),
@@ -232,6 +240,11 @@ struct SimAgent {
     resync_tx: mpsc::UnboundedSender<String>,
     resync_rx: mpsc::UnboundedReceiver<String>,
     stopped: bool,
+    /// The re-registration, encoded once the state has been quiet for
+    /// [`ENCODE_AFTER_QUIET`]; any change drops it.
+    registration: Option<Vec<u8>>,
+    last_change: Instant,
+    encode_pending: bool,
 }
 
 impl SimAgent {
@@ -259,6 +272,9 @@ impl SimAgent {
             resync_tx,
             resync_rx,
             stopped: false,
+            registration: None,
+            last_change: Instant::now(),
+            encode_pending: false,
         }
     }
 
@@ -272,7 +288,11 @@ impl SimAgent {
                 continue;
             };
             let url = format!("{}{}", base_url(&leader), AGENT_PATH);
-            let body = match self.registration_body() {
+            let encoded = match self.registration.clone() {
+                Some(b) => Ok(b),
+                None => self.registration_body(),
+            };
+            let body = match encoded {
                 Ok(b) => b,
                 Err(e) => {
                     // Cannot happen for the types written; stop this agent rather than spin.
@@ -291,7 +311,11 @@ impl SimAgent {
                         tokio::select! {
                             rec = stream.next() => match rec {
                                 Some(Ok(r)) => match serde_json::from_slice::<MasterToAgent>(&r) {
-                                    Ok(m) => self.on_message(m, &url),
+                                    Ok(MasterToAgent::Ping) => self.on_message(MasterToAgent::Ping, &url),
+                                    Ok(m) => {
+                                        self.changed();
+                                        self.on_message(m, &url);
+                                    }
                                     Err(e) => tracing::warn!(error = %e, "undecodable message from the master"),
                                 },
                                 _ => break,
@@ -541,7 +565,33 @@ impl SimAgent {
     }
 
     /// Moves a task to `state` and queues its status update.
+    /// The agent's state (may have) changed: its encoded re-registration is stale, and is
+    /// encoded again once the state has been quiet for [`ENCODE_AFTER_QUIET`].
+    fn changed(&mut self) {
+        self.registration = None;
+        self.last_change = Instant::now();
+        if !self.encode_pending {
+            self.encode_pending = true;
+            self.add_timer(self.last_change + ENCODE_AFTER_QUIET + jitter(ENCODE_AFTER_QUIET), Timer::Encode);
+        }
+    }
+
+    /// Encodes the re-registration if nothing changed for [`ENCODE_AFTER_QUIET`] before
+    /// `now`; otherwise looks again when it may have.
+    fn encode_if_quiet(&mut self, now: Instant) {
+        let quiet_at = self.last_change + ENCODE_AFTER_QUIET;
+        if now < quiet_at {
+            self.add_timer(quiet_at + jitter(ENCODE_AFTER_QUIET), Timer::Encode);
+            return;
+        }
+        self.encode_pending = false;
+        if self.registration.is_none() && self.info.id.is_some() {
+            self.registration = self.registration_body().ok();
+        }
+    }
+
     fn transition(&mut self, tid: &TaskId, state: TaskState, reason: Option<Reason>, url: &str) {
+        self.changed();
         let stats = &self.shared.stats;
         let Some(t) = self.tasks.get_mut(tid) else { return };
         if t.state == TaskState::Running {
@@ -625,6 +675,7 @@ impl SimAgent {
         while self.timers.peek().is_some_and(|Reverse((t, _, _))| *t <= now) {
             let Some(Reverse((_, _, timer))) = self.timers.pop() else { break };
             match timer {
+                Timer::Encode => self.encode_if_quiet(now),
                 Timer::Finish(tid) => {
                     if self.tasks.get(&tid).is_some_and(|t| t.state == TaskState::Running) {
                         self.transition(&tid, TaskState::Finished, None, url);
@@ -870,7 +921,7 @@ mod tests {
         };
         assert_eq!(agent_info, a.info);
         assert_eq!(version, agora_api::MESOS_VERSION);
-        assert_eq!(frameworks, vec![fi]);
+        assert_eq!(frameworks, vec![fi.clone()]);
         assert_eq!(executors.len(), 1);
         assert_eq!((&executors[0].framework_id, &executors[0].executor_info), (&fid, &ei));
         let mut names: Vec<(String, String, Option<String>)> = tasks
@@ -892,5 +943,24 @@ mod tests {
                 ("t2".into(), "third".into(), None),
             ]
         );
+
+        // Kept encoded once the state has been quiet, and dropped by any change.
+        a.changed();
+        a.encode_if_quiet(Instant::now());
+        assert!(a.registration.is_none(), "encoded before the state was quiet");
+        a.encode_if_quiet(Instant::now() + ENCODE_AFTER_QUIET);
+        assert_eq!(a.registration.as_deref(), Some(&a.registration_body().unwrap()[..]));
+        a.changed();
+        let info: TaskInfo = serde_json::from_value(serde_json::json!({
+            "name": "new", "task_id": {"value": "t9"}, "agent_id": {"value": "agent-7"},
+        }))
+        .unwrap();
+        a.on_message(MasterToAgent::RunTask { framework_info: fi, task: info, resources: vec![] }, "http://127.0.0.1:1/x");
+        assert!(a.registration.is_none());
+        a.encode_if_quiet(Instant::now() + ENCODE_AFTER_QUIET);
+        let call: AgentToMaster = serde_json::from_slice(a.registration.as_ref().unwrap()).unwrap();
+        let AgentToMaster::Reregister { tasks, .. } = call else { panic!("not a REREGISTER") };
+        assert_eq!(tasks.len(), 4);
+        assert!(tasks.iter().any(|t| t.task_id.value == "t9" && t.state == TaskState::Running));
     }
 }
