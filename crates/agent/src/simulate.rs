@@ -955,7 +955,10 @@ mod tests {
             "name": "new", "task_id": {"value": "t9"}, "agent_id": {"value": "agent-7"},
         }))
         .unwrap();
-        a.on_message(MasterToAgent::RunTask { framework_info: fi, task: info, resources: vec![] }, "http://127.0.0.1:1/x");
+        a.on_message(
+            MasterToAgent::RunTask { framework_info: fi, task: info, resources: vec![] },
+            "http://127.0.0.1:1/x",
+        );
         assert!(a.registration.is_none());
         a.encode_if_quiet(Instant::now() + ENCODE_AFTER_QUIET);
         let call: AgentToMaster = serde_json::from_slice(a.registration.as_ref().unwrap()).unwrap();

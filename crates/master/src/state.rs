@@ -2845,8 +2845,9 @@ mod tests {
     use super::*;
 
     fn task(fid: &str, aid: &str, tid: &str) -> Task {
-        // Decoded, as from an agent's report: every id its own allocation.
-        serde_json::from_value(serde_json::json!({
+        // As from an agent's report, every id its own allocation (decoding shares the
+        // repeats it sees close together; reports decoded on other threads do not).
+        let mut t: Task = serde_json::from_value(serde_json::json!({
             "name": "t", "task_id": {"value": tid}, "framework_id": {"value": fid},
             "agent_id": {"value": aid}, "state": "TASK_RUNNING",
             "statuses": [
@@ -2855,7 +2856,21 @@ mod tests {
                 {"task_id": {"value": tid}, "state": "TASK_RUNNING", "agent_id": {"value": "elsewhere"}},
             ],
         }))
-        .unwrap()
+        .unwrap();
+        let own = |x: &Text| Text::from(x.to_string());
+        t.task_id.value = own(&t.task_id.value);
+        t.framework_id.value = own(&t.framework_id.value);
+        t.agent_id.value = own(&t.agent_id.value);
+        for s in &mut t.statuses {
+            s.task_id.value = own(&s.task_id.value);
+            for id in [s.agent_id.as_mut().map(|a| &mut a.value), s.executor_id.as_mut().map(|e| &mut e.value)] {
+                if let Some(v) = id {
+                    *v = own(v);
+                }
+            }
+        }
+        assert!(!t.statuses[0].task_id.value.shares(&t.task_id.value));
+        t
     }
 
     #[test]
