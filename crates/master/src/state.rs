@@ -2863,10 +2863,9 @@ mod tests {
         t.agent_id.value = own(&t.agent_id.value);
         for s in &mut t.statuses {
             s.task_id.value = own(&s.task_id.value);
-            for id in [s.agent_id.as_mut().map(|a| &mut a.value), s.executor_id.as_mut().map(|e| &mut e.value)] {
-                if let Some(v) = id {
-                    *v = own(v);
-                }
+            let ids = [s.agent_id.as_mut().map(|a| &mut a.value), s.executor_id.as_mut().map(|e| &mut e.value)];
+            for v in ids.into_iter().flatten() {
+                *v = own(v);
             }
         }
         assert!(!t.statuses[0].task_id.value.shares(&t.task_id.value));
