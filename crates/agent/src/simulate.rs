@@ -564,7 +564,6 @@ impl SimAgent {
         );
     }
 
-    /// Moves a task to `state` and queues its status update.
     /// The agent's state (may have) changed: its encoded re-registration is stale, and is
     /// encoded again once the state has been quiet for [`ENCODE_AFTER_QUIET`].
     fn changed(&mut self) {
@@ -590,6 +589,7 @@ impl SimAgent {
         }
     }
 
+    /// Moves a task to `state` and queues its status update.
     fn transition(&mut self, tid: &TaskId, state: TaskState, reason: Option<Reason>, url: &str) {
         self.changed();
         let stats = &self.shared.stats;
