@@ -36,6 +36,14 @@ pub(crate) fn detector(master: &str) -> Result<Arc<Detector>, String> {
     Ok(d)
 }
 
+/// Whether a refusal of a call made in session `refused` (403 stale, 307/503 not led) ends
+/// the session `current` (empty until the master has named one). A refusal of an older
+/// session's call, answered late by a busy master, does not: acting on it made every slow
+/// answer a new round of re-registrations.
+pub(crate) fn refusal_ends_session(current: &str, refused: &str) -> bool {
+    !refused.is_empty() && refused == current
+}
+
 /// Whether a failed call says "not the leader" (307 to it, 503 none elected yet).
 pub(crate) fn not_leader(e: &ClientError) -> bool {
     matches!(e, ClientError::Status { status, .. }
@@ -112,12 +120,12 @@ pub async fn run(
             Ok(mut stream) => {
                 backoff = config.registration_backoff_factor;
                 // This stream's session, once the master has said which.
-                let mut session: Option<String> = None;
+                let mut session = String::new();
                 loop {
                     let next = tokio::select! {
                         r = stream.next() => r,
                         Some(refused) = reconnect.recv() => {
-                            if session.as_deref() != Some(refused.as_str()) {
+                            if !refusal_ends_session(&session, &refused) {
                                 tracing::debug!(session = %refused, "a call of an older session was refused; ignored");
                                 continue;
                             }
@@ -144,7 +152,7 @@ pub async fn run(
                         MasterToAgent::Registered { agent_id, session_id, .. }
                         | MasterToAgent::Reregistered { agent_id, session_id, .. } => {
                             tracing::info!(%agent_id, reregister, "registered with the master");
-                            session = Some(session_id.clone());
+                            session = session_id.clone();
                             let _ = handle.tx.send(Msg::Connected { agent_id, session_id });
                         }
                         other => {
@@ -221,6 +229,16 @@ mod tests {
         });
         tokio::spawn(agora_http::serve(listener, handler));
         (addr, calls)
+    }
+
+    #[test]
+    fn only_a_refusal_in_the_current_session_ends_it() {
+        assert!(refusal_ends_session("s2", "s2"));
+        // A call of the session before, answered after the agent re-registered.
+        assert!(!refusal_ends_session("s2", "s1"));
+        // Not registered yet: no refusal (not even of a call without a session) ends it.
+        assert!(!refusal_ends_session("", ""));
+        assert!(!refusal_ends_session("", "s1"));
     }
 
     fn pong(session: &str) -> AgentToMaster {

@@ -322,7 +322,7 @@ impl SimAgent {
                             },
                             _ = sleep_until(deadline) => self.on_timers(&url),
                             Some(refused) = self.resync_rx.recv() => {
-                                if !refused.is_empty() && refused == self.session_id {
+                                if crate::link::refusal_ends_session(&self.session_id, &refused) {
                                     break;
                                 }
                             }

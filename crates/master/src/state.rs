@@ -329,6 +329,17 @@ fn share_task_ids(task: &mut Task, fid: &FrameworkId, aid: &AgentId) {
     share_statuses(task);
 }
 
+/// Readies a task an agent reported for keeping: its resources merged and pointing at the
+/// shared role names, its lists no longer than they are. (Decoded lists grow by doubling: a
+/// lone status or two resources take room for four, which after a failover is 400,000 tasks'
+/// worth of unused room.)
+fn adopt_reported(t: &mut Task, roles: &mut RoleNames) {
+    t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
+    roles.share(&mut t.resources);
+    t.resources.shrink_to_fit();
+    t.statuses.shrink_to_fit();
+}
+
 /// [`share_status_ids`] for every status of the task's history.
 fn share_statuses(task: &mut Task) {
     let mut statuses = std::mem::take(&mut task.statuses);
@@ -592,17 +603,6 @@ impl RoleNames {
                 *role = self.get(role);
             }
         }
-    }
-
-    /// Readies a task an agent reported for keeping: its resources merged and pointing at
-    /// the shared role names, its lists no longer than they are. (Decoded lists grow by
-    /// doubling: a lone status or two resources take room for four, which after a failover
-    /// is 400,000 tasks' worth of unused room.)
-    fn adopt(&mut self, t: &mut Task) {
-        t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
-        self.share(&mut t.resources);
-        t.resources.shrink_to_fit();
-        t.statuses.shrink_to_fit();
     }
 }
 
@@ -2195,7 +2195,7 @@ impl State {
                         t.resources.iter().find_map(|r| r.allocation_role().map(str::to_string)).unwrap_or_else(|| {
                             fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into())
                         });
-                    self.role_names.adopt(&mut t);
+                    adopt_reported(&mut t, &mut self.role_names);
                     Arc::new(TaskEntry { task: t, role: self.role_names.get(&role), released: false })
                 }
             };
@@ -2929,7 +2929,7 @@ mod tests {
         assert!(t.statuses.capacity() > 1, "serde grows a decoded list by doubling");
         let mut roles = RoleNames::default();
         let web = roles.get("web");
-        roles.adopt(&mut t);
+        adopt_reported(&mut t, &mut roles);
         let cpus = t.resources.iter().find(|r| r.name == "cpus").unwrap();
         assert_eq!(cpus.scalar.as_ref().map(|s| s.value), Some(0.75));
         assert_eq!(t.resources.len(), 2);
