@@ -1,6 +1,6 @@
 //! Messages of `mesos.proto` (v1) that Agora reads and writes.
 use crate::ids::*;
-use crate::json::{lenient_f64, lenient_i64, lenient_opt_f64, write_f64, Bytes};
+use crate::json::{exact_vec, lenient_f64, lenient_i64, lenient_opt_f64, write_f64, Bytes};
 use crate::resources::Resource;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
@@ -243,7 +243,7 @@ pub struct AgentInfo {
     pub hostname: String,
     #[serde(default = "default_agent_port")]
     pub port: u32,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "exact_vec")]
     pub resources: Vec<Resource>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attributes: Vec<Attribute>,
@@ -357,7 +357,7 @@ pub struct ExecutorInfo {
     pub command: Option<CommandInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "exact_vec")]
     pub resources: Vec<Resource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -385,7 +385,7 @@ pub struct TaskInfo {
     pub name: String,
     pub task_id: TaskId,
     pub agent_id: AgentId,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "exact_vec")]
     pub resources: Vec<Resource>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub executor: Option<ExecutorInfo>,
@@ -654,9 +654,9 @@ pub struct Task {
     pub executor_id: Option<ExecutorId>,
     pub agent_id: AgentId,
     pub state: TaskState,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "exact_vec")]
     pub resources: Vec<Resource>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "exact_vec")]
     pub statuses: Vec<TaskStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status_update_state: Option<TaskState>,

@@ -33,7 +33,7 @@ pub struct Range {
 
 #[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Ranges {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::json::exact_vec")]
     pub range: Vec<Range>,
 }
 
@@ -253,9 +253,22 @@ impl Resource {
     fn is_empty(&self) -> bool {
         match self.kind {
             ValueType::Scalar => self.scalar_value() <= 0.0005,
-            ValueType::Ranges => self.range_pairs().is_empty(),
-            ValueType::Set => self.set_items().is_empty(),
+            ValueType::Ranges => self.ranges.as_ref().is_none_or(|r| r.range.is_empty()),
+            ValueType::Set => self.set.as_ref().is_none_or(|s| s.item.is_empty()),
             ValueType::Text => true,
+        }
+    }
+
+    /// Whether [`Resources::add`] would keep this value as it is: a scalar already rounded,
+    /// ranges sorted with neither overlaps nor adjacent neighbours.
+    fn is_normalized(&self) -> bool {
+        match self.kind {
+            ValueType::Scalar => round3(self.scalar_value()) == self.scalar_value(),
+            ValueType::Ranges => self.ranges.as_ref().is_none_or(|r| {
+                r.range.iter().all(|x| x.begin <= x.end)
+                    && r.range.windows(2).all(|w| w[0].end.saturating_add(1) < w[1].begin)
+            }),
+            ValueType::Set | ValueType::Text => true,
         }
     }
 
@@ -357,8 +370,17 @@ impl Resources {
         Self(Vec::new())
     }
 
+    /// Merges a list into a collection; a list that needs no merging keeps its allocation
+    /// (no copy, no growth: a task's resources arrive merged).
     pub fn from_vec(v: Vec<Resource>) -> Self {
-        let mut r = Self::new();
+        let merged = v.len() <= 64
+            && v.iter()
+                .enumerate()
+                .all(|(i, x)| !x.is_empty() && x.is_normalized() && !v[..i].iter().any(|y| y.same_kind(x)));
+        if merged {
+            return Self(v);
+        }
+        let mut r = Self(Vec::with_capacity(v.len()));
         for x in v {
             r.add(&x);
         }
@@ -727,7 +749,45 @@ mod tests {
         )
     }
 
+    /// Raw lists as a client or an agent might send them: repeated kinds, values needing
+    /// rounding, empty values, unsorted and overlapping ranges, sets, roles.
+    fn arb_list() -> impl Strategy<Value = Vec<Resource>> {
+        let one =
+            (0usize..4, 0u32..3, 0u64..40_000, proptest::collection::vec((0u64..50, 0u64..6), 0..4), any::<bool>())
+                .prop_map(|(kind, role, v, pairs, alloc)| {
+                    let mut r = match kind {
+                        0 => Resource::scalar("cpus", 0.0),
+                        1 => Resource::scalar("mem", 0.0),
+                        2 => Resource::ranges("ports", vec![(1, 1)]),
+                        _ => Resource::set("disks", vec![]),
+                    };
+                    match kind {
+                        0 | 1 => r.scalar = Some(Scalar { value: v as f64 / 10_000.0 }),
+                        2 => {
+                            r.ranges = Some(Ranges {
+                                range: pairs.iter().map(|&(b, l)| Range { begin: b, end: b + l }).collect(),
+                            })
+                        }
+                        _ => r.set = Some(Set { item: pairs.iter().map(|(b, _)| format!("d{}", b % 4)).collect() }),
+                    }
+                    if role > 0 {
+                        r.role = Some(if role == 1 { "a" } else { "b" }.into());
+                    }
+                    r.with_allocation(alloc.then_some("r"))
+                });
+        proptest::collection::vec(one, 0..6)
+    }
+
     proptest! {
+        #[test]
+        fn from_vec_equals_adding_one_by_one(list in arb_list()) {
+            let mut naive = Resources::new();
+            for r in &list {
+                naive.add(r);
+            }
+            prop_assert_eq!(Resources::from_vec(list), naive);
+        }
+
         #[test]
         fn add_then_subtract_is_identity(a in arb_resources(), b in arb_resources()) {
             let mut s = a.clone();
