@@ -26,11 +26,13 @@ pub use hyper::body::Incoming as IncomingBody;
 pub const JSON: &str = "application/json";
 
 /// A response body: a whole buffer, chunks known in advance (sent as they are, with their
-/// total length), or a stream of chunks fed through a channel.
+/// total length), a stream of chunks fed through a channel, or a bounded one (its writer
+/// waits while the client is behind).
 pub enum Body {
     Full(Option<Bytes>),
     Chunks(std::collections::VecDeque<Bytes>, u64),
     Stream(mpsc::UnboundedReceiver<Bytes>, Arc<Backlog>),
+    Bounded(mpsc::Receiver<Bytes>),
 }
 
 /// What a streamed response has queued and its connection not yet taken, shared by the
@@ -147,6 +149,12 @@ impl HttpBody for Body {
                     other => return other.map(|o| o.map(|b| Ok(Frame::data(b)))),
                 }
             },
+            Body::Bounded(rx) => loop {
+                match rx.poll_recv(cx) {
+                    Poll::Ready(Some(b)) if b.is_empty() => continue,
+                    other => return other.map(|o| o.map(|b| Ok(Frame::data(b)))),
+                }
+            },
         }
     }
 
@@ -154,7 +162,7 @@ impl HttpBody for Body {
         match self {
             Body::Full(b) => b.is_none(),
             Body::Chunks(c, _) => c.is_empty(),
-            Body::Stream(..) => false,
+            Body::Stream(..) | Body::Bounded(_) => false,
         }
     }
 
@@ -163,7 +171,7 @@ impl HttpBody for Body {
             Body::Full(Some(b)) => hyper::body::SizeHint::with_exact(b.len() as u64),
             Body::Full(None) => hyper::body::SizeHint::with_exact(0),
             Body::Chunks(_, left) => hyper::body::SizeHint::with_exact(*left),
-            Body::Stream(..) => hyper::body::SizeHint::default(),
+            Body::Stream(..) | Body::Bounded(_) => hyper::body::SizeHint::default(),
         }
     }
 }
@@ -218,6 +226,17 @@ pub fn stream(status: StatusCode, content_type: &str) -> (StreamTx, Response<Bod
     let (tx, rx) = mpsc::unbounded_channel();
     let backlog = Arc::new(Backlog::new());
     (StreamTx { tx, backlog: backlog.clone() }, build(status, Some(content_type), Body::Stream(rx, backlog)))
+}
+
+/// A streamed (chunked) response written by a producer that waits while `capacity` chunks
+/// are queued (`blocking_send` from a blocking thread); a send fails once the client is gone.
+pub fn bounded_stream(
+    status: StatusCode,
+    content_type: &str,
+    capacity: usize,
+) -> (mpsc::Sender<Bytes>, Response<Body>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    (tx, build(status, Some(content_type), Body::Bounded(rx)))
 }
 
 /// Sends `on_close` on `to` when the receiving side of a streamed response (the client's

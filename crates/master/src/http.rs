@@ -3,7 +3,7 @@
 //! lead answers what only the leader can answer with 307 to the leader (`Location:
 //! //host:port/path?query`, protocol-relative as in Mesos) or 503 when it knows of none;
 //! `/health`, `/version`, `/flags`, `/metrics/snapshot` and `/redirect` work on every master.
-use crate::state::{ApiError, CallReply, Handle, Msg, Query, Role};
+use crate::state::{ApiError, CallReply, Handle, Msg, Query, QueryReply, Role};
 use agora_api::agent_proto::AgentToMaster;
 use agora_api::{operator, scheduler};
 use agora_http::http::{header, HeaderValue, Method, Request, Response, StatusCode};
@@ -105,26 +105,59 @@ fn unavailable() -> Response<Body> {
 
 /// A JSON reply for the GET endpoints, wrapped for `?jsonp=cb`.
 fn json_or_jsonp(v: &serde_json::Value, q: &HashMap<String, String>) -> Response<Body> {
-    json_chunks_or_jsonp(vec![Bytes::from(serde_json::to_vec(v).unwrap_or_default())], q)
+    json_chunks_or_jsonp(vec![Bytes::from(serde_json::to_vec(v).unwrap_or_default())], jsonp_callback(q))
 }
 
-/// A JSON body, or with `?jsonp=callback` that body wrapped as `callback(...);`.
-fn json_chunks_or_jsonp(mut body: Vec<Bytes>, q: &HashMap<String, String>) -> Response<Body> {
-    match q.get("jsonp") {
-        Some(cb)
-            if !cb.is_empty() && cb.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$') =>
-        {
+/// The `?jsonp=callback` a GET asks for, if it is a plain name.
+fn jsonp_callback(q: &HashMap<String, String>) -> Option<&str> {
+    q.get("jsonp").map(String::as_str).filter(|cb| {
+        !cb.is_empty() && cb.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '$')
+    })
+}
+
+/// A JSON body, or with a `?jsonp=callback` that body wrapped as `callback(...);`.
+fn json_chunks_or_jsonp(mut body: Vec<Bytes>, callback: Option<&str>) -> Response<Body> {
+    match callback {
+        Some(cb) => {
             body.insert(0, Bytes::from(format!("{cb}(")));
             body.push(Bytes::from_static(b");"));
             agora_http::chunks(StatusCode::OK, "text/javascript", body)
         }
-        _ => agora_http::chunks(StatusCode::OK, "application/json", body),
+        None => agora_http::chunks(StatusCode::OK, "application/json", body),
     }
+}
+
+/// Chunks of a big read queued for its client, at most (each up to a few megabytes).
+const READ_QUEUE: usize = 4;
+
+/// The answer to a query: JSON written on the loop as it is; a view encoded on blocking
+/// threads and streamed while it is written (chunked), wrapped for `callback` if given.
+fn query_response(r: QueryReply, callback: Option<&str>) -> Response<Body> {
+    let v = match r {
+        QueryReply::Json(b) => return json_chunks_or_jsonp(vec![Bytes::from(b)], callback),
+        QueryReply::View(v) => v,
+    };
+    let content_type = if callback.is_some() { "text/javascript" } else { "application/json" };
+    let (tx, response) = agora_http::bounded_stream(StatusCode::OK, content_type, READ_QUEUE);
+    let callback = callback.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        let started = std::time::Instant::now();
+        let mut bytes = 0usize;
+        let mut send = |b: Bytes| {
+            bytes += b.len();
+            tx.blocking_send(b).is_ok()
+        };
+        let complete = callback.as_ref().is_none_or(|cb| send(Bytes::from(format!("{cb}("))))
+            && v.encode_into(crate::views::encode_threads(), &mut send)
+            && callback.is_none_or(|_| send(Bytes::from_static(b");")));
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, bytes, complete, "streamed a view");
+    });
+    response
 }
 
 async fn query(h: &Handle, query: Query, q: &HashMap<String, String>) -> Response<Body> {
     match h.ask(|reply| Msg::Query { query, reply }).await {
-        Some(r) => json_chunks_or_jsonp(r.into_chunks().await, q),
+        Some(r) => query_response(r, jsonp_callback(q)),
         None => unavailable(),
     }
 }
@@ -332,7 +365,7 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
     };
     if let Some(query) = big {
         return match h.ask(|reply| Msg::Query { query, reply }).await {
-            Some(r) => agora_http::chunks(StatusCode::OK, "application/json", r.into_chunks().await),
+            Some(r) => query_response(r, None),
             None => unavailable(),
         };
     }

@@ -122,27 +122,6 @@ pub enum QueryReply {
     View(crate::views::View),
 }
 
-impl QueryReply {
-    /// The JSON bytes, encoding a view (in parallel) on a blocking thread.
-    pub async fn into_chunks(self) -> Vec<Bytes> {
-        match self {
-            QueryReply::Json(b) => vec![Bytes::from(b)],
-            QueryReply::View(v) => tokio::task::spawn_blocking(move || {
-                let started = std::time::Instant::now();
-                let chunks = v.encode(crate::views::encode_threads());
-                tracing::debug!(
-                    ms = started.elapsed().as_millis() as u64,
-                    bytes = chunks.iter().map(Bytes::len).sum::<usize>(),
-                    "encoded a view"
-                );
-                chunks
-            })
-            .await
-            .unwrap_or_default(),
-        }
-    }
-}
-
 pub enum Msg {
     Subscribe {
         call: Call,
@@ -330,9 +309,8 @@ fn share_task_ids(task: &mut Task, fid: &FrameworkId, aid: &AgentId) {
 }
 
 /// Readies a task an agent reported for keeping: its resources merged and pointing at the
-/// shared role names, its lists no longer than they are. (Decoded lists grow by doubling: a
-/// lone status or two resources take room for four, which after a failover is 400,000 tasks'
-/// worth of unused room.)
+/// shared role names, its lists no longer than they are (decoded lists are, see
+/// `agora_api::json::exact_vec`; merging can shorten the resources).
 fn adopt_reported(t: &mut Task, roles: &mut RoleNames) {
     t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
     roles.share(&mut t.resources);
@@ -2926,7 +2904,8 @@ mod tests {
             "statuses": [{"task_id": {"value": "t1"}, "state": "TASK_RUNNING"}],
         });
         let mut t: Task = serde_json::from_str(&report.to_string()).unwrap();
-        assert!(t.statuses.capacity() > 1, "serde grows a decoded list by doubling");
+        // Decoded to their length (`exact_vec`): no spare room from the start.
+        assert_eq!((t.resources.capacity(), t.statuses.capacity()), (3, 1));
         let mut roles = RoleNames::default();
         let web = roles.get("web");
         adopt_reported(&mut t, &mut roles);

@@ -6,7 +6,8 @@
 //! small snapshots, the rest written as JSON at once. Off the loop, on blocking threads,
 //! the resources in use per agent and per framework are summed from the tasks, the
 //! deferred parts written with them, and the tasks (most of the bytes) encoded in
-//! parallel chunks. The chunks become the response body as they are.
+//! parallel chunks, streamed to the client in order while the next few are encoded: a
+//! read holds a few chunks, not its whole body (300 MB for GET_STATE at 400,000 tasks).
 use crate::legacy::write_task_v0;
 use crate::state::TaskEntry;
 use agora_api::{AgentId, FrameworkId, Resources, Task};
@@ -14,7 +15,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 /// One task of a snapshot: live (its entry in the master) or completed.
 pub(crate) enum TaskRef {
@@ -159,6 +160,49 @@ pub struct View {
 /// Tasks per unit of work when encoding in parallel.
 const CHUNK_TASKS: usize = 4096;
 
+/// Task chunks (of [`CHUNK_TASKS`]) encoded ahead of the one being sent, at most.
+const AHEAD: usize = 4;
+
+/// Where the encoding of a view's task chunks stands: the chunks encoded and not yet sent,
+/// how many were sent, and whether to stop (the reader went away, or a thread panicked).
+struct Progress {
+    done: Vec<Option<Vec<u8>>>,
+    sent: usize,
+    stop: bool,
+}
+
+/// Stops the encoding if the thread holding it unwinds, so that the sender does not wait
+/// forever for a chunk that will not come.
+struct StopOnPanic<'a>(&'a Mutex<Progress>, &'a Condvar);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut g) = self.0.lock() {
+                g.stop = true;
+            }
+            self.1.notify_all();
+        }
+    }
+}
+
+/// Waits for task chunk `w`, takes it and counts it sent; `None` if the encoding stopped.
+fn take_done(progress: &Mutex<Progress>, changed: &Condvar, w: usize) -> Option<Vec<u8>> {
+    let mut g = progress.lock().ok()?;
+    loop {
+        if let Some(buf) = g.done.get_mut(w).and_then(Option::take) {
+            g.sent += 1;
+            drop(g);
+            changed.notify_all();
+            return Some(buf);
+        }
+        if g.stop || w >= g.done.len() {
+            return None;
+        }
+        g = changed.wait(g).ok()?;
+    }
+}
+
 impl View {
     pub(crate) fn new() -> View {
         View { parts: Vec::new(), cur: Vec::new() }
@@ -208,7 +252,23 @@ impl View {
     }
 
     /// Encodes the view with up to `threads` threads; returns the body's chunks in order.
-    pub(crate) fn encode(mut self, threads: usize) -> Vec<Bytes> {
+    #[cfg(test)]
+    pub(crate) fn encode(self, threads: usize) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        self.encode_into(threads, |b| {
+            out.push(b);
+            true
+        });
+        out
+    }
+
+    /// Encodes the view and hands its chunks to `send` in order, as they are written:
+    /// `threads` threads encode the task lists, at most [`AHEAD`] chunks ahead of the one
+    /// being sent, so a read holds a few megabytes however big it is and however slow its
+    /// client; another sums the resources in use and writes the deferred parts. `send`
+    /// returns false when the reader is gone: encoding stops. Returns whether every chunk
+    /// was sent.
+    pub(crate) fn encode_into(mut self, threads: usize, mut send: impl FnMut(Bytes) -> bool) -> bool {
         self.flush();
         let mut parts = self.parts;
         // Deferred parts, taken out of `parts` (their slot left as an empty Json).
@@ -220,7 +280,17 @@ impl View {
                 }
             }
         }
-        // Units of task work: (part, range of its tasks).
+        let later_slots: Vec<usize> = later.iter().map(|(i, _)| *i).collect();
+        // The JSON written on the loop, taken out so that the workers only read `parts`.
+        let mut fixed: Vec<Option<Bytes>> = parts
+            .iter_mut()
+            .map(|p| match p {
+                Part::Json(j) => Some(Bytes::from(std::mem::take(j))),
+                _ => None,
+            })
+            .collect();
+        let parts = parts;
+        // Units of task work: (part, range of its tasks), in output order.
         let mut work: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
         for (i, p) in parts.iter().enumerate() {
             if let Part::Tasks { tasks, .. } = p {
@@ -232,22 +302,35 @@ impl View {
                 }
             }
         }
-        let done: Vec<Mutex<Vec<u8>>> = work.iter().map(|_| Mutex::new(Vec::new())).collect();
+        let progress = Mutex::new(Progress { done: (0..work.len()).map(|_| None).collect(), sent: 0, stop: false });
+        let changed = Condvar::new();
         let next = AtomicUsize::new(0);
-        let tasks_work = || loop {
-            let w = next.fetch_add(1, Ordering::Relaxed);
-            let Some((i, range)) = work.get(w) else { break };
-            let Part::Tasks { form, tasks, .. } = &parts[*i] else { continue };
-            let buf = encode_tasks(*form, &tasks[range.clone()]);
-            if let Ok(mut slot) = done[w].lock() {
-                *slot = buf;
+        let worker = || {
+            let _stop_on_panic = StopOnPanic(&progress, &changed);
+            loop {
+                let w = next.fetch_add(1, Ordering::Relaxed);
+                let Some((i, range)) = work.get(w) else { break };
+                let Ok(mut g) = progress.lock() else { return };
+                while !g.stop && w >= g.sent + AHEAD {
+                    g = match changed.wait(g) {
+                        Ok(g) => g,
+                        Err(_) => return,
+                    };
+                }
+                if g.stop {
+                    return;
+                }
+                drop(g);
+                let Part::Tasks { form, tasks, .. } = &parts[*i] else { continue };
+                let buf = encode_tasks(*form, &tasks[range.clone()]);
+                if let Ok(mut g) = progress.lock() {
+                    g.done[w] = Some(buf);
+                }
+                changed.notify_all();
             }
         };
-        // The deferred parts: sum what is in use, then write them (one thread).
+        // The deferred parts: sum what is in use, then write them.
         let later_work = || -> Vec<(usize, Vec<u8>)> {
-            if later.is_empty() {
-                return Vec::new();
-            }
             let mut used = Used::default();
             for p in &parts {
                 if let Part::Tasks { tasks, in_use: true, .. } = p {
@@ -256,52 +339,72 @@ impl View {
             }
             later.into_iter().map(|(i, f)| (i, f(&used))).collect()
         };
-        let threads = threads.max(1);
-        let written = if threads == 1 {
-            let w = later_work();
-            tasks_work();
-            w
-        } else {
-            std::thread::scope(|s| {
-                for _ in 1..threads {
-                    s.spawn(tasks_work);
-                }
-                let w = later_work();
-                tasks_work();
-                w
-            })
-        };
-        for (i, json) in written {
-            parts[i] = Part::Json(json);
-        }
-        let mut out = Vec::with_capacity(parts.len() + 2 * done.len());
-        let mut done = done.into_iter().map(|m| m.into_inner().unwrap_or_default());
-        for (i, p) in parts.into_iter().enumerate() {
-            match p {
-                Part::Json(j) => out.push(Bytes::from(j)),
-                Part::Tasks { .. } => {
-                    let n = work.iter().filter(|(wi, _)| *wi == i).count();
-                    for k in 0..n {
-                        if k > 0 {
-                            out.push(Bytes::from_static(b","));
+        std::thread::scope(|s| {
+            for _ in 0..threads.max(1) {
+                s.spawn(worker);
+            }
+            let mut later_job = (!later_slots.is_empty()).then(|| s.spawn(later_work));
+            let mut written: Vec<(usize, Vec<u8>)> = Vec::new();
+            let mut w = 0;
+            let mut complete = true;
+            'parts: for (i, p) in parts.iter().enumerate() {
+                match p {
+                    Part::Tasks { .. } => {
+                        let mut k = 0;
+                        while work.get(w).is_some_and(|(wi, _)| *wi == i) {
+                            let Some(buf) = take_done(&progress, &changed, w) else {
+                                complete = false;
+                                break 'parts;
+                            };
+                            if (k > 0 && !send(Bytes::from_static(b","))) || !send(Bytes::from(buf)) {
+                                complete = false;
+                                break 'parts;
+                            }
+                            k += 1;
+                            w += 1;
                         }
-                        out.push(Bytes::from(done.next().unwrap_or_default()));
+                    }
+                    _ => {
+                        if later_slots.contains(&i) {
+                            if let Some(job) = later_job.take() {
+                                match job.join() {
+                                    Ok(x) => written = x,
+                                    Err(_) => {
+                                        complete = false;
+                                        break 'parts;
+                                    }
+                                }
+                            }
+                        }
+                        let chunk = match written.iter().position(|(wi, _)| *wi == i) {
+                            Some(at) => Bytes::from(written.swap_remove(at).1),
+                            None => fixed[i].take().unwrap_or_default(),
+                        };
+                        if !chunk.is_empty() && !send(chunk) {
+                            complete = false;
+                            break 'parts;
+                        }
                     }
                 }
-                Part::Later(_) => {}
             }
-        }
-        out
+            if !complete {
+                if let Ok(mut g) = progress.lock() {
+                    g.stop = true;
+                }
+                changed.notify_all();
+            }
+            complete
+        })
     }
 
-    /// Encodes on the calling thread into one buffer (for the few callers that want a
+    /// Encodes into one buffer, with one encoding thread (for the few callers that want a
     /// `Value` or bytes at once).
     pub(crate) fn encode_to_vec(self) -> Vec<u8> {
-        let chunks = self.encode(1);
-        let mut out = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
-        for c in chunks {
-            out.extend_from_slice(&c);
-        }
+        let mut out = Vec::new();
+        self.encode_into(1, |b| {
+            out.extend_from_slice(&b);
+            true
+        });
         out
     }
 }
@@ -417,8 +520,32 @@ mod tests {
     }
 
     #[test]
+    fn encoding_stops_when_the_reader_goes_away() {
+        let n = (AHEAD + 4) * CHUNK_TASKS;
+        for threads in [1, 2, 4] {
+            for gone_after in [0, 1, 3] {
+                let mut calls = 0;
+                let complete = view(n).encode_into(threads, |_| {
+                    calls += 1;
+                    calls <= gone_after
+                });
+                assert!(!complete, "threads={threads}");
+                // Nothing is offered after the refusal.
+                assert_eq!(calls, gone_after + 1, "threads={threads}");
+            }
+        }
+        let mut calls = 0;
+        assert!(view(3).encode_into(2, |_| {
+            calls += 1;
+            true
+        }));
+        assert!(calls > 0);
+    }
+
+    #[test]
     fn parallel_encoding_equals_one_serde_pass_in_order() {
-        for n in [0, 1, CHUNK_TASKS, CHUNK_TASKS + 1, 2 * CHUNK_TASKS + 7] {
+        // The last size has more chunks than are encoded ahead of the one being sent.
+        for n in [0, 1, CHUNK_TASKS, CHUNK_TASKS + 1, 2 * CHUNK_TASKS + 7, (AHEAD + 2) * CHUNK_TASKS + 5] {
             let expected = serde_json::to_vec(&serde_json::json!({
                 "tasks": (0..n).map(|i| (*task(i)).clone()).collect::<Vec<_>>(),
                 "more": (0..3).map(|i| (*task(i)).clone()).collect::<Vec<_>>(),
