@@ -130,9 +130,28 @@ fn json_chunks_or_jsonp(mut body: Vec<Bytes>, callback: Option<&str>) -> Respons
 /// Chunks of a big read queued for its client, at most (each up to a few megabytes).
 const READ_QUEUE: usize = 4;
 
+/// Big reads being encoded and streamed at once, at most: each holds a blocking thread and
+/// its encoding threads for as long as its client takes to read, so slow or stalled readers
+/// must not take every blocking thread (the registry writes on them). Further big reads wait
+/// for a turn, holding no thread and no snapshot.
+static BIG_READS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(8);
+
+/// A turn for a big read (`None` for the others, which are answered at once).
+async fn big_read_turn(query: &Query) -> Option<tokio::sync::SemaphorePermit<'static>> {
+    if query.is_big() {
+        BIG_READS.acquire().await.ok()
+    } else {
+        None
+    }
+}
+
 /// The answer to a query: JSON written on the loop as it is; a view encoded on blocking
 /// threads and streamed while it is written (chunked), wrapped for `callback` if given.
-fn query_response(r: QueryReply, callback: Option<&str>) -> Response<Body> {
+fn query_response(
+    r: QueryReply,
+    callback: Option<&str>,
+    turn: Option<tokio::sync::SemaphorePermit<'static>>,
+) -> Response<Body> {
     let v = match r {
         QueryReply::Json(b) => return json_chunks_or_jsonp(vec![Bytes::from(b)], callback),
         QueryReply::View(v) => v,
@@ -141,6 +160,7 @@ fn query_response(r: QueryReply, callback: Option<&str>) -> Response<Body> {
     let (tx, response) = agora_http::bounded_stream(StatusCode::OK, content_type, READ_QUEUE);
     let callback = callback.map(str::to_string);
     tokio::task::spawn_blocking(move || {
+        let _turn = turn;
         let started = std::time::Instant::now();
         let mut bytes = 0usize;
         let mut send = |b: Bytes| {
@@ -156,8 +176,9 @@ fn query_response(r: QueryReply, callback: Option<&str>) -> Response<Body> {
 }
 
 async fn query(h: &Handle, query: Query, q: &HashMap<String, String>) -> Response<Body> {
+    let turn = big_read_turn(&query).await;
     match h.ask(|reply| Msg::Query { query, reply }).await {
-        Some(r) => query_response(r, jsonp_callback(q)),
+        Some(r) => query_response(r, jsonp_callback(q), turn),
         None => unavailable(),
     }
 }
@@ -364,8 +385,9 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
         _ => None,
     };
     if let Some(query) = big {
+        let turn = big_read_turn(&query).await;
         return match h.ask(|reply| Msg::Query { query, reply }).await {
-            Some(r) => query_response(r, None),
+            Some(r) => query_response(r, None, turn),
             None => unavailable(),
         };
     }

@@ -116,6 +116,13 @@ pub enum Query {
     GetTasks,
 }
 
+impl Query {
+    /// Whether the answer is a view of every task, encoded and streamed off the loop.
+    pub fn is_big(&self) -> bool {
+        matches!(self, Query::State | Query::Frameworks { .. } | Query::GetState | Query::GetTasks)
+    }
+}
+
 /// The answer to a [`Msg::Query`].
 pub enum QueryReply {
     Json(Vec<u8>),

@@ -321,8 +321,12 @@ impl View {
                     return;
                 }
                 drop(g);
-                let Part::Tasks { form, tasks, .. } = &parts[*i] else { continue };
-                let buf = encode_tasks(*form, &tasks[range.clone()]);
+                // Every unit is a task list's; anything else still fills its slot (the
+                // sender waits for each slot in turn).
+                let buf = match &parts[*i] {
+                    Part::Tasks { form, tasks, .. } => encode_tasks(*form, &tasks[range.clone()]),
+                    _ => Vec::new(),
+                };
                 if let Ok(mut g) = progress.lock() {
                     g.done[w] = Some(buf);
                 }
