@@ -130,6 +130,9 @@ fn json_chunks_or_jsonp(mut body: Vec<Bytes>, callback: Option<&str>) -> Respons
 /// Chunks of a big read queued for its client, at most (each up to a few megabytes).
 const READ_QUEUE: usize = 4;
 
+/// How long a big read waits for its client to take a chunk before giving up.
+const READ_STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Big reads being encoded and streamed at once, at most: each holds a blocking thread and
 /// its encoding threads for as long as its client takes to read, so slow or stalled readers
 /// must not take every blocking thread (the registry writes on them). Further big reads wait
@@ -152,6 +155,16 @@ fn query_response(
     callback: Option<&str>,
     turn: Option<tokio::sync::SemaphorePermit<'static>>,
 ) -> Response<Body> {
+    stream_reply(r, callback, turn, READ_STALL)
+}
+
+/// [`query_response`], giving up on a client that takes nothing for `stall`.
+fn stream_reply(
+    r: QueryReply,
+    callback: Option<&str>,
+    turn: Option<tokio::sync::SemaphorePermit<'static>>,
+    stall: std::time::Duration,
+) -> Response<Body> {
     let v = match r {
         QueryReply::Json(b) => return json_chunks_or_jsonp(vec![Bytes::from(b)], callback),
         QueryReply::View(v) => v,
@@ -159,13 +172,15 @@ fn query_response(
     let content_type = if callback.is_some() { "text/javascript" } else { "application/json" };
     let (tx, response) = agora_http::bounded_stream(StatusCode::OK, content_type, READ_QUEUE);
     let callback = callback.map(str::to_string);
+    let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let _turn = turn;
         let started = std::time::Instant::now();
         let mut bytes = 0usize;
+        // A client that takes nothing for `stall` is given up on (its turn freed).
         let mut send = |b: Bytes| {
             bytes += b.len();
-            tx.blocking_send(b).is_ok()
+            runtime.block_on(tokio::time::timeout(stall, tx.send(b))).is_ok_and(|sent| sent.is_ok())
         };
         let complete = callback.as_ref().is_none_or(|cb| send(Bytes::from(format!("{cb}("))))
             && v.encode_into(crate::views::encode_threads(), &mut send)
@@ -450,6 +465,56 @@ async fn agent_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A view bigger than what is encoded ahead plus what the response queues.
+    fn big_view() -> crate::views::View {
+        let task: agora_api::Task = serde_json::from_value(serde_json::json!({
+            "name": "t", "task_id": {"value": "t"}, "framework_id": {"value": "f"},
+            "agent_id": {"value": "a"}, "state": "TASK_RUNNING",
+        }))
+        .unwrap();
+        let task = Arc::new(task);
+        let mut v = crate::views::View::new();
+        v.raw("{");
+        v.key(true, "tasks");
+        let tasks = (0..40 * 4096).map(|_| crate::views::TaskRef::Done(task.clone())).collect();
+        v.tasks(crate::views::TaskForm::V1, tasks, false);
+        v.raw("}");
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_read_gives_its_turn_back_when_its_client_stalls_or_leaves() {
+        use http_body_util::BodyExt;
+        let sem: &'static tokio::sync::Semaphore = Box::leak(Box::new(tokio::sync::Semaphore::new(1)));
+        let freed = |sem: &tokio::sync::Semaphore| {
+            let t0 = std::time::Instant::now();
+            while sem.available_permits() == 0 {
+                assert!(t0.elapsed() < std::time::Duration::from_secs(60), "the turn was never given back");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        };
+        // A client that reads one chunk, then nothing.
+        let turn = sem.try_acquire().ok();
+        let mut r = stream_reply(QueryReply::View(big_view()), None, turn, std::time::Duration::from_millis(300));
+        assert!(r.body_mut().frame().await.is_some());
+        assert_eq!(sem.available_permits(), 0, "the read holds its turn while streaming");
+        tokio::task::spawn_blocking(move || freed(sem)).await.unwrap();
+        drop(r);
+        // A client that goes away at once.
+        let turn = sem.try_acquire().ok();
+        let r = stream_reply(QueryReply::View(big_view()), None, turn, std::time::Duration::from_secs(600));
+        drop(r);
+        tokio::task::spawn_blocking(move || freed(sem)).await.unwrap();
+        // A client that reads everything gets the whole body, wrapped for JSONP.
+        let turn = sem.try_acquire().ok();
+        let r = stream_reply(QueryReply::View(big_view()), Some("cb"), turn, std::time::Duration::from_secs(600));
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.starts_with(b"cb({\"tasks\":[{") && body.ends_with(b"]});"));
+        let json: serde_json::Value = serde_json::from_slice(&body[3..body.len() - 2]).unwrap();
+        assert_eq!(json["tasks"].as_array().unwrap().len(), 40 * 4096);
+        tokio::task::spawn_blocking(move || freed(sem)).await.unwrap();
+    }
 
     #[test]
     fn longest_prefix_routing() {
