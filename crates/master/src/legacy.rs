@@ -66,7 +66,8 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
         Query::Metrics => metrics(st),
         Query::Roles => roles(st),
         // Written by `render_bytes`; read back for the callers that want a `Value`.
-        Query::State | Query::Frameworks { .. } | Query::GetState | Query::GetTasks => {
+        q @ (Query::State | Query::Frameworks { .. } | Query::GetState | Query::GetTasks) => {
+            debug_assert!(q.is_big());
             serde_json::from_slice(&render_bytes(st, q)).unwrap_or(Value::Null)
         }
     }
@@ -470,6 +471,10 @@ fn operator_head(v: &mut View, kind: CallType, field: &str) {
 /// The big reads as a [`View`], taken on the state loop and encoded off it; `None` for the
 /// other queries (see [`render`]).
 pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
+    // The queries answered as views are the big reads, which the HTTP layer limits.
+    if !q.is_big() {
+        return None;
+    }
     let mut v = View::new();
     match q {
         Query::State => {
