@@ -370,8 +370,8 @@ impl Resources {
         Self(Vec::new())
     }
 
-    /// Merges a list into a collection; a list that needs no merging keeps its allocation
-    /// (no copy, no growth: a task's resources arrive merged).
+    /// Merges a list into a collection with no spare room; a list that needs no merging
+    /// keeps its allocation (no copy, no growth: a task's resources arrive merged).
     pub fn from_vec(v: Vec<Resource>) -> Self {
         let merged = v.len() <= 64
             && v.iter()
@@ -384,6 +384,7 @@ impl Resources {
         for x in v {
             r.add(&x);
         }
+        r.0.shrink_to_fit();
         r
     }
 

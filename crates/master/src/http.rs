@@ -150,16 +150,8 @@ async fn big_read_turn(query: &Query) -> Option<tokio::sync::SemaphorePermit<'st
 
 /// The answer to a query: JSON written on the loop as it is; a view encoded on blocking
 /// threads and streamed while it is written (chunked), wrapped for `callback` if given.
+/// A client that takes nothing for `stall` is given up on.
 fn query_response(
-    r: QueryReply,
-    callback: Option<&str>,
-    turn: Option<tokio::sync::SemaphorePermit<'static>>,
-) -> Response<Body> {
-    stream_reply(r, callback, turn, READ_STALL)
-}
-
-/// [`query_response`], giving up on a client that takes nothing for `stall`.
-fn stream_reply(
     r: QueryReply,
     callback: Option<&str>,
     turn: Option<tokio::sync::SemaphorePermit<'static>>,
@@ -193,7 +185,7 @@ fn stream_reply(
 async fn query(h: &Handle, query: Query, q: &HashMap<String, String>) -> Response<Body> {
     let turn = big_read_turn(&query).await;
     match h.ask(|reply| Msg::Query { query, reply }).await {
-        Some(r) => query_response(r, jsonp_callback(q), turn),
+        Some(r) => query_response(r, jsonp_callback(q), turn, READ_STALL),
         None => unavailable(),
     }
 }
@@ -402,7 +394,7 @@ async fn operator_api(h: &Handle, req: Request<IncomingBody>) -> Response<Body> 
     if let Some(query) = big {
         let turn = big_read_turn(&query).await;
         return match h.ask(|reply| Msg::Query { query, reply }).await {
-            Some(r) => query_response(r, None, turn),
+            Some(r) => query_response(r, None, turn, READ_STALL),
             None => unavailable(),
         };
     }
@@ -496,19 +488,19 @@ mod tests {
         };
         // A client that reads one chunk, then nothing.
         let turn = sem.try_acquire().ok();
-        let mut r = stream_reply(QueryReply::View(big_view()), None, turn, std::time::Duration::from_millis(300));
+        let mut r = query_response(QueryReply::View(big_view()), None, turn, std::time::Duration::from_millis(300));
         assert!(r.body_mut().frame().await.is_some());
         assert_eq!(sem.available_permits(), 0, "the read holds its turn while streaming");
         tokio::task::spawn_blocking(move || freed(sem)).await.unwrap();
         drop(r);
         // A client that goes away at once.
         let turn = sem.try_acquire().ok();
-        let r = stream_reply(QueryReply::View(big_view()), None, turn, std::time::Duration::from_secs(600));
+        let r = query_response(QueryReply::View(big_view()), None, turn, std::time::Duration::from_secs(600));
         drop(r);
         tokio::task::spawn_blocking(move || freed(sem)).await.unwrap();
         // A client that reads everything gets the whole body, wrapped for JSONP.
         let turn = sem.try_acquire().ok();
-        let r = stream_reply(QueryReply::View(big_view()), Some("cb"), turn, std::time::Duration::from_secs(600));
+        let r = query_response(QueryReply::View(big_view()), Some("cb"), turn, std::time::Duration::from_secs(600));
         let body = r.into_body().collect().await.unwrap().to_bytes();
         assert!(body.starts_with(b"cb({\"tasks\":[{") && body.ends_with(b"]});"));
         let json: serde_json::Value = serde_json::from_slice(&body[3..body.len() - 2]).unwrap();

@@ -65,10 +65,10 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
         }
         Query::Metrics => metrics(st),
         Query::Roles => roles(st),
-        // Written by `render_bytes`; read back for the callers that want a `Value`.
-        q @ (Query::State | Query::Frameworks { .. } | Query::GetState | Query::GetTasks) => {
-            debug_assert!(q.is_big());
-            serde_json::from_slice(&render_bytes(st, q)).unwrap_or(Value::Null)
+        // The big reads: the state loop answers them with `view` (encoded off the loop);
+        // as a `Value` only for completeness.
+        Query::State | Query::Frameworks { .. } | Query::GetState | Query::GetTasks => {
+            view(st, q).and_then(|v| serde_json::from_slice(&v.encode_to_vec()).ok()).unwrap_or(Value::Null)
         }
     }
 }
@@ -547,14 +547,6 @@ pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
         _ => return None,
     }
     Some(v)
-}
-
-/// Renders a query as JSON bytes on the calling thread.
-pub(crate) fn render_bytes(st: &State, q: &Query) -> Vec<u8> {
-    match view(st, q) {
-        Some(v) => v.encode_to_vec(),
-        None => serde_json::to_vec(&render(st, q)).unwrap_or_default(),
-    }
 }
 
 /// `/state` without its agents and frameworks.

@@ -316,13 +316,11 @@ fn share_task_ids(task: &mut Task, fid: &FrameworkId, aid: &AgentId) {
 }
 
 /// Readies a task an agent reported for keeping: its resources merged and pointing at the
-/// shared role names, its lists no longer than they are (decoded lists are, see
-/// `agora_api::json::exact_vec`; merging can shorten the resources).
+/// shared role names. Its lists hold no spare room: decoded lists are exactly their length
+/// (`agora_api::json::exact_vec`), and `Resources::from_vec` shrinks what it merged.
 fn adopt_reported(t: &mut Task, roles: &mut RoleNames) {
     t.resources = Resources::from_vec(std::mem::take(&mut t.resources)).into_vec();
     roles.share(&mut t.resources);
-    t.resources.shrink_to_fit();
-    t.statuses.shrink_to_fit();
 }
 
 /// [`share_status_ids`] for every status of the task's history.
@@ -2169,7 +2167,6 @@ impl State {
                     if !t.statuses.is_empty() && e.task.statuses.len() < t.statuses.len() {
                         // The report's statuses, pointed at the kept task's ids.
                         e.task.statuses = std::mem::take(&mut t.statuses);
-                        e.task.statuses.shrink_to_fit();
                         share_statuses(&mut e.task);
                     }
                     entry
