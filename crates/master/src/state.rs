@@ -382,6 +382,20 @@ impl Framework {
     }
 }
 
+/// Agents are pinged in this many slices of `--agent-ping-timeout`, a slice at a time, so
+/// that the pings of a big cluster (and the pongs coming back) are spread over the interval
+/// rather than sent all at once: at 40,000 agents one burst took the master most of a
+/// second of CPU, during which everything else (a big read, offers) waited for a core.
+const PING_SLICES: u32 = 16;
+
+/// The slice an agent is pinged in: from its id, so spread evenly and kept over failovers.
+fn ping_slice_of(id: &Option<AgentId>) -> u32 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.as_ref().map(|i| i.value.as_str()).hash(&mut h);
+    (h.finish() % u64::from(PING_SLICES)) as u32
+}
+
 pub(crate) struct Agent {
     /// Behind `Arc`: a big read takes it in a pointer copy (see `crate::views`).
     pub info: Arc<AgentInfo>,
@@ -395,6 +409,8 @@ pub(crate) struct Agent {
     pub total: Resources,
     missed_pings: u32,
     awaiting_pong: bool,
+    /// Which of the [`PING_SLICES`] of the ping interval this agent is pinged in.
+    ping_slice: u32,
     pub tasks: HashSet<(FrameworkId, TaskId)>,
     pub offers: HashSet<OfferId>,
 }
@@ -409,6 +425,7 @@ impl Agent {
         stream: Stream,
         registered_time: f64,
     ) -> Self {
+        let ping_slice = ping_slice_of(&info.id);
         Agent {
             info: Arc::new(info),
             pid,
@@ -421,6 +438,7 @@ impl Agent {
             total,
             missed_pings: 0,
             awaiting_pong: false,
+            ping_slice,
             tasks: HashSet::new(),
             offers: HashSet::new(),
         }
@@ -681,7 +699,9 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
 async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>) {
     let mut alloc_tick = tokio::time::interval(st.config.allocation_interval);
     alloc_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut ping_tick = tokio::time::interval(st.config.agent_ping_timeout);
+    let mut ping_tick =
+        tokio::time::interval((st.config.agent_ping_timeout / PING_SLICES).max(Duration::from_millis(1)));
+    let mut ping_slice = 0;
     ping_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat_tick = tokio::time::interval(st.config.heartbeat_interval);
     heartbeat_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -736,7 +756,10 @@ async fn run(mut st: State, mut rx: mpsc::UnboundedReceiver<Msg>) {
                 last_pass = Instant::now();
                 soon = None;
             }
-            _ = ping_tick.tick() => st.ping_agents(),
+            _ = ping_tick.tick() => {
+                st.ping_agents(ping_slice);
+                ping_slice = (ping_slice + 1) % PING_SLICES;
+            }
             _ = heartbeat_tick.tick() => st.heartbeat(),
             _ = gc_tick.tick() => if st.role == Role::Leading { st.prune_registry() },
         }
@@ -2494,9 +2517,11 @@ impl State {
         Ok(())
     }
 
-    fn ping_agents(&mut self) {
+    /// Pings the agents of one slice of the interval (each agent once per interval) and
+    /// marks unreachable those that missed too many pings.
+    fn ping_agents(&mut self, slice: u32) {
         let mut unreachable = Vec::new();
-        for (id, a) in self.agents.iter_mut() {
+        for (id, a) in self.agents.iter_mut().filter(|(_, a)| a.ping_slice == slice) {
             if a.awaiting_pong {
                 a.missed_pings += 1;
                 if a.missed_pings >= self.config.max_agent_ping_timeouts {
@@ -2852,6 +2877,20 @@ mod tests {
         }
         assert!(!t.statuses[0].task_id.value.shares(&t.task_id.value));
         t
+    }
+
+    #[test]
+    fn agents_are_spread_evenly_over_the_ping_slices() {
+        // Ids as a master gives them: one prefix, a counter.
+        let mut per_slice = [0u32; PING_SLICES as usize];
+        for i in 0..16_000 {
+            let id = Some(AgentId::new(format!("4eae6d2d-90e3-489b-9e4f-85666dd57573-S{i}").as_str()));
+            let slice = ping_slice_of(&id);
+            assert_eq!(slice, ping_slice_of(&id), "the same agent keeps its slice");
+            per_slice[slice as usize] += 1;
+        }
+        // 1,000 each on average; every slice within a fifth of it.
+        assert!(per_slice.iter().all(|&n| (800..=1200).contains(&n)), "{per_slice:?}");
     }
 
     #[test]
