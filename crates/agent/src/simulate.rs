@@ -54,6 +54,11 @@ pub struct SimConfig {
     /// every agent has its own HTTP/1.1 connection, as real agents do. A process here may
     /// hold at most 20,000 files, so tens of thousands of agents must share connections.
     pub agents_per_connection: usize,
+    /// Ended tasks each agent reports when it re-registers, made up from its running ones
+    /// (same framework and resources, `TASK_FINISHED`): the history a long-running agent
+    /// holds, which a master that failed over rebuilds its completed tasks from. Mesos's
+    /// own failover benchmark makes its agents' completed tasks up the same way.
+    pub completed_tasks: usize,
 }
 
 /// Counters of one simulation process, shared by its agents.
@@ -399,7 +404,21 @@ impl SimAgent {
             }
             TaskReport { agent_id, task_id, task }.write(&mut out)?;
         }
-        out.extend_from_slice(b"]}}");
+        out.push(b']');
+        let running: Vec<(&TaskId, &SimTask)> = self.tasks.iter().filter(|(_, t)| !t.state.is_terminal()).collect();
+        let n = if running.is_empty() { 0 } else { self.shared.config.completed_tasks };
+        if n > 0 {
+            out.extend_from_slice(b",\"completed_tasks\":[");
+            for k in 0..n {
+                if k > 0 {
+                    out.push(b',');
+                }
+                let (task_id, task) = running[k % running.len()];
+                write_made_up_completed(&mut out, agent_id, task_id, task, k)?;
+            }
+            out.push(b']');
+        }
+        out.extend_from_slice(b"}}");
         Ok(out)
     }
 
@@ -758,6 +777,40 @@ impl TaskReport<'_> {
     }
 }
 
+/// Appends the `k`th made-up ended task of an agent (see [`SimConfig::completed_tasks`]):
+/// `like`'s framework, executor and resources, finished, with one status.
+fn write_made_up_completed(
+    out: &mut Vec<u8>,
+    agent_id: &agora_api::AgentId,
+    like_id: &TaskId,
+    like: &SimTask,
+    k: usize,
+) -> Result<(), serde_json::Error> {
+    let task_id = TaskId::new(format!("{}-done-{k}", like_id.value).as_str());
+    let mut status = TaskStatus::new(task_id.clone(), TaskState::Finished);
+    status.source = Some(Source::Executor);
+    status.agent_id = Some(agent_id.clone());
+    status.executor_id = like.info.executor.as_ref().map(|e| e.executor_id.clone());
+    status.timestamp = like.statuses.first().and_then(|s| s.timestamp);
+    // The same bytes at every encoding (nobody acknowledges an ended task's update).
+    let mut uuid = [0u8; 16];
+    uuid[..8].copy_from_slice(&(k as u64).to_le_bytes());
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    std::hash::Hash::hash(like_id.value.as_str(), &mut h);
+    uuid[8..].copy_from_slice(&std::hash::Hasher::finish(&h).to_le_bytes());
+    status.uuid = Some(B64(uuid.to_vec()));
+    let task = SimTask {
+        framework_id: like.framework_id.clone(),
+        info: TaskInfo { name: format!("{}-done", like.info.name), ..like.info.clone() },
+        resources: like.resources.clone(),
+        state: TaskState::Finished,
+        pending: Default::default(),
+        statuses: vec![status],
+        retry_interval: like.retry_interval,
+    };
+    TaskReport { agent_id, task_id: &task_id, task: &task }.write(out)
+}
+
 /// Appends `key` (ending in `[`), the items and `]`; nothing for no items (serde's
 /// `skip_serializing_if = "Vec::is_empty"`).
 fn write_list<T>(
@@ -864,6 +917,7 @@ mod tests {
             status_update_retry_interval: Duration::from_secs(10),
             local_ips: vec![],
             agents_per_connection: 1,
+            completed_tasks: 5,
         };
         let shared = Arc::new(Shared {
             inflight: Arc::new(tokio::sync::Semaphore::new(1)),
@@ -916,9 +970,23 @@ mod tests {
             );
         }
         let call: AgentToMaster = serde_json::from_slice(&a.registration_body().unwrap()).unwrap();
-        let AgentToMaster::Reregister { agent_info, version, frameworks, executors, tasks } = call else {
+        let AgentToMaster::Reregister { agent_info, version, frameworks, executors, tasks, completed_tasks } = call
+        else {
             panic!("not a REREGISTER: {call:?}")
         };
+        // Five made-up ended tasks, like the running ones, each its own id.
+        assert_eq!(completed_tasks.len(), 5);
+        let mut done_ids = std::collections::HashSet::new();
+        for t in &completed_tasks {
+            assert!(done_ids.insert(t.task_id.value.to_string()), "{:?} twice", t.task_id);
+            assert!(t.task_id.value.contains("-done-"), "{:?}", t.task_id);
+            assert_eq!((t.state, &t.framework_id, t.agent_id.value.as_str()), (TaskState::Finished, &fid, "agent-7"));
+            let like = tasks.iter().find(|r| t.task_id.value.starts_with(&format!("{}-done", r.task_id.value)));
+            assert_eq!(Some(&t.resources), like.map(|r| &r.resources), "{t:?}");
+            assert_eq!(t.statuses.len(), 1);
+            assert_eq!(t.statuses[0].state, TaskState::Finished);
+            assert!(t.statuses[0].uuid.is_some());
+        }
         assert_eq!(agent_info, a.info);
         assert_eq!(version, agora_api::MESOS_VERSION);
         assert_eq!(frameworks, vec![fi.clone()]);

@@ -696,7 +696,25 @@ impl State {
                 }
             }
         }
-        AgentToMaster::Reregister { agent_info: self.agent_info.clone(), version, frameworks, executors, tasks }
+        // The tasks that ended here, as this agent's `/state` lists them (oldest first): a
+        // master that fails over rebuilds its frameworks' completed tasks from them.
+        let archived = self.completed_frameworks.iter().filter_map(|fw| fw.info.id.as_ref().map(|id| (id, fw)));
+        let mut completed_tasks = Vec::new();
+        for (fid, fw) in self.frameworks.iter().chain(archived) {
+            for e in fw.completed_executors.iter().chain(fw.executors.values()) {
+                for t in &e.completed {
+                    completed_tasks.push(self.task_record(fid, e, &t.info, t.state, &t.statuses));
+                }
+            }
+        }
+        AgentToMaster::Reregister {
+            agent_info: self.agent_info.clone(),
+            version,
+            frameworks,
+            executors,
+            tasks,
+            completed_tasks,
+        }
     }
 
     fn task_record(

@@ -413,6 +413,10 @@ struct AgentArgs {
     /// Simulated agents sharing one HTTP/2 connection (1: each its own HTTP/1.1 connection).
     #[arg(long, env = "AGORA_SIMULATE_AGENTS_PER_CONNECTION", default_value_t = agora_http::H2_AGENTS_PER_CONNECTION)]
     simulate_agents_per_connection: usize,
+    /// Ended tasks each simulated agent reports when it re-registers, made up from its running
+    /// ones: the history a long-running agent holds (Mesos's failover benchmark: 4,000,000).
+    #[arg(long, env = "AGORA_SIMULATE_COMPLETED_TASKS", default_value_t = 0)]
+    simulate_completed_tasks: usize,
     /// Print the simulation's counters (JSON, one line) this often.
     #[arg(long, env = "AGORA_SIMULATE_REPORT_INTERVAL", default_value = "5secs", value_parser = parse_duration)]
     simulate_report_interval: Duration,
@@ -844,6 +848,7 @@ async fn simulate(args: &AgentArgs) -> anyhow::Result<i32> {
         status_update_retry_interval: args.status_update_retry_interval,
         local_ips,
         agents_per_connection: args.simulate_agents_per_connection,
+        completed_tasks: args.simulate_completed_tasks,
     };
     let sim = agora_agent::simulate::start(config).map_err(|e| anyhow::anyhow!("{e}"))?;
     println!("agora: simulating {count} agents against {}", args.master);

@@ -3,7 +3,8 @@
 //! load framework placing
 //! 5,000 tasks from 5 frameworks in 2 roles. Correctness only, no timings: every task placed
 //! once, no resource offered twice, no agent lost; then a master failover after which every
-//! agent re-registers with its tasks.
+//! agent re-registers with its tasks, and the frameworks' completed tasks are rebuilt from the
+//! agents' reports.
 mod common;
 
 use common::*;
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 const AGENTS: usize = 500;
 const TASKS: usize = 5_000;
+/// Ended tasks each simulated agent holds and reports when it re-registers.
+const COMPLETED_PER_AGENT: usize = 3;
 
 struct Sim {
     child: std::process::Child,
@@ -31,6 +34,7 @@ impl Sim {
         let child = Command::new(env!("CARGO_BIN_EXE_agora"))
             .args(["agent", "--master", master, "--simulate", &agents.to_string()])
             .args(["--simulate-name", name, "--simulate-report-interval", "200ms"])
+            .args(["--simulate-completed-tasks", &COMPLETED_PER_AGENT.to_string()])
             .args(["--resources", "cpus:4;mem:1024;disk:1024;ports:[31000-31100]"])
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log"))
@@ -99,10 +103,15 @@ async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
     let state = c.state().await;
     let mut ids = std::collections::HashSet::new();
     let mut per_agent: std::collections::HashMap<String, (f64, f64)> = Default::default();
+    let mut agent_of: std::collections::HashMap<String, String> = Default::default();
     for f in state["frameworks"].as_array().expect("frameworks") {
+        // Nothing has ended yet that this master saw end.
+        assert_eq!(f["completed_tasks"].as_array().map(Vec::len), Some(0), "{}", f["completed_tasks"]);
         for t in f["tasks"].as_array().expect("tasks") {
             assert_eq!(t["state"], "TASK_RUNNING", "{t}");
             assert!(ids.insert(t["id"].as_str().expect("id").to_string()), "task twice: {t}");
+            agent_of
+                .insert(t["id"].as_str().expect("id").to_string(), t["slave_id"].as_str().expect("agent").to_string());
             let e = per_agent.entry(t["slave_id"].as_str().expect("agent").to_string()).or_default();
             e.0 += t["resources"]["cpus"].as_f64().unwrap_or(0.0);
             e.1 += t["resources"]["mem"].as_f64().unwrap_or(0.0);
@@ -155,4 +164,27 @@ async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
         .map(|f| f["tasks"].as_array().map_or(0, |t| t.len()))
         .sum();
     assert_eq!(n, TASKS, "tasks in /state after the failover");
+
+    // Each agent with tasks also reported the tasks that ended on it (the simulator makes
+    // up COMPLETED_PER_AGENT from its running ones); the new master keeps them as its
+    // frameworks' completed tasks, each once, on the agent that ran it.
+    let mut done = std::collections::HashSet::new();
+    for f in state["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(state["unregistered_frameworks"].as_array().into_iter().flatten())
+    {
+        let completed = f["completed_tasks"].as_array().expect("completed_tasks");
+        assert!(completed.len() <= 1000, "more than --max-completed-tasks-per-framework");
+        for t in completed {
+            assert_eq!(t["state"], "TASK_FINISHED", "{t}");
+            assert_eq!(t["framework_id"], f["id"], "{t}");
+            let id = t["id"].as_str().expect("id");
+            let (like, _) = id.rsplit_once("-done-").expect("a made-up id");
+            assert_eq!(agent_of.get(like), t["slave_id"].as_str().map(str::to_string).as_ref(), "{t}");
+            assert!(done.insert(id.to_string()), "completed twice: {t}");
+        }
+    }
+    assert_eq!(done.len(), COMPLETED_PER_AGENT * per_agent.len(), "completed tasks after the failover");
 }

@@ -78,6 +78,59 @@ async fn command_tasks_end_in_the_right_states() {
         .join("executors/ok/runs/latest/stdout");
     assert_eq!(std::fs::read_to_string(&stdout).unwrap_or_default(), "done\n", "{stdout:?}");
     assert_eq!(st["frameworks"][0]["id"], fid);
+
+    // A master that fails over learns the ended tasks back from the agent, as Mesos's does:
+    // once the agent has them as completed (their last update acknowledged), kill -9 the
+    // master; after the agent re-registers the framework's completed tasks are all there.
+    let ended = ["ok", "three", "nosuch", "argv", "sleeper"];
+    let completed_ids = |v: &serde_json::Value| -> Vec<String> {
+        let mut ids: Vec<String> = v["frameworks"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .chain(v["unregistered_frameworks"].as_array().into_iter().flatten())
+            .chain(v["completed_frameworks"].as_array().into_iter().flatten())
+            .flat_map(|f| f["completed_executors"].as_array().into_iter().flatten().chain(std::iter::once(f)))
+            .flat_map(|x| x["completed_tasks"].as_array().cloned().unwrap_or_default())
+            .filter_map(|t| t["id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids
+    };
+    let mut want: Vec<String> = ended.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    let agent_url = format!("http://{}/state", c.agents[0].addr);
+    let on_agent = wait_until(T, || async { (completed_ids(&get_json(&agent_url).await) == want).then_some(()) }).await;
+    assert!(on_agent.is_some(), "the agent never had them all as completed: {}", get_json(&agent_url).await);
+    drop(fw);
+    let mut c = c;
+    c.restart_master();
+    let back = wait_until(T, || async {
+        let st = c.state().await;
+        (completed_ids(&st) == want).then_some(st)
+    })
+    .await;
+    let Some(st) = back else {
+        panic!("completed tasks after the failover: {}\n{}", c.state().await, c.logs());
+    };
+    let f = st["frameworks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(st["unregistered_frameworks"].as_array().into_iter().flatten())
+        .find(|f| f["id"] == fid)
+        .expect("the framework, recovered");
+    let states: std::collections::HashMap<&str, &str> = f["completed_tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| Some((t["id"].as_str()?, t["state"].as_str()?)))
+        .collect();
+    assert_eq!(states["ok"], "TASK_FINISHED", "{f}");
+    assert_eq!(states["three"], "TASK_FAILED", "{f}");
+    assert_eq!(states["sleeper"], "TASK_KILLED", "{f}");
+    assert!(f["tasks"].as_array().is_none_or(|t| t.is_empty()), "nothing ended is live again: {f}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -56,6 +56,12 @@ pub enum AgentToMaster {
         executors: Vec<ExecutorReport>,
         #[serde(default)]
         tasks: Vec<Task>,
+        /// Tasks that ended here and whose last update was acknowledged, oldest first (the
+        /// agent's own history, bounded by its limits). A master that did not know the
+        /// agent (it failed over since) rebuilds its frameworks' completed tasks from them,
+        /// as Mesos's master does from re-registering agents.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        completed_tasks: Vec<Task>,
     },
     StatusUpdate {
         agent_id: AgentId,

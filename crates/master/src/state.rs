@@ -363,6 +363,14 @@ impl Framework {
     pub fn id(&self) -> FrameworkId {
         self.info.id.clone().unwrap_or_default()
     }
+
+    /// Appends an ended task to the framework's history, keeping the newest `keep`.
+    fn add_completed(&mut self, task: Task, keep: usize) {
+        self.completed_tasks.push_back(Arc::new(task));
+        while self.completed_tasks.len() > keep {
+            self.completed_tasks.pop_front();
+        }
+    }
     pub fn connected(&self) -> bool {
         self.stream.is_some()
     }
@@ -482,21 +490,16 @@ pub(crate) struct UnreachableAgent {
 
 /// An agent whose admission (or re-admission) is being written to the registry.
 enum PendingAgent {
-    Register {
-        info: AgentInfo,
-        pid: String,
-        version: String,
-        total: Resources,
-        tx: agora_http::StreamTx,
-    },
-    Reregister {
-        info: AgentInfo,
-        version: String,
-        frameworks: Vec<FrameworkInfo>,
-        executors: Vec<ExecutorReport>,
-        tasks: Vec<Task>,
-        tx: agora_http::StreamTx,
-    },
+    Register { info: AgentInfo, pid: String, version: String, total: Resources, tx: agora_http::StreamTx },
+    Reregister { info: AgentInfo, version: String, report: AgentReport, tx: agora_http::StreamTx },
+}
+
+/// What a re-registering agent reports it runs and ran.
+pub(crate) struct AgentReport {
+    frameworks: Vec<FrameworkInfo>,
+    executors: Vec<ExecutorReport>,
+    tasks: Vec<Task>,
+    completed_tasks: Vec<Task>,
 }
 
 /// A framework whose registration is being written to the registry.
@@ -1094,8 +1097,8 @@ impl State {
                     Some(PendingAgent::Register { info, pid, version, total, tx }) => {
                         self.admit_agent(info, pid, version, total, tx)
                     }
-                    Some(PendingAgent::Reregister { info, version, frameworks, executors, tasks, tx }) => {
-                        self.readmit_agent(info, version, frameworks, executors, tasks, tx)
+                    Some(PendingAgent::Reregister { info, version, report, tx }) => {
+                        self.readmit_agent(info, version, report, tx)
                     }
                     None => {}
                 },
@@ -1892,10 +1895,7 @@ impl State {
             if let Some(agent) = self.agents.get_mut(&t.task.agent_id) {
                 agent.tasks.remove(&(fid.clone(), t.task.task_id.clone()));
             }
-            fw.completed_tasks.push_back(Arc::new(Arc::unwrap_or_clone(t).task));
-            if fw.completed_tasks.len() > self.config.max_completed_tasks_per_framework {
-                fw.completed_tasks.pop_front();
-            }
+            fw.add_completed(Arc::unwrap_or_clone(t).task, self.config.max_completed_tasks_per_framework);
         }
         match self.agents.get_mut(&a.agent_id) {
             Some(agent) => {
@@ -1985,8 +1985,9 @@ impl State {
                 self.submit(vec![Op::AdmitAgent { agent: record }], Ack::Agent(id));
                 Ok(())
             }
-            AgentToMaster::Reregister { agent_info, version, frameworks, executors, tasks } => {
-                self.agent_reregister(agent_info, version, frameworks, executors, tasks, tx)
+            AgentToMaster::Reregister { agent_info, version, frameworks, executors, tasks, completed_tasks } => {
+                let report = AgentReport { frameworks, executors, tasks, completed_tasks };
+                self.agent_reregister(agent_info, version, report, tx)
             }
             _ => Err(ApiError::bad_request("Expecting REGISTER or REREGISTER")),
         }
@@ -2052,9 +2053,7 @@ impl State {
         &mut self,
         agent_info: AgentInfo,
         version: String,
-        frameworks: Vec<FrameworkInfo>,
-        executors: Vec<ExecutorReport>,
-        tasks: Vec<Task>,
+        report: AgentReport,
         tx: agora_http::StreamTx,
     ) -> Result<(), ApiError> {
         let id = agent_info.id.clone().ok_or_else(|| ApiError::bad_request("REREGISTER needs 'agent_info.id'"))?;
@@ -2076,11 +2075,11 @@ impl State {
             (None, None) => false,
         };
         if unchanged {
-            self.readmit_agent(agent_info, version, frameworks, executors, tasks, tx);
+            self.readmit_agent(agent_info, version, report, tx);
         } else {
             // Unknown, unreachable, or changed: REREGISTERED once the registry has it.
             let record = AgentRecord { info: agent_info.clone(), pid, version: version.clone() };
-            let pending = PendingAgent::Reregister { info: agent_info, version, frameworks, executors, tasks, tx };
+            let pending = PendingAgent::Reregister { info: agent_info, version, report, tx };
             self.pending_agents.insert(id.clone(), pending);
             self.submit(vec![Op::AdmitAgent { agent: record }], Ack::Agent(id));
         }
@@ -2092,11 +2091,10 @@ impl State {
         &mut self,
         mut agent_info: AgentInfo,
         version: String,
-        frameworks: Vec<FrameworkInfo>,
-        executors: Vec<ExecutorReport>,
-        tasks: Vec<Task>,
+        report: AgentReport,
         tx: agora_http::StreamTx,
     ) {
+        let AgentReport { frameworks, executors, tasks, completed_tasks } = report;
         let id = agent_info.id.clone().unwrap_or_default();
         let total = Resources::from_vec(agent_info.resources.clone());
         let now = now_secs();
@@ -2243,8 +2241,27 @@ impl State {
                     s.agent_id = Some(id.clone());
                     e.task.state = TaskState::Gone;
                     push_status(&mut e.task, s.clone());
-                    fw.completed_tasks.push_back(Arc::new(e.task));
+                    fw.add_completed(e.task, self.config.max_completed_tasks_per_framework);
                     notify.push((fid.clone(), s));
+                }
+            }
+        }
+        // Tasks that ended on the agent before this master knew it (it failed over since):
+        // the frameworks' history of completed tasks, rebuilt as Mesos rebuilds it. A master
+        // that knew the agent has seen these end already.
+        if previous.is_none() && !was_unreachable {
+            let keep = self.config.max_completed_tasks_per_framework;
+            for mut t in completed_tasks {
+                let Some(fid) = self.frameworks.get_key_value(&t.framework_id).map(|(k, _)| k.clone()) else {
+                    continue;
+                };
+                if !t.state.is_terminal() || t.agent_id != id {
+                    continue;
+                }
+                share_task_ids(&mut t, &fid, &id);
+                adopt_reported(&mut t, &mut self.role_names);
+                if let Some(fw) = self.frameworks.get_mut(&fid) {
+                    fw.add_completed(t, keep);
                 }
             }
         }
@@ -2420,7 +2437,7 @@ impl State {
                     s.state = s.state.for_framework(pa);
                     fw.send(&Event::update(s));
                 }
-                fw.completed_tasks.push_back(Arc::new(t.task));
+                fw.add_completed(t.task, self.config.max_completed_tasks_per_framework);
             }
         }
         for fw in self.frameworks.values_mut() {
@@ -2508,7 +2525,7 @@ impl State {
                 push_status(&mut t.task, s.clone());
                 s.state = s.state.for_framework(fw.info.partition_aware());
                 fw.send(&Event::update(s));
-                fw.completed_tasks.push_back(Arc::new(t.task));
+                fw.add_completed(t.task, self.config.max_completed_tasks_per_framework);
             }
         }
         self.gone_agents.insert(id.clone(), now);
