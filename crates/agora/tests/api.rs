@@ -217,6 +217,23 @@ async fn legacy_endpoints_answer_in_v0_shape() {
         .await
         .unwrap();
     let st: agora_api::operator::Response = serde_json::from_slice(&r.body).unwrap();
+    // Its agents (written one by one off the state loop) are GET_AGENTS' answer; offers
+    // may come and go between the two calls.
+    let whole: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let r = agora_http::Client::new()
+        .call(&c.url("/api/v1"), &[], &serde_json::json!({"type": "GET_AGENTS"}), T)
+        .await
+        .unwrap();
+    let agents: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let without_offers = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        for a in v["agents"].as_array_mut().into_iter().flatten() {
+            a.as_object_mut().map(|o| o.remove("offered_resources"));
+        }
+        v
+    };
+    assert_eq!(without_offers(&whole["get_state"]["get_agents"]), without_offers(&agents["get_agents"]));
+    assert!(whole["get_state"]["get_agents"]["recovered_agents"].is_array());
     let gs = st.get_state.expect("get_state");
     assert_eq!(gs.get_tasks.tasks[0].task_id.value, "l1");
     assert_eq!(gs.get_agents.agents.len(), 1);

@@ -529,12 +529,20 @@ pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
             let snaps: Vec<AgentSnap> = st.agents.values().map(|a| AgentSnap::of(st, a)).collect();
             let recovered: Vec<AgentInfo> = st.recovered_agents.values().map(|r| r.info.clone()).collect();
             v.later(move |used| {
-                let agents = GetAgents {
-                    agents: snaps.iter().map(|a| a.entry(used.agent(&a.id()))).collect(),
-                    recovered_agents: recovered,
-                };
-                let mut out = Vec::with_capacity(agents.agents.len() * 1024);
-                write_json(&mut out, &agents);
+                // `GetAgents`, each agent's entry made, written and dropped in turn: made all
+                // at once they were most of the fresh memory a read touched (at 40,000
+                // agents, 40 % of its page faults).
+                let mut out = Vec::with_capacity(snaps.len() * 1024);
+                out.extend_from_slice(b"{\"agents\":[");
+                for (i, a) in snaps.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write_json(&mut out, &a.entry(used.agent(&a.id())));
+                }
+                out.extend_from_slice(b"],\"recovered_agents\":");
+                write_json(&mut out, &recovered);
+                out.push(b'}');
                 out
             });
             v.raw("}}");
