@@ -186,6 +186,12 @@ struct MasterArgs {
     /// Missed pings before an agent is marked unreachable.
     #[arg(long, env = "AGORA_MAX_AGENT_PING_TIMEOUTS", default_value_t = 5)]
     max_agent_ping_timeouts: u32,
+    /// Ended tasks kept per framework (the newest), shown in `/state` and GET_TASKS.
+    #[arg(long, env = "AGORA_MAX_COMPLETED_TASKS_PER_FRAMEWORK", default_value_t = 1000)]
+    max_completed_tasks_per_framework: usize,
+    /// Torn-down frameworks kept (the newest), shown as completed frameworks.
+    #[arg(long, env = "AGORA_MAX_COMPLETED_FRAMEWORKS", default_value_t = 50)]
+    max_completed_frameworks: usize,
     /// At most N agents marked unreachable per period, e.g. `1/20mins` (default: no limit).
     #[arg(long, env = "AGORA_AGENT_REMOVAL_RATE_LIMIT", value_parser = parse_rate)]
     agent_removal_rate_limit: Option<Rate>,
@@ -244,6 +250,8 @@ impl MasterArgs {
             ("allocation_interval".into(), format!("{:?}", self.allocation_interval)),
             ("agent_ping_timeout".into(), format!("{:?}", self.agent_ping_timeout)),
             ("max_agent_ping_timeouts".into(), self.max_agent_ping_timeouts.to_string()),
+            ("max_completed_tasks_per_framework".into(), self.max_completed_tasks_per_framework.to_string()),
+            ("max_completed_frameworks".into(), self.max_completed_frameworks.to_string()),
             ("agent_reregister_timeout".into(), format!("{:?}", self.agent_reregister_timeout)),
             ("registry".into(), if self.etcd.is_some() { "etcd" } else { "embedded" }.into()),
             ("etcd".into(), self.etcd.as_ref().map(|e| e.0.join(",")).unwrap_or_default()),
@@ -262,6 +270,8 @@ impl MasterArgs {
             allocation_interval: self.allocation_interval,
             agent_ping_timeout: self.agent_ping_timeout,
             max_agent_ping_timeouts: self.max_agent_ping_timeouts,
+            max_completed_tasks_per_framework: self.max_completed_tasks_per_framework,
+            max_completed_frameworks: self.max_completed_frameworks,
             agent_removal_rate_limit: self.agent_removal_rate_limit.map(|r| (r.0, r.1)),
             heartbeat_interval: self.framework_heartbeat_interval,
             weights: self.weights.clone().map(|w| w.0).unwrap_or_default(),
@@ -276,7 +286,6 @@ impl MasterArgs {
             registry_gc_interval: self.registry_gc_interval,
             max_stream_backlog: self.max_stream_backlog,
             flags,
-            ..MasterConfig::default()
         }
     }
 }

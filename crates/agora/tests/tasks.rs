@@ -270,7 +270,12 @@ pub fn process_running(cmdline: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_tasks_over_two_agents_all_finish() {
-    let c = Cluster::start(2, &[], &["--resources", "cpus:16;mem:16384;disk:1000;ports:[31000-32000]"]).await;
+    let c = Cluster::start(
+        2,
+        &["--max-completed-tasks-per-framework", "150"],
+        &["--resources", "cpus:16;mem:16384;disk:1000;ports:[31000-32000]"],
+    )
+    .await;
     let mut fw = Fw::subscribe(&c.master.addr, info("storm", true, 0.0)).await;
     let total = 200;
     let mut next = 0;
@@ -320,6 +325,15 @@ async fn two_hundred_tasks_over_two_agents_all_finish() {
     assert!(settled.is_some(), "updates left unacknowledged:\n{}", c.logs());
     let m = c.get("/metrics/snapshot").await;
     assert_eq!(m["master/tasks_finished"], total as u64);
+    // The master keeps the newest --max-completed-tasks-per-framework of them.
+    let st = c.state().await;
+    let kept: std::collections::HashSet<&str> = st["frameworks"][0]["completed_tasks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(kept.len(), 150, "{}", st["frameworks"][0]["completed_tasks"]);
     // Each task went STARTING -> RUNNING -> FINISHED, in order (an update retried before
     // its acknowledgement arrived may be seen twice: delivery is at least once).
     for i in 0..total {
