@@ -60,6 +60,19 @@ fn all_stats(sims: &[Sim]) -> String {
     sims.iter().map(|s| s.stats().to_string()).collect::<Vec<_>>().join("\n")
 }
 
+/// Each agent's `used_resources` in `/state` (kept by the master as tasks change) is what
+/// its tasks hold: `per_agent` is (cpus, mem) summed from the tasks.
+fn used_is_the_sum_of_the_tasks(state: &serde_json::Value, per_agent: &std::collections::HashMap<String, (f64, f64)>) {
+    let slaves = state["slaves"].as_array().expect("slaves");
+    assert_eq!(slaves.len(), AGENTS);
+    for a in slaves {
+        let (cpus, mem) = per_agent.get(a["id"].as_str().expect("id")).copied().unwrap_or_default();
+        let used = &a["used_resources"];
+        assert!((used["cpus"].as_f64().unwrap_or(-1.0) - cpus).abs() < 1e-6, "{a}: {cpus} cpus");
+        assert!((used["mem"].as_f64().unwrap_or(-1.0) - mem).abs() < 1e-6, "{a}: {mem} mem");
+    }
+}
+
 async fn metric(c: &Cluster, name: &str) -> f64 {
     c.get("/metrics/snapshot").await[name].as_f64().unwrap_or(-1.0)
 }
@@ -122,6 +135,7 @@ async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
         assert!(*cpus <= 4.0 + 1e-6 && *mem <= 1024.0 + 1e-6, "agent {agent} overcommitted: {cpus} cpus, {mem} mem");
     }
     assert_eq!(metric(&c, "master/tasks_running").await as usize, TASKS);
+    used_is_the_sum_of_the_tasks(&state, &per_agent);
 
     // The agents' view: each task launched exactly once, nobody lost or shut down.
     let settled = wait_until(Duration::from_secs(30), || async {
@@ -164,6 +178,7 @@ async fn five_hundred_simulated_agents_place_five_thousand_tasks_once() {
         .map(|f| f["tasks"].as_array().map_or(0, |t| t.len()))
         .sum();
     assert_eq!(n, TASKS, "tasks in /state after the failover");
+    used_is_the_sum_of_the_tasks(&state, &per_agent);
 
     // Each agent with tasks also reported the tasks that ended on it (the simulator makes
     // up COMPLETED_PER_AGENT from its running ones); the new master keeps them as its

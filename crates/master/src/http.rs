@@ -470,7 +470,7 @@ mod tests {
         v.raw("{");
         v.key(true, "tasks");
         let tasks = (0..40 * 4096).map(|_| crate::views::TaskRef::Done(task.clone())).collect();
-        v.tasks(crate::views::TaskForm::V1, tasks, false);
+        v.tasks(crate::views::TaskForm::V1, tasks);
         v.raw("}");
         v
     }

@@ -2,7 +2,7 @@
 //! `/tasks`, `/metrics/snapshot`, ...) with their v0 field names, and the operator API's
 //! typed GET_* replies.
 use crate::state::{Framework, Query, State};
-use crate::tasks::{TaskStats, Tasks};
+use crate::tasks::{Sum, TaskStats, Tasks};
 use crate::views::{write_json, TaskForm, TaskRef, View};
 use agora_api::operator::*;
 use agora_api::*;
@@ -136,7 +136,7 @@ fn attributes_json(attributes: &[Attribute]) -> Value {
 }
 
 fn agent_json(st: &State, a: &crate::state::Agent) -> Value {
-    serde_json::to_value(agent_v0(&AgentSnap::of(st, a), &st.used_on(&a.id()))).unwrap_or(Value::Null)
+    serde_json::to_value(agent_v0(&AgentSnap::of(st, a))).unwrap_or(Value::Null)
 }
 
 /// What a view shows of an agent, taken on the state loop (pointer copies and small
@@ -150,6 +150,7 @@ struct AgentSnap {
     reregistered_time: Option<f64>,
     total: Resources,
     offered: Resources,
+    used: Sum,
 }
 
 impl AgentSnap {
@@ -163,15 +164,12 @@ impl AgentSnap {
             reregistered_time: a.reregistered_time,
             total: a.total.clone(),
             offered: if a.offers.is_empty() { Resources::new() } else { st.offered_on(&a.id()) },
+            used: st.used_sum_on(&a.id()),
         }
     }
 
-    fn id(&self) -> AgentId {
-        self.info.id.clone().unwrap_or_default()
-    }
-
     /// The operator API's `GetAgents.Agent`.
-    fn entry(&self, used: Resources) -> AgentEntry {
+    fn entry(&self) -> AgentEntry {
         AgentEntry {
             agent_info: (*self.info).clone(),
             active: self.active,
@@ -181,7 +179,7 @@ impl AgentSnap {
             registered_time: Some(DurationInfo::from_secs_f64(self.registered_time)),
             reregistered_time: self.reregistered_time.map(DurationInfo::from_secs_f64),
             total_resources: self.total.clone().into_vec(),
-            allocated_resources: used.into_vec(),
+            allocated_resources: self.used.to_resources().into_vec(),
             offered_resources: self.offered.clone().into_vec(),
         }
     }
@@ -212,7 +210,8 @@ struct AgentV0<'a> {
     offered_resources_full: Vec<Resource>,
 }
 
-fn agent_v0<'a>(a: &'a AgentSnap, used: &Resources) -> AgentV0<'a> {
+fn agent_v0(a: &AgentSnap) -> AgentV0<'_> {
+    let used = &a.used.to_resources();
     let id = a.info.id.as_ref().map(|i| i.value.as_str()).unwrap_or("");
     let mut reserved = serde_json::Map::new();
     let mut unreserved = Resources::new();
@@ -254,14 +253,14 @@ fn agent_v0<'a>(a: &'a AgentSnap, used: &Resources) -> AgentV0<'a> {
 /// `/state`'s `slaves`, written off the loop.
 fn agents_v0_later(v: &mut View, st: &State) {
     let snaps: Vec<AgentSnap> = st.agents.values().map(|a| AgentSnap::of(st, a)).collect();
-    v.later(move |used| {
+    v.later(move || {
         let mut out = Vec::with_capacity(snaps.len() * 1024);
         out.push(b'[');
         for (i, a) in snaps.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            write_json(&mut out, &agent_v0(a, &used.agent(&a.id())));
+            write_json(&mut out, &agent_v0(a));
         }
         out.push(b']');
         out
@@ -397,34 +396,22 @@ fn done(tasks: &std::collections::VecDeque<Arc<Task>>) -> impl Iterator<Item = T
 /// resources in use), then its task lists.
 fn framework_v0(v: &mut View, st: &State, f: &Framework) {
     let mut head = framework_json_head(st, f);
-    let id = f.id();
-    v.later(move |used| {
-        with_used(&mut head, &used.framework(&id));
-        let mut out = Vec::new();
-        let mut first = true;
-        out.push(b'{');
-        if let Value::Object(fields) = &head {
-            for (k, val) in fields {
-                if !first {
-                    out.push(b',');
-                }
-                write_json(&mut out, k);
-                out.push(b':');
-                write_json(&mut out, val);
-                first = false;
-            }
+    with_used(&mut head, &st.used_by(&f.id()));
+    v.raw("{");
+    let mut first = true;
+    if let Value::Object(fields) = &head {
+        for (k, val) in fields {
+            v.key(first, k);
+            v.value(val);
+            first = false;
         }
-        if !first {
-            out.push(b',');
-        }
-        out
-    });
-    v.key(true, "tasks");
-    v.tasks(TaskForm::V0, live(&f.tasks).collect(), true);
+    }
+    v.key(first, "tasks");
+    v.tasks(TaskForm::V0, live(&f.tasks).collect());
     v.key(false, "unreachable_tasks");
-    v.tasks(TaskForm::V0, live(&f.unreachable_tasks).collect(), false);
+    v.tasks(TaskForm::V0, live(&f.unreachable_tasks).collect());
     v.key(false, "completed_tasks");
-    v.tasks(TaskForm::V0, done(&f.completed_tasks).collect(), false);
+    v.tasks(TaskForm::V0, done(&f.completed_tasks).collect());
     v.raw("}");
 }
 
@@ -452,11 +439,11 @@ fn get_tasks_view(v: &mut View, st: &State) {
     }
     v.raw("{");
     v.key(true, "tasks");
-    v.tasks(TaskForm::V1, tasks, true);
+    v.tasks(TaskForm::V1, tasks);
     v.key(false, "unreachable_tasks");
-    v.tasks(TaskForm::V1, unreachable, false);
+    v.tasks(TaskForm::V1, unreachable);
     v.key(false, "completed_tasks");
-    v.tasks(TaskForm::V1, completed, false);
+    v.tasks(TaskForm::V1, completed);
     v.raw("}");
 }
 
@@ -514,21 +501,11 @@ pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
             v.key(false, "get_executors");
             v.value(&get_executors(st));
             v.key(false, "get_frameworks");
-            let mut frameworks = get_frameworks_without_used(st);
-            v.later(move |used| {
-                for f in frameworks.frameworks.iter_mut().chain(frameworks.completed_frameworks.iter_mut()) {
-                    if let Some(id) = &f.framework_info.id {
-                        f.allocated_resources = used.framework(id).into_vec();
-                    }
-                }
-                let mut out = Vec::new();
-                write_json(&mut out, &frameworks);
-                out
-            });
+            v.value(&get_frameworks(st));
             v.key(false, "get_agents");
             let snaps: Vec<AgentSnap> = st.agents.values().map(|a| AgentSnap::of(st, a)).collect();
             let recovered: Vec<AgentInfo> = st.recovered_agents.values().map(|r| r.info.clone()).collect();
-            v.later(move |used| {
+            v.later(move || {
                 // `GetAgents`, each agent's entry made, written and dropped in turn: made all
                 // at once they were most of the fresh memory a read touched (at 40,000
                 // agents, 40 % of its page faults).
@@ -538,7 +515,7 @@ pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
                     if i > 0 {
                         out.push(b',');
                     }
-                    write_json(&mut out, &a.entry(used.agent(&a.id())));
+                    write_json(&mut out, &a.entry());
                 }
                 out.extend_from_slice(b"],\"recovered_agents\":");
                 write_json(&mut out, &recovered);
@@ -766,12 +743,6 @@ pub(crate) fn get_tasks(st: &State) -> GetTasks {
 }
 
 fn framework_entry(st: &State, f: &Framework) -> FrameworkEntry {
-    let mut e = framework_entry_without_used(st, f);
-    e.allocated_resources = st.used_by(&f.id()).into_vec();
-    e
-}
-
-fn framework_entry_without_used(st: &State, f: &Framework) -> FrameworkEntry {
     let id = f.id();
     FrameworkEntry {
         framework_info: f.info.clone(),
@@ -781,7 +752,7 @@ fn framework_entry_without_used(st: &State, f: &Framework) -> FrameworkEntry {
         registered_time: Some(DurationInfo::from_secs_f64(f.registered_time)),
         unregistered_time: f.unregistered_time.map(DurationInfo::from_secs_f64),
         offers: f.offers.iter().filter_map(|o| st.offers.get(o)).map(|o| o.offer.clone()).collect(),
-        allocated_resources: Vec::new(),
+        allocated_resources: st.used_by(&id).into_vec(),
         offered_resources: st.offered_to(&id).into_vec(),
     }
 }
@@ -793,17 +764,9 @@ pub(crate) fn get_frameworks(st: &State) -> GetFrameworks {
     }
 }
 
-/// GET_FRAMEWORKS without `allocated_resources` (filled in off the loop).
-fn get_frameworks_without_used(st: &State) -> GetFrameworks {
-    GetFrameworks {
-        frameworks: st.frameworks.values().map(|f| framework_entry_without_used(st, f)).collect(),
-        completed_frameworks: st.completed_frameworks.iter().map(|f| framework_entry_without_used(st, f)).collect(),
-    }
-}
-
 pub(crate) fn get_agents(st: &State) -> GetAgents {
     GetAgents {
-        agents: st.agents.values().map(|a| AgentSnap::of(st, a).entry(st.used_on(&a.id()))).collect(),
+        agents: st.agents.values().map(|a| AgentSnap::of(st, a).entry()).collect(),
         recovered_agents: st.recovered_agents.values().map(|r| r.info.clone()).collect(),
     }
 }

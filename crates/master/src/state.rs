@@ -10,7 +10,7 @@
 //! frameworks to re-subscribe); on losing it, it drops everything, which closes every
 //! stream. Registry changes go to a [`Writer`] in order; agent admission and framework
 //! registration are acknowledged only once their write is durable.
-use crate::tasks::Tasks;
+use crate::tasks::{SharedLedger, Sum, Tasks};
 use crate::MasterConfig;
 use agora_allocator::{Allocation, Allocator};
 use agora_api::agent_proto::{AgentToMaster, ExecutorReport, MasterToAgent, StatusUpdate};
@@ -578,6 +578,8 @@ pub(crate) struct State {
     /// stale, so every use checks it (see [`State::agent_at`]).
     by_pid: HashMap<String, AgentId>,
     role_names: RoleNames,
+    /// Resources in use per agent and per framework, kept by the frameworks' task maps.
+    pub(crate) ledger: SharedLedger,
 }
 
 /// Role names shared between tasks: a task and its resources hold a pointer to their
@@ -694,6 +696,7 @@ pub fn spawn(config: MasterConfig, addr: SocketAddr) -> (Handle, tokio::task::Jo
         generations: 0,
         by_pid: HashMap::new(),
         role_names: RoleNames::default(),
+        ledger: SharedLedger::default(),
     };
     let task = tokio::spawn(run(state, rx));
     (handle, task)
@@ -1028,7 +1031,7 @@ impl State {
                 unregistered_time: Some(now),
                 failover_generation: 0,
                 offers: HashSet::new(),
-                tasks: Tasks::default(),
+                tasks: Tasks::in_use(self.ledger.clone()),
                 unreachable_tasks: Tasks::default(),
                 completed_tasks: VecDeque::new(),
                 executors: HashMap::new(),
@@ -1285,7 +1288,7 @@ impl State {
                 unregistered_time: None,
                 failover_generation: 0,
                 offers: HashSet::new(),
-                tasks: Tasks::default(),
+                tasks: Tasks::in_use(self.ledger.clone()),
                 unreachable_tasks: Tasks::default(),
                 completed_tasks: VecDeque::new(),
                 executors: HashMap::new(),
@@ -2821,30 +2824,20 @@ impl State {
     }
 
     /// Resources used by live tasks (and custom executors) on an agent.
+    /// The resources the tasks on an agent use (from the [`Ledger`](crate::tasks::Ledger)).
     pub(crate) fn used_on(&self, aid: &AgentId) -> Resources {
-        let mut r = Resources::new();
-        if let Some(a) = self.agents.get(aid) {
-            for (fid, tid) in &a.tasks {
-                if let Some(t) = self.frameworks.get(fid).and_then(|f| f.tasks.get(tid)) {
-                    if !t.released {
-                        t.add_resources_to(&mut r);
-                    }
-                }
-            }
-        }
-        r
+        self.used_sum_on(aid).to_resources()
     }
 
+    /// The resources a framework's tasks use (from the [`Ledger`](crate::tasks::Ledger)).
     pub(crate) fn used_by(&self, fid: &FrameworkId) -> Resources {
-        let mut r = Resources::new();
-        if let Some(fw) = self.frameworks.get(fid) {
-            for t in fw.tasks.values() {
-                if !t.released {
-                    t.add_resources_to(&mut r);
-                }
-            }
-        }
-        r
+        self.ledger.lock().map(|l| l.framework(fid)).unwrap_or_default().to_resources()
+    }
+
+    /// [`State::used_on`] as the ledger keeps it (compact; a big read converts it off the
+    /// state loop).
+    pub(crate) fn used_sum_on(&self, aid: &AgentId) -> Sum {
+        self.ledger.lock().map(|l| l.agent(aid)).unwrap_or_default()
     }
 
     pub(crate) fn uptime(&self) -> f64 {

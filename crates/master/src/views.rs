@@ -2,18 +2,17 @@
 //! encoded off it.
 //!
 //! On the state loop a read takes what it shows: every task as an `Arc` (a pointer copy
-//! per task, see [`TaskEntry`](crate::state::TaskEntry)), the agents and frameworks as
-//! small snapshots, the rest written as JSON at once. Off the loop, on blocking threads,
-//! the resources in use per agent and per framework are summed from the tasks, the
-//! deferred parts written with them, and the tasks (most of the bytes) encoded in
-//! parallel chunks, streamed to the client in order while the next few are encoded: a
-//! read holds a few chunks, not its whole body (300 MB for GET_STATE at 400,000 tasks).
+//! per task, see [`TaskEntry`](crate::state::TaskEntry)), the agents as small snapshots
+//! (with the resources they have in use, which the master keeps as tasks change), the rest
+//! written as JSON at once. Off the loop, on blocking threads, the agents are written and
+//! the tasks (most of the bytes) encoded in parallel chunks, streamed to the client in
+//! order while the next few are encoded: a read holds a few chunks, not its whole body
+//! (300 MB for GET_STATE at 400,000 tasks).
 use crate::legacy::write_task_v0;
 use crate::state::TaskEntry;
-use agora_api::{AgentId, FrameworkId, Resources, Task};
+use agora_api::Task;
 use bytes::Bytes;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -47,115 +46,16 @@ pub(crate) enum TaskForm {
     V1,
 }
 
-/// Resources used by the live tasks of a view, per agent and per framework (what
-/// `State::used_on` and `State::used_by` give on the loop).
-#[derive(Default)]
-pub(crate) struct Used {
-    by_agent: HashMap<AgentId, Resources, IdHash>,
-    by_framework: HashMap<FrameworkId, Resources, IdHash>,
-}
-
-impl Used {
-    pub(crate) fn agent(&self, id: &AgentId) -> Resources {
-        self.by_agent.get(id).cloned().unwrap_or_default()
-    }
-    pub(crate) fn framework(&self, id: &FrameworkId) -> Resources {
-        self.by_framework.get(id).cloned().unwrap_or_default()
-    }
-
-    /// Adds live tasks. A run of one framework's tasks (a framework's own list in `/state`)
-    /// is summed aside and entered once; tasks of several frameworks mixed (GET_STATE's
-    /// one list, in memory order) are entered one by one.
-    fn add_tasks(&mut self, tasks: &[TaskRef]) {
-        let mut run: Option<(&FrameworkId, Resources)> = None;
-        for t in tasks {
-            let TaskRef::Live(e) = t else { continue };
-            if e.released {
-                continue;
-            }
-            add_into(&mut self.by_agent, &e.task.agent_id, e);
-            match &mut run {
-                Some((id, r)) if **id == e.task.framework_id => e.add_resources_to(r),
-                _ => {
-                    if let Some((id, r)) = run.take() {
-                        self.add_framework(id, &r);
-                    }
-                    let mut r = Resources::new();
-                    e.add_resources_to(&mut r);
-                    run = Some((&e.task.framework_id, r));
-                }
-            }
-        }
-        if let Some((id, r)) = run {
-            self.add_framework(id, &r);
-        }
-    }
-
-    fn add_framework(&mut self, id: &FrameworkId, r: &Resources) {
-        let acc = self.by_framework.entry(id.clone()).or_default();
-        for x in r.iter() {
-            acc.add(x);
-        }
-    }
-}
-
-fn add_into<K: Eq + std::hash::Hash + Clone>(m: &mut HashMap<K, Resources, IdHash>, k: &K, e: &TaskEntry) {
-    if let Some(r) = m.get_mut(k) {
-        e.add_resources_to(r);
-    } else {
-        let mut r = Resources::new();
-        e.add_resources_to(&mut r);
-        m.insert(k.clone(), r);
-    }
-}
-
-/// A fast, unkeyed hash (FNV-style, over 8-byte words) for the ids of one read's own maps:
-/// their keys are agent and framework ids the master itself generated, not a client's
-/// choice, so SipHash's defence against chosen collisions buys nothing here; it was about
-/// a twentieth of a big read's samples.
-#[derive(Default, Clone, Copy)]
-struct IdHash;
-
-impl std::hash::BuildHasher for IdHash {
-    type Hasher = IdHasher;
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.0 = (self.0 ^ u64::from_le_bytes(w)).wrapping_mul(0x0100_0000_01b3).rotate_left(29);
-        }
-        for &b in chunks.remainder() {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    fn finish(&self) -> u64 {
-        // Mix the high bits down: hashbrown takes its control byte from the top 7 bits.
-        let h = self.0;
-        (h ^ (h >> 32)).wrapping_mul(0x9e37_79b9_7f4a_7c15)
-    }
-}
-
-/// A part written off the loop, once [`Used`] is known.
-type Later = Box<dyn FnOnce(&Used) -> Vec<u8> + Send + Sync>;
+/// A part written off the loop.
+type Later = Box<dyn FnOnce() -> Vec<u8> + Send + Sync>;
 
 enum Part {
     /// JSON written on the state loop.
     Json(Vec<u8>),
-    /// The elements of a JSON array of tasks (the brackets are in the neighbouring parts);
-    /// `in_use`: the list is a framework's live tasks, whose resources count as used.
+    /// The elements of a JSON array of tasks (the brackets are in the neighbouring parts).
     Tasks {
         form: TaskForm,
         tasks: Vec<TaskRef>,
-        in_use: bool,
     },
     Later(Later),
 }
@@ -243,19 +143,18 @@ impl View {
         }
     }
 
-    /// Appends a JSON array of tasks, encoded off the loop. `in_use`: these are a
-    /// framework's live tasks (their resources count in [`Used`]).
-    pub(crate) fn tasks(&mut self, form: TaskForm, tasks: Vec<TaskRef>, in_use: bool) {
+    /// Appends a JSON array of tasks, encoded off the loop.
+    pub(crate) fn tasks(&mut self, form: TaskForm, tasks: Vec<TaskRef>) {
         self.cur.push(b'[');
         if !tasks.is_empty() {
             self.flush();
-            self.parts.push(Part::Tasks { form, tasks, in_use });
+            self.parts.push(Part::Tasks { form, tasks });
         }
         self.cur.push(b']');
     }
 
-    /// Appends JSON written off the loop by `f`, which sees the resources in use.
-    pub(crate) fn later(&mut self, f: impl FnOnce(&Used) -> Vec<u8> + Send + Sync + 'static) {
+    /// Appends JSON written off the loop by `f`.
+    pub(crate) fn later(&mut self, f: impl FnOnce() -> Vec<u8> + Send + Sync + 'static) {
         self.flush();
         self.parts.push(Part::Later(Box::new(f)));
     }
@@ -353,16 +252,8 @@ impl View {
                 changed.notify_all();
             }
         };
-        // The deferred parts: sum what is in use, then write them.
-        let later_work = || -> Vec<(usize, Vec<u8>)> {
-            let mut used = Used::default();
-            for p in &parts {
-                if let Part::Tasks { tasks, in_use: true, .. } = p {
-                    used.add_tasks(tasks);
-                }
-            }
-            later.into_iter().map(|(i, f)| (i, f(&used))).collect()
-        };
+        // The deferred parts, on a thread of their own.
+        let later_work = || -> Vec<(usize, Vec<u8>)> { later.into_iter().map(|(i, f)| (i, f())).collect() };
         std::thread::scope(|s| {
             for _ in 0..threads.max(1) {
                 s.spawn(worker);
@@ -494,13 +385,13 @@ mod tests {
         let mut v = View::new();
         v.raw("{");
         v.key(true, "tasks");
-        v.tasks(TaskForm::V1, (0..n).map(|i| TaskRef::Done(task(i))).collect(), false);
+        v.tasks(TaskForm::V1, (0..n).map(|i| TaskRef::Done(task(i))).collect());
         v.key(false, "more");
-        v.tasks(TaskForm::V1, (0..3).map(|i| TaskRef::Done(task(i))).collect(), false);
+        v.tasks(TaskForm::V1, (0..3).map(|i| TaskRef::Done(task(i))).collect());
         v.key(false, "none");
-        v.tasks(TaskForm::V1, vec![], false);
+        v.tasks(TaskForm::V1, vec![]);
         v.key(false, "later");
-        v.later(|_| b"{\"x\":1}".to_vec());
+        v.later(|| b"{\"x\":1}".to_vec());
         v.raw("}");
         v
     }
@@ -509,38 +400,8 @@ mod tests {
         let mut t = (*task(i)).clone();
         t.framework_id.value = fw.into();
         t.agent_id.value = format!("agent-{agent}").into();
-        t.resources = Resources::parse(&format!("cpus:{}.5;mem:{}", i % 3, 10 + i % 7)).unwrap().0;
+        t.resources = agora_api::Resources::parse(&format!("cpus:{}.5;mem:{}", i % 3, 10 + i % 7)).unwrap().0;
         TaskRef::Live(Arc::new(TaskEntry { task: t, role: "*".into(), released }))
-    }
-
-    #[test]
-    fn resources_in_use_are_summed_per_agent_and_framework() {
-        // Two frameworks' live lists (one with a task of another framework in the middle,
-        // one with released tasks), agents shared between them.
-        let a: Vec<TaskRef> = (0..50).map(|i| live(i, if i == 20 { "g" } else { "f" }, i % 7, false)).collect();
-        let b: Vec<TaskRef> = (50..90).map(|i| live(i, "g", i % 5, i % 4 == 0)).collect();
-        let mut naive_agent: HashMap<String, Resources> = HashMap::new();
-        let mut naive_fw: HashMap<String, Resources> = HashMap::new();
-        for t in a.iter().chain(&b) {
-            let TaskRef::Live(e) = t else { unreachable!() };
-            if e.released {
-                continue;
-            }
-            e.add_resources_to(naive_agent.entry(e.task.agent_id.value.to_string()).or_default());
-            e.add_resources_to(naive_fw.entry(e.task.framework_id.value.to_string()).or_default());
-        }
-        let mut used = Used::default();
-        used.add_tasks(&a);
-        used.add_tasks(&b);
-        assert_eq!(used.by_agent.len(), naive_agent.len());
-        for (k, r) in &naive_agent {
-            assert_eq!(&used.agent(&AgentId { value: k.into() }), r, "agent {k}");
-        }
-        assert_eq!(used.by_framework.len(), 2);
-        for (k, r) in &naive_fw {
-            assert_eq!(&used.framework(&FrameworkId { value: k.into() }), r, "framework {k}");
-        }
-        assert!(used.agent(&AgentId { value: "nowhere".into() }).is_empty());
     }
 
     #[test]
@@ -568,10 +429,9 @@ mod tests {
                         TaskRef::Done(t) => TaskRef::Done(t.clone()),
                     })
                     .collect(),
-                true,
             );
             v.key(false, "completed_tasks");
-            v.tasks(TaskForm::V1, completed.iter().map(|t| TaskRef::Done(Arc::new(t.task().clone()))).collect(), false);
+            v.tasks(TaskForm::V1, completed.iter().map(|t| TaskRef::Done(Arc::new(t.task().clone()))).collect());
             v.raw("}");
             let body: serde_json::Value = serde_json::from_slice(&v.encode(threads).concat()).unwrap();
             let ids = |k: &str| -> Vec<String> {
