@@ -243,6 +243,18 @@ async fn legacy_endpoints_answer_in_v0_shape() {
     };
     assert_eq!(cpus(&gs.get_agents.agents[0].allocated_resources), 0.5);
     assert_eq!(cpus(&gs.get_frameworks.frameworks[0].allocated_resources), 0.5);
+    // /roles and /state-summary show what the task uses, under its role.
+    let roles = c.get("/roles").await;
+    let star = roles["roles"].as_array().and_then(|r| r.iter().find(|r| r["name"] == "*")).cloned().unwrap_or_default();
+    assert_eq!(
+        (star["resources"]["cpus"].as_f64(), star["resources"]["mem"].as_f64()),
+        (Some(0.5), Some(64.0)),
+        "{roles}"
+    );
+    let summary = c.get("/state-summary").await;
+    assert_eq!(summary["slaves"][0]["used_resources"]["cpus"], 0.5, "{summary}");
+    assert_eq!(summary["frameworks"][0]["used_resources"]["mem"], 64.0, "{summary}");
+    assert_eq!(summary["frameworks"][0]["TASK_RUNNING"], 1, "{summary}");
     // Suppress then revive: no offers while suppressed.
     fw.s.call(Call::new(CallType::Suppress, None)).await.unwrap();
     // Give back whatever was offered before the suppression; it must not come back.

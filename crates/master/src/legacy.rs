@@ -585,7 +585,7 @@ fn state_summary(st: &State) -> Value {
                 "id": id.value, "name": f.info.name, "active": f.active, "connected": f.connected(),
                 "used_resources": st.used_by(&id).to_legacy_map(),
                 "offered_resources": st.offered_to(&id).to_legacy_map(),
-                "TASK_RUNNING": f.tasks.values().filter(|t| t.task.state == TaskState::Running).count(),
+                "TASK_RUNNING": f.tasks.stats().count(TaskState::Running),
             })
         }).collect::<Vec<_>>(),
     })
@@ -703,8 +703,11 @@ fn roles(st: &State) -> Value {
             let e = roles.entry(r).or_insert_with(|| (vec![], Resources::new()));
             e.0.push(id.value.to_string());
         }
-        for t in f.tasks.values().filter(|t| !t.released) {
-            t.add_resources_to(&mut roles.entry(t.role.to_string()).or_insert_with(|| (vec![], Resources::new())).1);
+        // What its tasks use (the ledger's sum), under the role each resource is allocated to.
+        let fallback = f.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into());
+        for r in st.used_by(&id).iter() {
+            let role = r.allocation_role().map_or_else(|| fallback.clone(), str::to_string);
+            roles.entry(role).or_insert_with(|| (vec![], Resources::new())).1.add(r);
         }
     }
     for role in st.quotas.keys() {

@@ -261,8 +261,6 @@ impl Stream {
 pub(crate) struct TaskEntry {
     /// The task; its `resources` are what the allocator charged (normalised on insertion).
     pub task: Task,
-    /// The role charged, shared by every task of that role (see [`RoleNames`]).
-    pub role: Text,
     /// Whether the resources went back to the allocator already (terminal or agent gone).
     pub released: bool,
 }
@@ -1715,7 +1713,7 @@ impl State {
                     Ok(charged) => {
                         remaining.subtract_all(&charged);
                         launched_ids.insert(task.task_id.clone());
-                        self.launch(fid, &agent_id, &role, task, charged);
+                        self.launch(fid, &agent_id, task, charged);
                     }
                 }
             }
@@ -1810,7 +1808,7 @@ impl State {
         Ok(charged)
     }
 
-    fn launch(&mut self, fid: &FrameworkId, agent_id: &AgentId, role: &str, mut task: TaskInfo, charged: Resources) {
+    fn launch(&mut self, fid: &FrameworkId, agent_id: &AgentId, mut task: TaskInfo, charged: Resources) {
         // The task record holds the master's own copies of its framework and agent ids.
         let Some((fid, _)) = self.frameworks.get_key_value(fid) else { return };
         let fid = &fid.clone();
@@ -1841,10 +1839,7 @@ impl State {
             limits: task.limits.clone().map(Box::new),
         };
         self.role_names.share(&mut record.resources);
-        fw.tasks.insert(
-            task.task_id.clone(),
-            Arc::new(TaskEntry { task: record, role: self.role_names.get(role), released: false }),
-        );
+        fw.tasks.insert(task.task_id.clone(), Arc::new(TaskEntry { task: record, released: false }));
         let framework_info = fw.info.clone();
         tracing::info!(framework_id = %fid, task_id = %task.task_id, agent_id = %agent_id, "launching task");
         task.resources = charged.clone().into_vec();
@@ -2197,12 +2192,8 @@ impl State {
                 }
                 None => {
                     // Unknown to this master (a failover): the agent's record becomes ours.
-                    let role =
-                        t.resources.iter().find_map(|r| r.allocation_role().map(str::to_string)).unwrap_or_else(|| {
-                            fw.info.effective_roles().into_iter().next().unwrap_or_else(|| "*".into())
-                        });
                     adopt_reported(&mut t, &mut self.role_names);
-                    Arc::new(TaskEntry { task: t, role: self.role_names.get(&role), released: false })
+                    Arc::new(TaskEntry { task: t, released: false })
                 }
             };
             Arc::make_mut(&mut entry).released = state.is_terminal();

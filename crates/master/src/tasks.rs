@@ -344,7 +344,7 @@ mod tests {
             "resources": serde_json::from_str::<serde_json::Value>(&resources).unwrap(),
         }))
         .unwrap();
-        Arc::new(TaskEntry { task, role: "web".into(), released })
+        Arc::new(TaskEntry { task, released })
     }
 
     /// Same resources, whatever their order and however they were merged.

@@ -401,7 +401,7 @@ mod tests {
         t.framework_id.value = fw.into();
         t.agent_id.value = format!("agent-{agent}").into();
         t.resources = agora_api::Resources::parse(&format!("cpus:{}.5;mem:{}", i % 3, 10 + i % 7)).unwrap().0;
-        TaskRef::Live(Arc::new(TaskEntry { task: t, role: "*".into(), released }))
+        TaskRef::Live(Arc::new(TaskEntry { task: t, released }))
     }
 
     #[test]
