@@ -253,6 +253,15 @@ async fn legacy_endpoints_answer_in_v0_shape() {
     );
     let summary = c.get("/state-summary").await;
     assert_eq!(summary["slaves"][0]["used_resources"]["cpus"], 0.5, "{summary}");
+    assert_eq!(summary["slaves"][0]["TASK_RUNNING"], 1, "{summary}");
+    assert_eq!(summary["slaves"][0]["id"], offer.agent_id.value.as_str(), "{summary}");
+    assert!(summary["hostname"].is_string() && summary["cluster"].is_null(), "{summary}");
+    // /slaves: the agents as in /state.
+    let slaves = c.get("/slaves").await;
+    assert_eq!(slaves["slaves"][0]["id"], offer.agent_id.value.as_str(), "{slaves}");
+    assert_eq!(slaves["slaves"][0]["used_resources"]["mem"], 64.0, "{slaves}");
+    assert_eq!(slaves["slaves"][0]["attributes"]["rack"], "r1", "{slaves}");
+    assert!(slaves["recovered_slaves"].is_array(), "{slaves}");
     assert_eq!(summary["frameworks"][0]["used_resources"]["mem"], 64.0, "{summary}");
     assert_eq!(summary["frameworks"][0]["TASK_RUNNING"], 1, "{summary}");
     // Suppress then revive: no offers while suppressed.

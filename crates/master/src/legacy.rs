@@ -1,7 +1,7 @@
 //! Read views of the master state: the v0 JSON endpoints (`/state`, `/slaves`, `/frameworks`,
 //! `/tasks`, `/metrics/snapshot`, ...) with their v0 field names, and the operator API's
 //! typed GET_* replies.
-use crate::state::{Framework, Query, State};
+use crate::state::{Framework, Query, State, TaskEntry};
 use crate::tasks::{Sum, TaskStats, Tasks};
 use crate::views::{write_json, TaskForm, TaskRef, View};
 use agora_api::operator::*;
@@ -33,11 +33,6 @@ pub fn version_json() -> Value {
 
 pub(crate) fn render(st: &State, q: &Query) -> Value {
     match q {
-        Query::StateSummary => state_summary(st),
-        Query::Slaves => json!({
-            "slaves": st.agents.values().map(|a| agent_json(st, a)).collect::<Vec<_>>(),
-            "recovered_slaves": recovered_slaves(st),
-        }),
         Query::Tasks { limit, offset, ascending, framework_id, task_id } => {
             let mut all: Vec<&Task> = Vec::new();
             for f in st.frameworks.values().chain(st.completed_frameworks.iter()) {
@@ -67,7 +62,12 @@ pub(crate) fn render(st: &State, q: &Query) -> Value {
         Query::Roles => roles(st),
         // The big reads: the state loop answers them with `view` (encoded off the loop);
         // as a `Value` only for completeness.
-        Query::State | Query::Frameworks { .. } | Query::GetState | Query::GetTasks => {
+        Query::State
+        | Query::StateSummary
+        | Query::Slaves
+        | Query::Frameworks { .. }
+        | Query::GetState
+        | Query::GetTasks => {
             view(st, q).and_then(|v| serde_json::from_slice(&v.encode_to_vec()).ok()).unwrap_or(Value::Null)
         }
     }
@@ -133,10 +133,6 @@ fn attributes_json(attributes: &[Attribute]) -> Value {
         attrs.insert(at.name.clone(), at.legacy_value());
     }
     Value::Object(attrs)
-}
-
-fn agent_json(st: &State, a: &crate::state::Agent) -> Value {
-    serde_json::to_value(agent_v0(&AgentSnap::of(st, a))).unwrap_or(Value::Null)
 }
 
 /// What a view shows of an agent, taken on the state loop (pointer copies and small
@@ -482,6 +478,15 @@ pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
             frameworks_v0(&mut v, st, st.completed_frameworks.iter());
             v.raw("}");
         }
+        Query::StateSummary => state_summary_view(&mut v, st),
+        Query::Slaves => {
+            v.raw("{");
+            v.key(true, "slaves");
+            agents_v0_later(&mut v, st);
+            v.key(false, "recovered_slaves");
+            v.value(&recovered_slaves(st));
+            v.raw("}");
+        }
         Query::Frameworks { framework_id } => {
             let keep = |f: &&Framework| framework_id.as_ref().map(|id| f.id().value == *id).unwrap_or(true);
             v.raw("{");
@@ -563,23 +568,50 @@ fn state_json_head(st: &State) -> Value {
     })
 }
 
-fn state_summary(st: &State) -> Value {
-    json!({
-        "hostname": st.master_info.hostname,
-        "cluster": Value::Null,
-        "slaves": st.agents.values().map(|a| {
-            let id = a.id();
-            json!({
-                "id": id.value, "pid": a.pid, "hostname": a.info.hostname,
-                "registered_time": a.registered_time,
-                "resources": a.total.to_legacy_map(),
-                "used_resources": st.used_on(&id).to_legacy_map(),
-                "offered_resources": st.offered_on(&id).to_legacy_map(),
-                "active": a.active && a.connected(),
-                "TASK_RUNNING": count_on(st, &id, TaskState::Running),
-            })
-        }).collect::<Vec<_>>(),
-        "frameworks": st.frameworks.values().map(|f| {
+/// `/state-summary`: the agents (each with its running tasks, counted off the loop from
+/// the live tasks' pointer copies) written off the loop, the frameworks on it.
+fn state_summary_view(v: &mut View, st: &State) {
+    let snaps: Vec<AgentSnap> = st.agents.values().map(|a| AgentSnap::of(st, a)).collect();
+    let live: Vec<Arc<TaskEntry>> = st.frameworks.values().flat_map(|f| f.tasks.values().cloned()).collect();
+    v.raw("{");
+    v.key(true, "hostname");
+    v.value(&st.master_info.hostname);
+    v.key(false, "cluster");
+    v.raw("null");
+    v.key(false, "slaves");
+    v.later(move || {
+        let mut running: std::collections::HashMap<&str, u64> = std::collections::HashMap::new();
+        for e in live.iter().filter(|e| e.task.state == TaskState::Running) {
+            *running.entry(e.task.agent_id.value.as_str()).or_default() += 1;
+        }
+        let mut out = Vec::with_capacity(snaps.len() * 512);
+        out.push(b'[');
+        for (i, a) in snaps.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let id = a.info.id.as_ref().map(|i| i.value.as_str()).unwrap_or_default();
+            write_json(
+                &mut out,
+                &json!({
+                    "id": id, "pid": a.pid, "hostname": a.info.hostname,
+                    "registered_time": a.registered_time,
+                    "resources": a.total.to_legacy_map(),
+                    "used_resources": a.used.to_resources().to_legacy_map(),
+                    "offered_resources": a.offered.to_legacy_map(),
+                    "active": a.active,
+                    "TASK_RUNNING": running.get(id).copied().unwrap_or(0),
+                }),
+            );
+        }
+        out.push(b']');
+        out
+    });
+    v.key(false, "frameworks");
+    let frameworks: Vec<Value> = st
+        .frameworks
+        .values()
+        .map(|f| {
             let id = f.id();
             json!({
                 "id": id.value, "name": f.info.name, "active": f.active, "connected": f.connected(),
@@ -587,17 +619,10 @@ fn state_summary(st: &State) -> Value {
                 "offered_resources": st.offered_to(&id).to_legacy_map(),
                 "TASK_RUNNING": f.tasks.stats().count(TaskState::Running),
             })
-        }).collect::<Vec<_>>(),
-    })
-}
-
-fn count_on(st: &State, aid: &AgentId, state: TaskState) -> usize {
-    let Some(a) = st.agents.get(aid) else { return 0 };
-    a.tasks
-        .iter()
-        .filter_map(|(fid, tid)| st.frameworks.get(fid).and_then(|f| f.tasks.get(tid)))
-        .filter(|t| t.task.state == state)
-        .count()
+        })
+        .collect();
+    v.value(&frameworks);
+    v.raw("}");
 }
 
 /// cpus, mem, disk, gpus of some resources, summed as plain numbers.

@@ -119,7 +119,15 @@ pub enum Query {
 impl Query {
     /// Whether the answer is a view of every task, encoded and streamed off the loop.
     pub fn is_big(&self) -> bool {
-        matches!(self, Query::State | Query::Frameworks { .. } | Query::GetState | Query::GetTasks)
+        matches!(
+            self,
+            Query::State
+                | Query::StateSummary
+                | Query::Slaves
+                | Query::Frameworks { .. }
+                | Query::GetState
+                | Query::GetTasks
+        )
     }
 }
 
@@ -2815,18 +2823,13 @@ impl State {
     }
 
     /// Resources used by live tasks (and custom executors) on an agent.
-    /// The resources the tasks on an agent use (from the [`Ledger`](crate::tasks::Ledger)).
-    pub(crate) fn used_on(&self, aid: &AgentId) -> Resources {
-        self.used_sum_on(aid).to_resources()
-    }
-
     /// The resources a framework's tasks use (from the [`Ledger`](crate::tasks::Ledger)).
     pub(crate) fn used_by(&self, fid: &FrameworkId) -> Resources {
         self.ledger.lock().map(|l| l.framework(fid)).unwrap_or_default().to_resources()
     }
 
-    /// [`State::used_on`] as the ledger keeps it (compact; a big read converts it off the
-    /// state loop).
+    /// The resources the tasks on an agent use, as the [`Ledger`](crate::tasks::Ledger)
+    /// keeps them (compact; a big read turns them into resources off the state loop).
     pub(crate) fn used_sum_on(&self, aid: &AgentId) -> Sum {
         self.ledger.lock().map(|l| l.agent(aid)).unwrap_or_default()
     }
