@@ -11,7 +11,8 @@
 #                             # FO_COMPLETED=100: each agent also reports 100 ended tasks
 #                             # (4,000,000, Mesos's second failover shape)
 #   bench/scale.sh state      # ST_AGENTS (40000) agents, ST_TASKS (400000) running tasks: GET /master/state
-#                             # and GET_STATE latency, ST_ROUNDS (3) each, and how long the master's
+#                             # and GET_STATE latency, ST_ROUNDS (3) each, then /master/slaves and
+#                             # /master/state-summary once, and how long the master's
 #                             # state loop answers /metrics/snapshot meanwhile (PERF_OUT=FILE: perf record)
 #   bench/scale.sh all
 #
@@ -294,6 +295,8 @@ state() {
     timed_read "GET /master/state" "http://$MASTER/master/state"
     timed_read "operator GET_STATE" "http://$MASTER/api/v1" '{"type":"GET_STATE"}'
   done
+  timed_read "GET /master/slaves" "http://$MASTER/master/slaves"
+  timed_read "GET /master/state-summary" "http://$MASTER/master/state-summary"
   echo "state: goal <= 1 s each (Mesos /state: 5.7-9.6 s); master RSS $(($(rss_kb "$MASTER_PID") / 1024)) MB after"
   if [ -n "${ST_KEEP:-}" ]; then # the bodies too (untimed)
     curl -sf --max-time 300 -o "$ST_KEEP/state.json" "http://$MASTER/master/state"
