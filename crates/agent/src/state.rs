@@ -136,6 +136,11 @@ enum ExecState {
     Terminated,
 }
 
+/// Ended tasks of a framework reported at re-registration, at most (the newest): a master
+/// keeps 1,000 a framework by default, and a re-registration must stay well within the
+/// master's 64 MB limit on a request.
+const COMPLETED_REPORTED: usize = 1000;
+
 struct AgentTask {
     info: TaskInfo,
     state: TaskState,
@@ -696,15 +701,20 @@ impl State {
                 }
             }
         }
-        // The tasks that ended here, as this agent's `/state` lists them (oldest first): a
-        // master that fails over rebuilds its frameworks' completed tasks from them.
+        // The tasks that ended here, as this agent's `/state` lists them (oldest first), the
+        // newest COMPLETED_REPORTED of each framework: a master that fails over rebuilds its
+        // frameworks' completed tasks from them (and keeps 1,000 a framework by default).
         let archived = self.completed_frameworks.iter().filter_map(|fw| fw.info.id.as_ref().map(|id| (id, fw)));
         let mut completed_tasks = Vec::new();
         for (fid, fw) in self.frameworks.iter().chain(archived) {
-            for e in fw.completed_executors.iter().chain(fw.executors.values()) {
-                for t in &e.completed {
-                    completed_tasks.push(self.task_record(fid, e, &t.info, t.state, &t.statuses));
-                }
+            let ended: Vec<(&Executor, &AgentTask)> = fw
+                .completed_executors
+                .iter()
+                .chain(fw.executors.values())
+                .flat_map(|e| e.completed.iter().map(move |t| (e, t)))
+                .collect();
+            for (e, t) in &ended[ended.len().saturating_sub(COMPLETED_REPORTED)..] {
+                completed_tasks.push(self.task_record(fid, e, &t.info, t.state, &t.statuses));
             }
         }
         AgentToMaster::Reregister {

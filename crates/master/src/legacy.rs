@@ -136,7 +136,7 @@ fn attributes_json(attributes: &[Attribute]) -> Value {
 }
 
 /// What a view shows of an agent, taken on the state loop (pointer copies and small
-/// clones); the resources in use come later, from the view's tasks.
+/// clones, the resources in use as the ledger's compact sum), written off the loop.
 struct AgentSnap {
     info: Arc<AgentInfo>,
     pid: String,
@@ -388,8 +388,8 @@ fn done(tasks: &std::collections::VecDeque<Arc<Task>>) -> impl Iterator<Item = T
     tasks.iter().map(|t| TaskRef::Done(t.clone()))
 }
 
-/// A framework in v0 JSON: [`framework_json_head`]'s fields (written off the loop, with the
-/// resources in use), then its task lists.
+/// A framework in v0 JSON: [`framework_json_head`]'s fields with the resources in use
+/// (written on the loop: a framework is small), then its task lists (encoded off it).
 fn framework_v0(v: &mut View, st: &State, f: &Framework) {
     let mut head = framework_json_head(st, f);
     with_used(&mut head, &st.used_by(&f.id()));

@@ -173,7 +173,7 @@ impl View {
     /// Encodes the view and hands its chunks to `send` in order, as they are written:
     /// `threads` threads encode the task lists, at most [`AHEAD`] chunks ahead of the one
     /// being sent, so a read holds a few megabytes however big it is and however slow its
-    /// client; another sums the resources in use and writes the deferred parts. `send`
+    /// client; another writes the deferred parts (the agents). `send`
     /// returns false when the reader is gone: encoding stops. Returns whether every chunk
     /// was sent.
     pub(crate) fn encode_into(mut self, threads: usize, mut send: impl FnMut(Bytes) -> bool) -> bool {
