@@ -127,6 +127,7 @@ async fn command_tasks_end_in_the_right_states() {
         .flatten()
         .filter_map(|t| Some((t["id"].as_str()?, t["state"].as_str()?)))
         .collect();
+    assert_eq!(f["completed_tasks"].as_array().map(Vec::len), Some(ended.len()), "each once: {f}");
     assert_eq!(states["ok"], "TASK_FINISHED", "{f}");
     assert_eq!(states["three"], "TASK_FAILED", "{f}");
     assert_eq!(states["sleeper"], "TASK_KILLED", "{f}");

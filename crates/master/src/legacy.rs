@@ -3,7 +3,7 @@
 //! typed GET_* replies.
 use crate::state::{Framework, Query, State, TaskEntry};
 use crate::tasks::{Sum, TaskStats, Tasks};
-use crate::views::{write_json, TaskForm, TaskRef, View};
+use crate::views::{write_each, write_json, TaskForm, TaskRef, View};
 use agora_api::operator::*;
 use agora_api::*;
 use serde::ser::{SerializeMap, Serializer};
@@ -251,14 +251,7 @@ fn agents_v0_later(v: &mut View, st: &State) {
     let snaps: Vec<AgentSnap> = st.agents.values().map(|a| AgentSnap::of(st, a)).collect();
     v.later(move || {
         let mut out = Vec::with_capacity(snaps.len() * 1024);
-        out.push(b'[');
-        for (i, a) in snaps.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            write_json(&mut out, &agent_v0(a));
-        }
-        out.push(b']');
+        write_each(&mut out, &snaps, agent_v0);
         out
     });
 }
@@ -515,14 +508,9 @@ pub(crate) fn view(st: &State, q: &Query) -> Option<View> {
                 // at once they were most of the fresh memory a read touched (at 40,000
                 // agents, 40 % of its page faults).
                 let mut out = Vec::with_capacity(snaps.len() * 1024);
-                out.extend_from_slice(b"{\"agents\":[");
-                for (i, a) in snaps.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write_json(&mut out, &a.entry());
-                }
-                out.extend_from_slice(b"],\"recovered_agents\":");
+                out.extend_from_slice(b"{\"agents\":");
+                write_each(&mut out, &snaps, AgentSnap::entry);
+                out.extend_from_slice(b",\"recovered_agents\":");
                 write_json(&mut out, &recovered);
                 out.push(b'}');
                 out
@@ -585,26 +573,18 @@ fn state_summary_view(v: &mut View, st: &State) {
             *running.entry(e.task.agent_id.value.as_str()).or_default() += 1;
         }
         let mut out = Vec::with_capacity(snaps.len() * 512);
-        out.push(b'[');
-        for (i, a) in snaps.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
+        write_each(&mut out, &snaps, |a| {
             let id = a.info.id.as_ref().map(|i| i.value.as_str()).unwrap_or_default();
-            write_json(
-                &mut out,
-                &json!({
-                    "id": id, "pid": a.pid, "hostname": a.info.hostname,
-                    "registered_time": a.registered_time,
-                    "resources": a.total.to_legacy_map(),
-                    "used_resources": a.used.to_resources().to_legacy_map(),
-                    "offered_resources": a.offered.to_legacy_map(),
-                    "active": a.active,
-                    "TASK_RUNNING": running.get(id).copied().unwrap_or(0),
-                }),
-            );
-        }
-        out.push(b']');
+            json!({
+                "id": id, "pid": a.pid, "hostname": a.info.hostname,
+                "registered_time": a.registered_time,
+                "resources": a.total.to_legacy_map(),
+                "used_resources": a.used.to_resources().to_legacy_map(),
+                "offered_resources": a.offered.to_legacy_map(),
+                "active": a.active,
+                "TASK_RUNNING": running.get(id).copied().unwrap_or(0),
+            })
+        });
         out
     });
     v.key(false, "frameworks");
@@ -659,6 +639,12 @@ fn metrics(st: &State) -> Value {
         if counted != stats {
             tracing::error!(?counted, running = ?stats, "task figures out of step");
             debug_assert_eq!(counted, stats, "task figures out of step");
+        }
+        // And the resources in use per agent and framework against a sum of the tasks.
+        let live = st.frameworks.values().flat_map(|f| f.tasks.values().map(|e| &**e));
+        if let Some(why) = st.ledger.lock().ok().and_then(|l| l.differs_from(live)) {
+            tracing::error!(%why, "resources in use out of step");
+            debug_assert!(false, "resources in use out of step: {why}");
         }
     }
     let count = |s: TaskState| stats.count(s);

@@ -180,6 +180,42 @@ impl Ledger {
     pub fn framework(&self, id: &FrameworkId) -> Sum {
         self.by_framework.get(id).cloned().unwrap_or_default()
     }
+
+    /// Where the ledger differs from a sum of `live` (every framework's live tasks), if
+    /// anywhere: for tests and debug builds' checks.
+    pub fn differs_from<'a>(&self, live: impl Iterator<Item = &'a TaskEntry>) -> Option<String> {
+        let mut agents: HashMap<AgentId, Resources> = HashMap::new();
+        let mut frameworks: HashMap<FrameworkId, Resources> = HashMap::new();
+        for e in live.filter(|e| !e.released) {
+            e.add_resources_to(agents.entry(e.task.agent_id.clone()).or_default());
+            e.add_resources_to(frameworks.entry(e.task.framework_id.clone()).or_default());
+        }
+        // The same resources, whatever their order and however they were merged.
+        let same = |a: &Resources, b: &Resources| a.contains(b) && b.contains(a);
+        let empty = Sum::default();
+        if self.by_agent.values().chain(self.by_framework.values()).any(Sum::is_empty) {
+            return Some("an empty sum is kept".into());
+        }
+        for (id, want) in agents.iter().filter(|(_, r)| !r.is_empty()) {
+            let got = self.by_agent.get(id).unwrap_or(&empty).to_resources();
+            if !same(&got, want) {
+                return Some(format!("agent {id}: ledger {got}, tasks {want}"));
+            }
+        }
+        for (id, want) in frameworks.iter().filter(|(_, r)| !r.is_empty()) {
+            let got = self.by_framework.get(id).unwrap_or(&empty).to_resources();
+            if !same(&got, want) {
+                return Some(format!("framework {id}: ledger {got}, tasks {want}"));
+            }
+        }
+        if let Some(id) = self.by_agent.keys().find(|id| agents.get(*id).is_none_or(Resources::is_empty)) {
+            return Some(format!("agent {id}: in the ledger, no task in use"));
+        }
+        if let Some(id) = self.by_framework.keys().find(|id| frameworks.get(*id).is_none_or(Resources::is_empty)) {
+            return Some(format!("framework {id}: in the ledger, no task in use"));
+        }
+        None
+    }
 }
 
 fn add_to<K: Clone + Eq + std::hash::Hash>(map: &mut HashMap<K, Sum>, key: &K, resources: &[Resource], sign: i64) {
@@ -215,14 +251,8 @@ impl Tasks {
         Tasks { map: HashMap::new(), stats: TaskStats::default(), ledger: Some(ledger) }
     }
 
-    /// Adds (`sign` 1) or takes off (-1) an entry in the figures.
     fn apply(&mut self, e: &TaskEntry, sign: i64) {
-        self.stats.apply(e, sign);
-        if let Some(l) = &self.ledger {
-            if let Ok(mut l) = l.lock() {
-                l.apply(e, sign);
-            }
-        }
+        account(&mut self.stats, self.ledger.as_ref(), e, sign);
     }
 
     pub fn get(&self, id: &TaskId) -> Option<&Arc<TaskEntry>> {
@@ -260,13 +290,8 @@ impl Tasks {
     }
 
     pub fn drain(&mut self) -> impl Iterator<Item = (TaskId, Arc<TaskEntry>)> + '_ {
-        self.stats = TaskStats::default();
-        if let Some(l) = &self.ledger {
-            if let Ok(mut l) = l.lock() {
-                for e in self.map.values() {
-                    l.apply(e, -1);
-                }
-            }
+        for e in self.map.values() {
+            account(&mut self.stats, self.ledger.as_ref(), e, -1);
         }
         self.map.drain()
     }
@@ -274,11 +299,17 @@ impl Tasks {
     /// The entry to change in place (copied first if a snapshot still holds it); the
     /// figures follow the change when the guard is dropped.
     pub fn get_mut(&mut self, id: &TaskId) -> Option<TaskGuard<'_>> {
-        let e = self.map.get(id)?.clone();
-        self.apply(&e, -1);
-        drop(e);
         let e = self.map.get_mut(id)?;
+        account(&mut self.stats, self.ledger.as_ref(), e, -1);
         Some(TaskGuard { entry: Arc::make_mut(e), stats: &mut self.stats, ledger: self.ledger.as_ref() })
+    }
+}
+
+/// Adds (`sign` 1) or takes off (-1) an entry in a map's figures and in its ledger, if any.
+fn account(stats: &mut TaskStats, ledger: Option<&SharedLedger>, e: &TaskEntry, sign: i64) {
+    stats.apply(e, sign);
+    if let Some(Ok(mut l)) = ledger.map(|l| l.lock()) {
+        l.apply(e, sign);
     }
 }
 
@@ -304,12 +335,7 @@ impl std::ops::DerefMut for TaskGuard<'_> {
 
 impl Drop for TaskGuard<'_> {
     fn drop(&mut self) {
-        self.stats.apply(self.entry, 1);
-        if let Some(l) = self.ledger {
-            if let Ok(mut l) = l.lock() {
-                l.apply(self.entry, 1);
-            }
-        }
+        account(self.stats, self.ledger, self.entry, 1);
     }
 }
 
@@ -347,34 +373,11 @@ mod tests {
         Arc::new(TaskEntry { task, released })
     }
 
-    /// Same resources, whatever their order and however they were merged.
-    fn same(a: &Resources, b: &Resources) -> bool {
-        a.contains(b) && b.contains(a)
-    }
-
     /// The ledger against a sum of every live task, per agent and per framework.
     fn check(ledger: &SharedLedger, maps: &[Tasks]) {
-        let mut agents: HashMap<AgentId, Resources> = HashMap::new();
-        let mut frameworks: HashMap<FrameworkId, Resources> = HashMap::new();
-        for m in maps {
-            for e in m.values().filter(|e| !e.released) {
-                e.add_resources_to(agents.entry(e.task.agent_id.clone()).or_default());
-                e.add_resources_to(frameworks.entry(e.task.framework_id.clone()).or_default());
-            }
-        }
-        let l = ledger.lock().unwrap();
-        for a in 0..5 {
-            let id = AgentId::new(format!("a{a}").as_str());
-            let want = agents.remove(&id).unwrap_or_default();
-            assert!(same(&l.agent(&id).to_resources(), &want), "agent a{a}: {:?} vs {want}", l.agent(&id));
-        }
-        for f in 0..3 {
-            let id = FrameworkId::new(format!("f{f}").as_str());
-            let want = frameworks.remove(&id).unwrap_or_default();
-            assert!(same(&l.framework(&id).to_resources(), &want), "framework f{f}");
-        }
-        // Nothing kept for what has nothing in use.
-        assert!(l.by_agent.values().all(|s| !s.is_empty()) && l.by_framework.values().all(|s| !s.is_empty()));
+        let live = maps.iter().flat_map(|m| m.values().map(|e| &**e));
+        let differs = ledger.lock().unwrap().differs_from(live);
+        assert!(differs.is_none(), "{differs:?}");
     }
 
     #[test]

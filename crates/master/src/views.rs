@@ -332,6 +332,23 @@ pub(crate) fn write_json<T: Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
     }
 }
 
+/// Writes a JSON array of `items`, each made by `make` only as it is written: a big list of
+/// values built just to be written is never held whole.
+pub(crate) fn write_each<I, T: Serialize>(
+    out: &mut Vec<u8>,
+    items: impl IntoIterator<Item = I>,
+    mut make: impl FnMut(I) -> T,
+) {
+    out.push(b'[');
+    for (i, x) in items.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(out, &make(x));
+    }
+    out.push(b']');
+}
+
 /// A slice of tasks as comma-separated JSON objects.
 fn encode_tasks(form: TaskForm, tasks: &[TaskRef]) -> Vec<u8> {
     let mut buf = Vec::new();
